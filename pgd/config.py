@@ -1,0 +1,156 @@
+"""Run configuration: every option is resolved as flag > ``PGD_*`` environment variable > default.
+
+Options are declared once here, in groups, and reused by the commands of :mod:`pgd.cli` (rasterio
+style). Every option ``--some-name`` can also be set with the environment variable ``PGD_SOME_NAME``;
+:class:`RunConfig` keeps each value together with where it came from, and is stored in the model file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import click
+from click.core import ParameterSource
+
+
+def envvar_for(name: str) -> str:
+    """The environment variable of an option: ``max_iter`` -> ``PGD_MAX_ITER``."""
+    return "PGD_" + name.upper()
+
+
+def option(*decls, **attrs):
+    """A click option whose environment variable is ``PGD_<NAME>`` (shown in ``--help``)."""
+    name = next((d for d in decls if d.isidentifier()), None)
+    if name is None:
+        long = max((d.split("/")[0] for d in decls if d.startswith("--")), key=len)
+        name = long.lstrip("-").replace("-", "_")
+    attrs.setdefault("envvar", envvar_for(name))
+    attrs.setdefault("show_envvar", True)
+    attrs.setdefault("show_default", True)
+    return click.option(*decls, **attrs)
+
+
+def apply_options(options):
+    """Decorator applying a list of click options in the order they are listed."""
+
+    def decorate(function):
+        for opt in reversed(options):
+            function = opt(function)
+        return function
+
+    return decorate
+
+
+class LearningRate(click.ParamType):
+    """``auto`` or a positive float."""
+
+    name = "auto|FLOAT"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) or value == "auto":
+            return value
+        try:
+            rate = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither 'auto' nor a number", param, ctx)
+        if not rate > 0 or rate != rate or rate == float("inf"):
+            self.fail(f"{value!r} must be a positive finite number", param, ctx)
+        return rate
+
+
+DTYPE = click.Choice(["float32", "float64"])
+NONNEG_FLOAT = click.FloatRange(min=0.0)
+
+DATA_OPTIONS = [
+    option("--x-key", default="X", help="HDF5 dataset holding the features."),
+    option("--y-key", default="y", help="HDF5 dataset holding the labels."),
+    option("--hdf5-locking", type=click.Choice(["true", "false", "best-effort"]), default="best-effort",
+           help="HDF5 file locking; 'false' on NFS/Lustre without lock support."),
+]
+
+COMPUTE_OPTIONS = [
+    option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
+           help="Where the data and the arithmetic live; auto takes a GPU when CuPy finds one."),
+    option("--dtype", type=click.Choice(["auto", "float32", "float64"]), default="auto",
+           help="Compute dtype; auto keeps the file's float type (float64 for integer data)."),
+    option("--block-bytes", type=click.IntRange(min=1024), default=1 << 20,
+           help="Rows are processed in blocks of about this many bytes, to stay in cache."),
+]
+
+MODEL_OPTIONS = [
+    option("--loss", type=click.Choice(["squared", "logistic"]), required=True,
+           help="squared: ½(ŷ−y)²; logistic: labels in {0,1}."),
+    option("--l2", type=NONNEG_FLOAT, default=0.0, help="L2 penalty λ in (λ/2)‖w‖²."),
+    option("--fit-intercept/--no-fit-intercept", default=True, help="Fit an unpenalised intercept."),
+]
+
+OPTIMIZER_OPTIONS = [
+    option("--optimizer", type=click.Choice(["gd"]), default="gd", help="Optimisation method."),
+    option("--lr", type=LearningRate(), default="auto",
+           help="Step size; auto = 1/L with L from distributed power iterations."),
+    option("--max-iter", type=click.IntRange(min=0), default=1000, help="Iteration budget."),
+    option("--tol", type=NONNEG_FLOAT, default=1e-6, help="Stop when ‖∇f‖ ≤ tol."),
+    option("--rtol", type=NONNEG_FLOAT, default=1e-12,
+           help="Stop when |f_k − f_(k−1)| ≤ rtol·|f_k| (0 disables)."),
+    option("--power-iters", type=click.IntRange(min=1), default=30,
+           help="Power iterations used to estimate L for --lr auto."),
+    option("--seed", type=int, default=0, help="Seed for every random choice of the run."),
+]
+
+PARALLEL_OPTIONS = [
+    option("--comm", type=click.Choice(["allreduce", "reduce-bcast"]), default="allreduce",
+           help="How ranks combine gradients."),
+]
+
+OUTPUT_OPTIONS = [
+    option("--out", type=click.Path(dir_okay=False), default=None, help="Model file to write (HDF5)."),
+    option("--metrics", type=click.Path(dir_okay=False), default=None,
+           help="Write one JSON object per iteration to this file."),
+    option("--quiet", is_flag=True, default=False, help="Only the final summary."),
+    option("--log-every", type=click.IntRange(min=0), default=0,
+           help="Log line every K iterations when not on a terminal (0: about 10 lines)."),
+    option("--dry-run", is_flag=True, default=False,
+           help="Validate data and options, show the plan, train nothing."),
+]
+
+TRAIN_OPTIONS = (DATA_OPTIONS + COMPUTE_OPTIONS + MODEL_OPTIONS + OPTIMIZER_OPTIONS + PARALLEL_OPTIONS
+                 + OUTPUT_OPTIONS)
+
+
+@dataclass
+class RunConfig:
+    """Resolved option values and where each came from (``flag``, ``env`` or ``default``)."""
+
+    values: dict
+    sources: dict = field(default_factory=dict)
+
+    def __getattr__(self, name):
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to_json(self) -> str:
+        """The values and their sources as one JSON document."""
+        return json.dumps({"values": self.values, "sources": self.sources}, sort_keys=True, default=str)
+
+    def replace(self, **changes) -> "RunConfig":
+        """A copy with some values changed (marked as source ``derived``)."""
+        values = dict(self.values, **changes)
+        sources = dict(self.sources, **{name: "derived" for name in changes})
+        return RunConfig(values, sources)
+
+
+_SOURCE_NAMES = {
+    ParameterSource.COMMANDLINE: "flag",
+    ParameterSource.ENVIRONMENT: "env",
+    ParameterSource.DEFAULT: "default",
+    ParameterSource.DEFAULT_MAP: "default",
+}
+
+
+def resolve(ctx: click.Context, values: dict) -> RunConfig:
+    """Wrap a command's keyword arguments into a :class:`RunConfig` with their sources."""
+    sources = {name: _SOURCE_NAMES.get(ctx.get_parameter_source(name), "default") for name in values}
+    return RunConfig(dict(values), sources)

@@ -1,0 +1,178 @@
+"""The pgd HDF5 dataset format: opening files and validating ``/X`` and ``/y``.
+
+Conventions
+-----------
+A dataset file holds ``/X`` with shape ``(n, d)`` (float32 or float64 when written by pgd; any real
+numeric type is accepted and converted on read), chunked by rows, and ``/y`` with shape ``(n,)``.
+Root attributes: ``pgd_format = 1`` and optionally ``task`` ("regression" or "binary").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from pgd.errors import InputError
+
+FORMAT_VERSION = 1
+DEFAULT_X_KEY = "X"
+DEFAULT_Y_KEY = "y"
+LOCKING_MODES = {"true": True, "false": False, "best-effort": "best-effort"}
+_NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float; complex ("c") is refused
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    """What :func:`inspect_dataset` learned about a dataset file (no data read)."""
+
+    path: str
+    x_key: str
+    y_key: str | None
+    n: int
+    d: int
+    dtype: np.dtype
+    y_dtype: np.dtype | None
+    chunks: tuple | None
+    task: str | None
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def nbytes_per_row(self) -> int:
+        """Bytes one row of X (and y) takes on disk, uncompressed."""
+        y_bytes = self.y_dtype.itemsize if self.y_dtype is not None else 0
+        return self.d * self.dtype.itemsize + y_bytes
+
+
+def json_value(value):
+    """Convert an HDF5 attribute value to a JSON-friendly Python value."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray):
+        return [json_value(v) for v in value.tolist()] if value.dtype.kind in "SO" else value.tolist()
+    if isinstance(value, np.generic):
+        return json_value(value.item())
+    return value
+
+
+@contextlib.contextmanager
+def open_h5(path, locking: str = "best-effort") -> Iterator[h5py.File]:
+    """Open an HDF5 file read-only, turning open failures into one-line :class:`InputError`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        File to open.
+    locking : {"true", "false", "best-effort"}
+        HDF5 file locking; where h5py lacks the ``locking`` argument, ``HDF5_USE_FILE_LOCKING``
+        is set instead.
+
+    Yields
+    ------
+    h5py.File
+    """
+    if locking not in LOCKING_MODES:
+        raise InputError(f"locking must be one of true, false, best-effort, got {locking!r}")
+    path = os.fspath(path)
+    try:
+        try:
+            h5 = h5py.File(path, "r", locking=LOCKING_MODES[locking])
+        except TypeError:  # old h5py without the locking argument
+            if locking != "best-effort":
+                os.environ["HDF5_USE_FILE_LOCKING"] = "TRUE" if locking == "true" else "FALSE"
+            h5 = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise InputError(f"data file not found: {path}") from None
+    except PermissionError:
+        raise InputError(f"permission denied reading {path}: check the file's permissions") from None
+    except IsADirectoryError:
+        raise InputError(f"expected an HDF5 file, got a directory: {path}") from None
+    except OSError as exc:
+        if "lock" in str(exc).lower():
+            raise InputError(f"cannot lock {path} (file system without locking?): "
+                             "retry with --hdf5-locking false or HDF5_USE_FILE_LOCKING=FALSE") from None
+        raise InputError(f"not an HDF5 file: {path}") from None
+    try:
+        yield h5
+    finally:
+        h5.close()
+
+
+def _read_attrs(h5: h5py.File) -> dict:
+    """Root attributes as JSON-friendly values; unreadable ones are skipped."""
+    attrs = {}
+    for name in h5.attrs:
+        try:
+            attrs[name] = json_value(h5.attrs[name])
+        except (OSError, TypeError, ValueError):
+            continue
+    return attrs
+
+
+def _check_numeric(path: str, key: str, dtype: np.dtype) -> None:
+    if dtype.kind not in _NUMERIC_KINDS:
+        raise InputError(f"{path}: /{key} has dtype {dtype}, which is not real numeric; "
+                         "store it as float32 or float64")
+
+
+def _dataset(h5: h5py.File, path: str, key: str) -> h5py.Dataset:
+    if key not in h5:
+        keys = ", ".join(sorted(h5.keys())) or "none"
+        raise InputError(f"{path}: no key '{key}' (keys in the file: {keys}); "
+                         "choose another with --x-key/--y-key")
+    obj = h5[key]
+    if not isinstance(obj, h5py.Dataset):
+        raise InputError(f"{path}: /{key} is a group, not a dataset")
+    return obj
+
+
+def inspect_dataset(path, x_key: str = DEFAULT_X_KEY, y_key: str | None = DEFAULT_Y_KEY,
+                    require_y: bool = True, locking: str = "best-effort") -> DatasetMeta:
+    """Validate a dataset file and return its :class:`DatasetMeta` without reading data.
+
+    Parameters
+    ----------
+    path : str or path-like
+        HDF5 file.
+    x_key, y_key : str
+        Dataset names; ``y_key=None`` means the file has no labels.
+    require_y : bool
+        If False, a missing ``y_key`` is allowed and ``meta.y_key`` is None.
+    locking : str
+        See :func:`open_h5`.
+
+    Raises
+    ------
+    InputError
+        For a missing or unreadable file, missing keys, wrong shapes, non-numeric data or no rows.
+    """
+    path = os.fspath(path)
+    with open_h5(path, locking) as h5:
+        x = _dataset(h5, path, x_key)
+        if x.ndim != 2:
+            raise InputError(f"{path}: /{x_key} must be 2-D (rows, features), got shape {x.shape}")
+        _check_numeric(path, x_key, x.dtype)
+        n, d = (int(s) for s in x.shape)
+        if y_key is not None and (require_y or y_key in h5):
+            y = _dataset(h5, path, y_key)
+            if y.ndim != 1:
+                raise InputError(f"{path}: /{y_key} must be 1-D, got shape {y.shape}")
+            _check_numeric(path, y_key, y.dtype)
+            if y.shape[0] != n:
+                raise InputError(f"{path}: /{y_key} has {y.shape[0]} labels but /{x_key} has {n} rows")
+            y_dtype = y.dtype
+        else:
+            y_key, y_dtype = None, None
+        if n == 0:
+            raise InputError(f"{path}: /{x_key} has no rows")
+        if d == 0:
+            raise InputError(f"{path}: /{x_key} has no columns")
+        attrs = _read_attrs(h5)
+        task = attrs.get("task")
+        return DatasetMeta(path=path, x_key=x_key, y_key=y_key, n=n, d=d, dtype=x.dtype,
+                           y_dtype=y_dtype, chunks=x.chunks, task=str(task) if task else None,
+                           attrs=attrs)

@@ -1,0 +1,51 @@
+"""``pgd info``: versions, the MPI library, the job's layout, GPUs and the CUDA-aware decision."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+
+import click
+import h5py
+import mpi4py
+import numpy as np
+from mpi4py import MPI
+
+import pgd
+from pgd.backend import gpu_count
+
+
+def gather_info(world) -> dict:
+    """Facts about this installation and this job (collective: every rank must call it)."""
+    node = world.Split_type(MPI.COMM_TYPE_SHARED)
+    ranks_per_node = world.allreduce(node.Get_size(), op=MPI.MAX)
+    nodes = world.allreduce(int(node.Get_rank() == 0), op=MPI.SUM)
+    node.Free()
+    gpus = gpu_count()
+    return {
+        "pgd": pgd.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "h5py": h5py.version.version,
+        "hdf5": h5py.version.hdf5_version,
+        "mpi4py": mpi4py.__version__,
+        "click": click.__version__ if hasattr(click, "__version__") else "unknown",
+        "mpi_library": MPI.Get_library_version().replace("\x00", "").splitlines()[0].strip(),
+        "mpi_standard": "{}.{}".format(*MPI.Get_version()),
+        "world_size": world.Get_size(),
+        "nodes": nodes,
+        "ranks_per_node": ranks_per_node,
+        "host": socket.gethostname(),
+        "blas_threads": os.environ.get("PGD_BLAS_THREADS_RESOLVED", "unknown"),
+        "gpus": gpus,
+        "cuda_aware": "no GPU" if gpus == 0 else "host staging (CUDA-aware MPI not probed)",
+        "executable": sys.executable,
+    }
+
+
+def format_info(info: dict) -> str:
+    """``key: value`` lines, aligned."""
+    width = max(len(key) for key in info)
+    return "\n".join(f"{key:<{width}}  {value}" for key, value in info.items())

@@ -1,0 +1,108 @@
+"""Load this rank's slab of a dataset, validated collectively so every rank stops together on bad input.
+
+Every check that could fail on one rank only (a NaN in its rows, a bad label) is combined over the
+communicator first, so all ranks raise the same one-line error and none is left in a collective.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from mpi4py import MPI
+
+from pgd.comm import collectively
+from pgd.data import DatasetMeta, block_range, count_nonfinite, inspect_dataset, read_rows
+from pgd.errors import InputError
+
+
+@dataclass
+class RowSlab:
+    """Rows ``[start, stop)`` of a dataset held by this rank (``X``, ``y`` on the backend's device)."""
+
+    meta: DatasetMeta
+    start: int
+    stop: int
+    X: object
+    y: object
+    dtype: np.dtype
+
+    @property
+    def n_local(self) -> int:
+        """Rows held by this rank."""
+        return self.stop - self.start
+
+    @property
+    def n_global(self) -> int:
+        """Rows of the whole dataset."""
+        return self.meta.n
+
+
+def resolve_dtype(choice: str, meta: DatasetMeta) -> np.dtype:
+    """The compute dtype for ``--dtype`` ``choice`` (``auto`` keeps a float32/float64 file's type)."""
+    if choice != "auto":
+        return np.dtype(choice)
+    return meta.dtype if meta.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+
+
+def inspect_collectively(mpi_comm, path: str, *, x_key: str, y_key: str | None, locking: str,
+                         require_y: bool = True) -> DatasetMeta:
+    """:func:`pgd.data.inspect_dataset` on every rank, failing on all ranks together."""
+    meta = None
+    with collectively(mpi_comm):
+        meta = inspect_dataset(path, x_key=x_key, y_key=y_key, require_y=require_y, locking=locking)
+    return meta
+
+
+def _first_bad_row(mpi_comm, count: int, local_row: int, start: int, n: int) -> tuple[int, int]:
+    """Global count and first global row of a per-rank (count, first local row or -1) finding."""
+    first = start + local_row if local_row >= 0 else n
+    totals = np.array([count, -first], dtype=np.int64)
+    mpi_comm.Allreduce(MPI.IN_PLACE, totals[:1], op=MPI.SUM)
+    mpi_comm.Allreduce(MPI.IN_PLACE, totals[1:], op=MPI.MAX)
+    return int(totals[0]), int(-totals[1])
+
+
+def _validate_labels(mpi_comm, y: np.ndarray, start: int, meta: DatasetMeta) -> None:
+    """Logistic labels must be 0 or 1; say how many are not, where, and how to convert ±1."""
+    bad = (y != 0) & (y != 1)
+    local_count = int(np.count_nonzero(bad))
+    local_row = int(np.argmax(bad)) if local_count else -1
+    has_minus_one = np.array([int(np.any(y == -1))], dtype=np.int64)
+    count, row = _first_bad_row(mpi_comm, local_count, local_row, start, meta.n)
+    if count:
+        mpi_comm.Allreduce(MPI.IN_PLACE, has_minus_one, op=MPI.MAX)
+        hint = (" (labels look like {-1,+1}: convert them with `pgd data convert ... --labels pm1`)"
+                if has_minus_one[0] else "")
+        raise InputError(f"{meta.path}: {count} labels are not 0 or 1 as logistic loss needs; first in row "
+                         f"{row}{hint}", collective=True)
+
+
+def load_row_slab(mpi_comm, path: str, *, backend, dtype: str = "auto", x_key: str = "X",
+                  y_key: str | None = "y", locking: str = "best-effort", loss: str | None = None,
+                  require_y: bool = True) -> RowSlab:
+    """Read, validate and place on the device this rank's contiguous block of rows.
+
+    Parameters
+    ----------
+    mpi_comm : mpi4py.MPI.Comm
+        Ranks that split the rows between them (block partition, :func:`pgd.data.block_range`).
+    loss : str, optional
+        ``"logistic"`` also checks that every label is 0 or 1.
+    """
+    meta = inspect_collectively(mpi_comm, path, x_key=x_key, y_key=y_key, locking=locking,
+                                require_y=require_y)
+    compute_dtype = resolve_dtype(dtype, meta)
+    start, stop = block_range(meta.n, mpi_comm.Get_size(), mpi_comm.Get_rank())
+    X = y = None
+    with collectively(mpi_comm):
+        X, y = read_rows(meta, start, stop, compute_dtype, locking=locking)
+    count, row = _first_bad_row(mpi_comm, *count_nonfinite(X, y if y is not None else X[:, :0]),
+                                start, meta.n)
+    if count:
+        raise InputError(f"{path}: {count} non-finite values (NaN or Inf) in the data; first in row {row}",
+                         collective=True)
+    if loss == "logistic" and y is not None:
+        _validate_labels(mpi_comm, y, start, meta)
+    return RowSlab(meta=meta, start=start, stop=stop, X=backend.to_device(X),
+                   y=None if y is None else backend.to_device(y), dtype=compute_dtype)

@@ -1,0 +1,326 @@
+"""Pointwise losses and the local linear-model gradient of one rank.
+
+The objective of the whole product is
+
+    f(w, b) = (1/n) * sum_i loss(y_i, x_i . w + b) + (lam/2) * ||w||^2      (intercept unpenalised)
+
+This module only computes the *local sums* over the rows a rank holds; the communicator adds them over
+ranks, and the caller divides by the global row count and adds the penalty (see DESIGN.md, "Local sums,
+global normalisation").
+
+Conventions
+-----------
+- ``xp`` is the array namespace (``numpy`` or ``cupy``) and is always passed in; cupy is never imported.
+- ``X`` is ``(n_local, d)`` C-contiguous, float32 or float64; ``y``, ``z`` (raw predictions
+  ``X @ w + b``) and scratch buffers are ``(n_local,)`` or ``(block_rows,)`` in the same dtype.
+- ``w`` is a ``(d,)`` vector in the data dtype; ``b`` is a Python float.
+- Local results go into a caller-provided float64 vector ``out`` of length ``d + 2``:
+  ``out[:d]`` the gradient-like sum over rows, ``out[d]`` its intercept component (0 without
+  intercept), ``out[d + 1]`` a scalar sum (the loss, or ``||X~ v||^2`` for :meth:`gram_matvec`).
+  ``out`` is overwritten, never accumulated into.
+- Logistic labels are in {0, 1}.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = [
+    "SquaredLoss",
+    "LogisticLoss",
+    "LOSSES",
+    "get_loss",
+    "LocalLinearGradient",
+]
+
+
+def _log_min_exp_argument(xp, dtype) -> float:
+    """Most negative argument whose ``exp`` is still a normal number of ``dtype``.
+
+    Clipping ``-|z|`` here keeps ``exp`` from underflowing (which ``np.errstate(under="raise")``
+    would report) while changing nothing visible: ``exp`` of it is below machine epsilon.
+    """
+    return math.log(float(xp.finfo(dtype).tiny)) + 1.0
+
+
+class SquaredLoss:
+    """Half squared error ``loss(y, z) = (z - y)^2 / 2``, derivative ``z - y``."""
+
+    name = "squared"
+    curvature_bound = 1.0  # sup_z d^2 loss / dz^2
+
+    def pointwise(self, y, z, xp):
+        """Loss of every row, ``(z - y)^2 / 2``."""
+        residual = z - y
+        return 0.5 * residual * residual
+
+    def derivative(self, y, z, xp):
+        """Derivative ``d loss / d z = z - y`` of every row."""
+        return z - y
+
+    def sum_and_derivative(self, y, z, work, xp) -> float:
+        """Overwrite ``z`` with ``d loss / d z`` and return the summed loss (no allocation).
+
+        Parameters
+        ----------
+        y : array, (m,)
+            Targets.
+        z : array, (m,)
+            Raw predictions on entry, derivative on exit.
+        work : array, (m,)
+            Scratch buffer of the same shape and dtype (unused by this loss).
+        xp : module
+            Array namespace.
+
+        Returns
+        -------
+        float
+            ``sum_i loss(y_i, z_i)``.
+        """
+        xp.subtract(z, y, out=z)
+        return 0.5 * float(xp.dot(z, z))
+
+    def link(self, z, xp):
+        """Prediction from raw scores (identity)."""
+        return z
+
+    def __repr__(self) -> str:
+        return "SquaredLoss()"
+
+
+class LogisticLoss:
+    """Binary cross-entropy on raw scores, labels in {0, 1}.
+
+    ``loss(y, z) = log(1 + exp(z)) - y z = max(z, 0) + log1p(exp(-|z|)) - y z``, derivative
+    ``sigmoid(z) - y``.  Both are computed from ``e = exp(-|z|) <= 1``, so nothing overflows for any
+    finite ``z``.
+    """
+
+    name = "logistic"
+    curvature_bound = 0.25  # sup_z sigmoid'(z)
+
+    @staticmethod
+    def _exp_neg_abs(z, xp):
+        """``exp(-|z|)``, clipped below so it never underflows."""
+        neg_abs = xp.maximum(-xp.abs(z), _log_min_exp_argument(xp, z.dtype))
+        return xp.exp(neg_abs)
+
+    def pointwise(self, y, z, xp):
+        """Loss of every row, ``max(z, 0) + log1p(exp(-|z|)) - y z``."""
+        return xp.maximum(z, 0) - y * z + xp.log1p(self._exp_neg_abs(z, xp))
+
+    def link(self, z, xp):
+        """Probability ``sigmoid(z)``, computed without overflow."""
+        e = self._exp_neg_abs(z, xp)
+        return xp.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+    def derivative(self, y, z, xp):
+        """Derivative ``d loss / d z = sigmoid(z) - y`` of every row."""
+        return self.link(z, xp) - y
+
+    def sum_and_derivative(self, y, z, work, xp) -> float:
+        """Overwrite ``z`` with ``sigmoid(z) - y`` and return the summed loss (no allocation).
+
+        One ``exp(-|z|)`` serves loss and derivative.  The sign of ``z`` is carried through the
+        computation as the sign of ``+-exp(-|z|)`` (never zero thanks to the clipping), because only
+        two buffers are available.  ``max(z, 0) - y z`` is summed as ``z (H(z) - y)``, whose terms
+        are all non-negative, so no cancellation occurs for well-fitted rows with large ``|z|``.
+
+        Parameters
+        ----------
+        y : array, (m,)
+            Labels in {0, 1} (values in [0, 1] also work).
+        z : array, (m,)
+            Raw scores on entry, derivative on exit.
+        work : array, (m,)
+            Scratch buffer of the same shape and dtype.
+        xp : module
+            Array namespace.
+
+        Returns
+        -------
+        float
+            ``sum_i loss(y_i, z_i)``.
+        """
+        # work = H(z) - y, with H(z) = 1 - signbit(z) (so H(+0) = 1, H(-0) = 0, matching copysign below)
+        xp.signbit(z, out=work)
+        xp.subtract(1, work, out=work)
+        xp.subtract(work, y, out=work)
+        linear_part = float(xp.dot(z, work))  # sum of max(z, 0) - y z
+        # work = +-e with e = exp(-|z|) and the sign of z
+        xp.abs(z, out=work)
+        xp.negative(work, out=work)
+        xp.maximum(work, _log_min_exp_argument(xp, z.dtype), out=work)
+        xp.exp(work, out=work)
+        xp.copysign(work, z, out=work)
+        # z is free now: sum of log1p(e)
+        xp.abs(work, out=z)
+        xp.log1p(z, out=z)
+        softplus_part = float(z.sum())
+        # work = +-t with t = e / (1 + e) = sigmoid(-|z|)
+        xp.abs(work, out=z)
+        xp.add(z, 1, out=z)
+        xp.divide(work, z, out=work)
+        # z = sigmoid(z) - y = H(z) - y - (+-t)
+        xp.signbit(work, out=z)
+        xp.subtract(1, z, out=z)
+        xp.subtract(z, y, out=z)
+        xp.subtract(z, work, out=z)
+        return linear_part + softplus_part
+
+    def __repr__(self) -> str:
+        return "LogisticLoss()"
+
+
+LOSSES = {"squared": SquaredLoss, "logistic": LogisticLoss}
+
+
+def get_loss(name: str):
+    """Return a loss instance by name.
+
+    Parameters
+    ----------
+    name : {"squared", "logistic"}
+
+    Raises
+    ------
+    ValueError
+        If the name is unknown.
+    """
+    try:
+        return LOSSES[name]()
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}") from None
+
+
+class LocalLinearGradient:
+    """Local (one rank's) sums of the linear model's loss, gradient and Gram products.
+
+    The rows are processed in blocks whose slice of ``X`` is about ``block_bytes``, so that the second
+    product with a block (``X_b^T r_b``) reads it from cache.  Block views and buffers are built once;
+    the methods allocate nothing of size ``n_local`` or ``block_rows``.
+
+    Parameters
+    ----------
+    X : array, (n_local, d)
+        Local feature slab, C-contiguous float32 or float64; ``n_local`` may be 0.
+    y : array, (n_local,)
+        Local targets, same dtype as ``X``.
+    loss : SquaredLoss or LogisticLoss
+        Pointwise loss.
+    fit_intercept : bool
+        Whether the model has an intercept ``b``.
+    xp : module
+        Array namespace of ``X`` and ``y``.
+    block_bytes : int, optional
+        Target size of one row block of ``X`` in bytes (at least one row).  On a GPU pass something at
+        least as large as ``X`` so that the slab is one block.
+
+    Attributes
+    ----------
+    n_local, d : int
+        Shape of ``X``.
+    dtype : dtype
+        Data dtype.
+    block_rows : int
+        Rows per block (the last block may be shorter).
+    """
+
+    DEFAULT_BLOCK_BYTES = 1 << 20
+
+    def __init__(self, X, y, loss, *, fit_intercept: bool, xp, block_bytes: int = DEFAULT_BLOCK_BYTES):
+        if X.ndim != 2:
+            raise ValueError(f"X must be 2-D, got shape {X.shape}")
+        if X.dtype not in (xp.float32, xp.float64):
+            raise TypeError(f"X must be float32 or float64, got {X.dtype}")
+        if not X.flags.c_contiguous:
+            raise ValueError("X must be C-contiguous")
+        if y.shape != (X.shape[0],) or y.dtype != X.dtype:
+            raise ValueError(f"y must have shape ({X.shape[0]},) and dtype {X.dtype}, got {y.shape} {y.dtype}")
+        self.X, self.y, self.loss, self.xp = X, y, loss, xp
+        self.fit_intercept = bool(fit_intercept)
+        self.n_local, self.d = X.shape
+        self.dtype = X.dtype
+        row_bytes = max(1, self.d * X.itemsize)
+        self.block_rows = max(1, min(int(block_bytes) // row_bytes, self.n_local))
+        buffer_rows = self.block_rows if self.n_local else 0
+        self._z = xp.empty(buffer_rows, dtype=self.dtype)
+        self._work = xp.empty(buffer_rows, dtype=self.dtype)
+        self._row_sum = xp.empty(self.d, dtype=self.dtype)
+        # (X_b, y_b, z_b, work_b) for every block: views, built once
+        self._blocks = []
+        for start in range(0, self.n_local, self.block_rows):
+            stop = min(start + self.block_rows, self.n_local)
+            rows = stop - start
+            self._blocks.append((X[start:stop], y[start:stop], self._z[:rows], self._work[:rows]))
+
+    def _check_weights(self, w) -> None:
+        if w.shape != (self.d,) or w.dtype != self.dtype:
+            raise ValueError(f"w must have shape ({self.d},) and dtype {self.dtype}, got {w.shape} {w.dtype}")
+
+    def _sweep(self, w, offset: float, transform, out) -> None:
+        """One blocked pass: ``z_b = X_b w + offset``, ``r_b = transform(...)``, sums of ``X_b^T r_b``.
+
+        ``transform(y_b, z_b, work_b)`` overwrites ``z_b`` with ``r_b`` and returns a scalar that is
+        summed into ``out[d + 1]``; ``out[:d] = sum_b X_b^T r_b`` and ``out[d] = sum r`` (with
+        intercept) or 0.
+        """
+        self._check_weights(w)
+        xp, d = self.xp, self.d
+        out[:] = 0
+        gradient = out[:d]
+        scalar_sum = 0.0
+        residual_sum = 0.0
+        for X_b, y_b, z_b, work_b in self._blocks:
+            xp.dot(X_b, w, out=z_b)
+            if offset != 0.0:
+                xp.add(z_b, offset, out=z_b)
+            scalar_sum += transform(y_b, z_b, work_b)
+            if self.fit_intercept:
+                residual_sum += float(z_b.sum())
+            xp.dot(z_b, X_b, out=self._row_sum)
+            xp.add(gradient, self._row_sum, out=gradient)
+        out[d] = residual_sum
+        out[d + 1] = scalar_sum
+
+    def loss_gradient(self, w, b: float, out) -> None:
+        """Local loss and gradient sums at ``(w, b)``.
+
+        Parameters
+        ----------
+        w : array, (d,)
+            Weights in the data dtype.
+        b : float
+            Intercept (ignored without intercept).
+        out : array, (d + 2,), float64
+            Receives ``sum_i loss'_i x_i``, ``sum_i loss'_i`` (0 without intercept), ``sum_i loss_i``.
+        """
+        offset = float(b) if self.fit_intercept else 0.0
+        xp, loss = self.xp, self.loss
+        self._sweep(w, offset, lambda y_b, z_b, work_b: loss.sum_and_derivative(y_b, z_b, work_b, xp), out)
+
+    def gram_matvec(self, v, vb: float, out) -> None:
+        """Local Gram product of the design ``X~ = [X, 1]`` (or ``X`` without intercept).
+
+        With ``u = X v + vb`` (``vb`` ignored without intercept): ``out[:d] = X^T u``,
+        ``out[d] = sum u`` (0 without intercept), ``out[d + 1] = sum u^2 = ||X~ [v; vb]||^2``.
+
+        Parameters
+        ----------
+        v : array, (d,)
+            Direction in the data dtype.
+        vb : float
+            Intercept component of the direction.
+        out : array, (d + 2,), float64
+            Receives the result.
+        """
+        offset = float(vb) if self.fit_intercept else 0.0
+        xp = self.xp
+        self._sweep(v, offset, lambda y_b, z_b, work_b: float(xp.dot(z_b, z_b)), out)
+
+    def predict_raw(self, w, b: float, out) -> None:
+        """Write the raw predictions ``X w + b`` into ``out`` (``(n_local,)``, data dtype)."""
+        self._check_weights(w)
+        self.xp.dot(self.X, w, out=out)
+        if self.fit_intercept and float(b) != 0.0:
+            self.xp.add(out, float(b), out=out)

@@ -1,0 +1,92 @@
+"""Optimizers: state + step on the replicated parameter vector; they know nothing about MPI.
+
+Conventions
+-----------
+- The parameter vector is ``params = [w_1..w_d, b]`` (length ``d + 1``, float64, on the backend's
+  device); without an intercept ``b`` stays 0 because its gradient is 0.
+- An optimizer talks to an *objective* (see :class:`pgd.strategies.Objective`): ``value_and_grad(params,
+  grad_out) -> loss`` returns the **global** objective, and ``dot(a, b)`` is the global inner product of
+  two parameter-shaped vectors.  Every rank receives the same bits, so every rank computes the same step.
+- ``start(params)`` evaluates the objective at the initial point; each ``step()`` moves to the next iterate
+  and leaves ``loss`` and ``grad`` evaluated there, so the caller's stopping test is always current.
+- ``state_dict()`` holds everything needed to continue exactly (arrays as host NumPy copies);
+  ``load_state_dict`` restores it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+class Optimizer:
+    """Base class: holds ``params``, ``loss``, ``grad`` and the evaluation counter."""
+
+    name = "base"
+
+    def __init__(self, objective, *, xp, lr: float):
+        self.objective = objective
+        self.xp = xp
+        self.lr = float(lr)
+        self.params = None
+        self.grad = None
+        self.loss = math.nan
+        self.evaluations = 0
+
+    def evaluate(self, params, grad_out) -> float:
+        """Global loss at ``params``, writing the global gradient into ``grad_out``."""
+        self.evaluations += 1
+        return self.objective.value_and_grad(params, grad_out)
+
+    def start(self, params) -> float:
+        """Take ``params`` (copied) as the initial point and evaluate there."""
+        self.params = self.xp.array(params, dtype=self.xp.float64, copy=True)
+        self.grad = self.xp.zeros_like(self.params)
+        self.loss = self.evaluate(self.params, self.grad)
+        return self.loss
+
+    def grad_norm(self) -> float:
+        """Global Euclidean norm of the current gradient."""
+        return math.sqrt(max(self.objective.dot(self.grad, self.grad), 0.0))
+
+    def step(self) -> float:
+        """Move to the next iterate; returns the loss there."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly (host copies)."""
+        to_host = getattr(self.xp, "asnumpy", np.asarray)
+        return {"name": self.name, "lr": self.lr, "evaluations": self.evaluations,
+                "params": np.array(to_host(self.params)), "loss": self.loss}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state written by :meth:`state_dict` and re-evaluate the gradient."""
+        self.lr = float(state["lr"])
+        self.start(self.xp.asarray(state["params"]))
+        self.evaluations = int(state["evaluations"])
+
+
+class GradientDescent(Optimizer):
+    """Full-batch gradient descent with a fixed step: ``params -= lr * grad``."""
+
+    name = "gd"
+
+    def start(self, params) -> float:
+        loss = super().start(params)
+        self._scaled = self.xp.empty_like(self.params)
+        return loss
+
+    def step(self) -> float:
+        self.xp.multiply(self.grad, self.lr, out=self._scaled)
+        self.params -= self._scaled
+        self.loss = self.evaluate(self.params, self.grad)
+        return self.loss
+
+
+OPTIMIZERS = {GradientDescent.name: GradientDescent}
+
+
+def make_optimizer(name: str, objective, *, xp, lr: float, **options) -> Optimizer:
+    """Build the optimizer called ``name`` (see :data:`OPTIMIZERS`)."""
+    return OPTIMIZERS[name](objective, xp=xp, lr=lr, **options)

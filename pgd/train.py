@@ -1,0 +1,184 @@
+"""The training loop: local gradient -> communicator -> optimizer step -> stop test -> outputs.
+
+Every rank runs this function; only rank 0 writes files and prints. All decisions that end the loop
+(convergence, divergence) are taken from globally reduced numbers, so every rank takes them together.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import ExitStack
+
+import numpy as np
+from mpi4py import MPI
+
+import pgd
+from pgd.backend import select_backend
+from pgd.comm import collectively
+from pgd.errors import TrainingError
+from pgd.fileio import atomic_path, check_writable
+from pgd.model_io import write_model
+from pgd.optim import make_optimizer
+from pgd.progress import Progress, format_summary
+from pgd.strategies import STRATEGIES
+
+
+def node_local_rank(world) -> tuple[int, int]:
+    """This rank's index among the ranks on its node, and how many ranks share the node."""
+    node = world.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return node.Get_rank(), node.Get_size()
+    finally:
+        node.Free()
+
+
+def _check_outputs(world, cfg) -> None:
+    """Rank 0 checks every output path now, not after training; all ranks fail together."""
+    with collectively(world):
+        if world.Get_rank() == 0:
+            for path, what in ((cfg.out, "model file"), (cfg.metrics, "metrics file")):
+                if path:
+                    check_writable(path, what)
+
+
+def _max_over_ranks(world, values: list[float]) -> list[float]:
+    buf = np.array(values, dtype=np.float64)
+    world.Allreduce(MPI.IN_PLACE, buf, op=MPI.MAX)
+    return buf.tolist()
+
+
+def _replicas_identical(world, params_host: np.ndarray) -> bool:
+    """True when every rank holds exactly rank 0's bits."""
+    reference = params_host.copy()
+    world.Bcast(reference, root=0)
+    same = np.array([int(np.array_equal(reference.view(np.uint64), params_host.view(np.uint64)))],
+                    dtype=np.int64)
+    world.Allreduce(MPI.IN_PLACE, same, op=MPI.MIN)
+    return bool(same[0])
+
+
+class _MetricsWriter:
+    """One JSON object per iterate, written by rank 0 to a temporary file renamed on success."""
+
+    def __init__(self, stack: ExitStack, path: str | None, enabled: bool):
+        self.handle = None
+        if path and enabled:
+            temporary = stack.enter_context(atomic_path(path))
+            self.handle = stack.enter_context(open(temporary, "w", encoding="utf-8"))
+
+    def write(self, record: dict) -> None:
+        if self.handle is not None:
+            self.handle.write(json.dumps(record) + "\n")
+
+
+def train(cfg, world=None) -> dict:
+    """Train a model as configured; returns the run summary (same on every rank).
+
+    Parameters
+    ----------
+    cfg : pgd.config.RunConfig
+        Resolved options of ``pgd train`` (with ``data``, the dataset path).
+    world : mpi4py.MPI.Comm, optional
+        The ranks taking part (``COMM_WORLD`` by default).
+    """
+    world = world if world is not None else MPI.COMM_WORLD
+    rank, size = world.Get_rank(), world.Get_size()
+    local_rank, local_size = node_local_rank(world)
+    backend = select_backend(cfg.device, local_rank)
+    xp = backend.xp
+    _check_outputs(world, cfg)
+
+    objective, slab = STRATEGIES["data"](cfg, world, backend)
+    d = slab.meta.d
+    lr_auto = cfg.lr == "auto"
+    lipschitz = objective.lipschitz(cfg.power_iters, cfg.seed) if lr_auto else math.nan
+    if lr_auto and not lipschitz > 0:
+        raise TrainingError("cannot pick a step size: the data matrix is zero; pass --lr", collective=True)
+    lr = 1.0 / lipschitz if lr_auto else float(cfg.lr)
+
+    facts = {
+        "pgd_version": pgd.__version__, "data": os.path.abspath(cfg.data), "n": slab.n_global, "d": d,
+        "loss": cfg.loss, "l2": cfg.l2, "fit_intercept": cfg.fit_intercept, "optimizer": cfg.optimizer,
+        "lr": lr, "lr_auto": lr_auto, "lipschitz": lipschitz, "ranks": size,
+        "ranks_per_node": local_size, "device": f"{backend.device} ({backend.name})",
+        "communicator": objective.comm.name, "dtype": str(slab.dtype),
+        "blas_threads": os.environ.get("PGD_BLAS_THREADS_RESOLVED", "unknown"),
+        "cuda_aware": "no GPU" if not backend.is_gpu else "host staging",
+        "mpi_library": MPI.Get_library_version().replace("\x00", "").splitlines()[0].strip(),
+    }
+    if cfg.dry_run:
+        rows = world.gather(slab.n_local)
+        if rank == 0:
+            print(f"pgd train --dry-run: data {cfg.data} ({slab.n_global} x {d}, {slab.meta.dtype}) is valid; "
+                  f"rows per rank {rows}; {cfg.loss} loss, lr {lr:.6g}; nothing trained, nothing written")
+        return dict(facts, dry_run=True)
+
+    optimizer = make_optimizer(cfg.optimizer, objective, xp=xp, lr=lr)
+    show = rank == 0 and not cfg.quiet
+    progress = Progress(cfg.max_iter, enabled=show, log_every=cfg.log_every)
+    history = {"loss": [], "grad_norm": [], "time": []}
+    with ExitStack() as outputs:
+        metrics = _MetricsWriter(outputs, cfg.metrics, rank == 0)
+        objective.comm.reset_counters()
+        objective.compute_seconds = 0.0
+        world.Barrier()
+        started = MPI.Wtime()
+
+        def record(iteration: int) -> float:
+            grad_norm = optimizer.grad_norm()
+            elapsed = MPI.Wtime() - started
+            history["loss"].append(optimizer.loss)
+            history["grad_norm"].append(grad_norm)
+            history["time"].append(elapsed)
+            metrics.write({"iter": iteration, "loss": optimizer.loss, "grad_norm": grad_norm,
+                           "time": elapsed})
+            progress.update(iteration, optimizer.loss, grad_norm)
+            return grad_norm
+
+        optimizer.start(xp.zeros(d + 1, dtype=xp.float64))
+        grad_norm = record(0)
+        iteration, stop_reason, converged = 0, f"iteration budget reached (--max-iter {cfg.max_iter})", False
+        while True:
+            if grad_norm <= cfg.tol:
+                stop_reason, converged = f"gradient norm {grad_norm:.3e} <= tol {cfg.tol:g}", True
+                break
+            if iteration >= cfg.max_iter:
+                break
+            previous = optimizer.loss
+            optimizer.step()
+            iteration += 1
+            grad_norm = record(iteration)
+            if not math.isfinite(optimizer.loss) or not math.isfinite(grad_norm):
+                raise TrainingError(f"diverged at iteration {iteration} (loss {optimizer.loss}); "
+                                    f"use a smaller --lr or --lr auto", collective=True)
+            if cfg.rtol and abs(previous - optimizer.loss) <= cfg.rtol * abs(optimizer.loss):
+                stop_reason, converged = f"relative loss change <= rtol {cfg.rtol:g}", True
+                break
+        progress.update(iteration, optimizer.loss, grad_norm, force=True)
+        progress.close()
+        wall = MPI.Wtime() - started
+        compute, comm_seconds = objective.compute_seconds, objective.comm.seconds
+        wall_max, compute_max, comm_max, other_max = _max_over_ranks(
+            world, [wall, compute, comm_seconds, wall - compute - comm_seconds])
+        params = backend.to_host(optimizer.params).astype(np.float64)
+        identical = _replicas_identical(world, params)
+        summary = dict(
+            facts, iterations=iteration, evaluations=optimizer.evaluations, final_loss=optimizer.loss,
+            grad_norm=grad_norm, converged=converged, stop_reason=stop_reason,
+            replicas_identical=identical, out=cfg.out, metrics=cfg.metrics,
+            comm_bytes_per_iteration=objective.comm.bytes // max(objective.comm.calls, 1),
+            timing={"wall": wall_max, "compute": compute_max, "comm": comm_max, "other": other_max,
+                    "per_iteration": wall_max / max(optimizer.evaluations, 1)})
+        if rank == 0 and cfg.out:
+            attrs = {key: value for key, value in summary.items() if key not in ("out", "metrics")}
+            attrs["config"] = cfg.to_json()
+            write_model(cfg.out, params[:d], params[d], attrs, history)
+    if rank == 0:
+        print(format_summary(summary), flush=True)
+        if not identical:
+            print("pgd: warning: ranks ended with different weights (non-deterministic reduction)",
+                  flush=True)
+    return summary

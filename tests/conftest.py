@@ -1,0 +1,57 @@
+"""Shared test helpers: launching pgd under mpirun, and small datasets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+BIN_DIR = os.path.dirname(sys.executable)
+MPIRUN = shutil.which("mpirun", path=BIN_DIR + os.pathsep + os.environ.get("PATH", ""))
+MPIRUN_FLAGS = ["--oversubscribe"] + (["--allow-run-as-root"] if hasattr(os, "geteuid") and os.geteuid() == 0
+                                      else [])
+
+needs_mpirun = pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
+
+
+def run_pgd(ranks: int, *args, timeout: float = 120, env: dict | None = None, cwd=None):
+    """Run ``pgd ARGS`` under ``mpirun -n ranks``; returns the CompletedProcess (text mode)."""
+    if MPIRUN is None:
+        pytest.skip("mpirun not found")
+    command = [MPIRUN, *MPIRUN_FLAGS, "-n", str(ranks), sys.executable, "-m", "pgd", *map(str, args)]
+    full_env = dict(os.environ, PGD_BLAS_THREADS="1", **(env or {}))
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd)
+
+
+def run_python(ranks: int, script: str, *args, timeout: float = 120):
+    """Run a Python file under ``mpirun -n ranks``."""
+    if MPIRUN is None:
+        pytest.skip("mpirun not found")
+    command = [MPIRUN, *MPIRUN_FLAGS, "-n", str(ranks), sys.executable, script, *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PGD_BLAS_THREADS="1"))
+
+
+def write_dataset(path, X, y=None, **attrs):
+    """Write an HDF5 dataset in pgd's format (X chunked by rows)."""
+    with h5py.File(path, "w") as handle:
+        handle.attrs["pgd_format"] = 1
+        for key, value in attrs.items():
+            handle.attrs[key] = value
+        X = np.asarray(X)
+        handle.create_dataset("X", data=X, chunks=(max(1, min(len(X), 64)),) + X.shape[1:]
+                              if X.ndim == 2 and X.size else None)
+        if y is not None:
+            handle.create_dataset("y", data=np.asarray(y))
+    return str(path)
+
+
+def read_weights(path):
+    """``(w, b, attrs)`` of a model file."""
+    with h5py.File(path, "r") as handle:
+        return handle["w"][...], float(handle["b"][()]), dict(handle.attrs)
