@@ -99,6 +99,8 @@ OPTIMIZER_OPTIONS = [
 ]
 
 PARALLEL_OPTIONS = [
+    option("--mode", type=click.Choice(["data"]), default="data",
+           help="data: rows split over ranks, gradients summed every step."),
     option("--comm", type=click.Choice(["allreduce", "reduce-bcast"]), default="allreduce",
            help="How ranks combine gradients."),
 ]

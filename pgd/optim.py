@@ -25,8 +25,9 @@ class Optimizer:
 
     name = "base"
 
-    def __init__(self, objective, *, xp, lr: float):
+    def __init__(self, objective, *, xp, lr: float, cfg=None):
         self.objective = objective
+        self.cfg = cfg
         self.xp = xp
         self.lr = float(lr)
         self.params = None
@@ -87,6 +88,6 @@ class GradientDescent(Optimizer):
 OPTIMIZERS = {GradientDescent.name: GradientDescent}
 
 
-def make_optimizer(name: str, objective, *, xp, lr: float, **options) -> Optimizer:
-    """Build the optimizer called ``name`` (see :data:`OPTIMIZERS`)."""
-    return OPTIMIZERS[name](objective, xp=xp, lr=lr, **options)
+def make_optimizer(name: str, objective, *, xp, lr: float, cfg=None) -> Optimizer:
+    """Build the optimizer called ``name`` (see :data:`OPTIMIZERS`); ``cfg`` carries its options."""
+    return OPTIMIZERS[name](objective, xp=xp, lr=lr, cfg=cfg)

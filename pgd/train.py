@@ -25,6 +25,12 @@ from pgd.optim import make_optimizer
 from pgd.progress import Progress, format_summary
 from pgd.strategies import STRATEGIES
 
+#: Factories ``make_hook(cfg, world, optimizer) -> hook or None`` run by every training loop. A hook's
+#: ``after_step(iteration) -> str | None`` is called on every rank after each step, and must return the
+#: same value on every rank (a reason to stop, or None). Later features (checkpoints, signals, time
+#: budgets) register here instead of editing the loop.
+LOOP_HOOKS: list = []
+
 
 def node_local_rank(world) -> tuple[int, int]:
     """This rank's index among the ranks on its node, and how many ranks share the node."""
@@ -91,7 +97,7 @@ def train(cfg, world=None) -> dict:
     xp = backend.xp
     _check_outputs(world, cfg)
 
-    objective, slab = STRATEGIES["data"](cfg, world, backend)
+    objective, slab = STRATEGIES[cfg.mode](cfg, world, backend)
     d = slab.meta.d
     lr_auto = cfg.lr == "auto"
     lipschitz = objective.lipschitz(cfg.power_iters, cfg.seed) if lr_auto else math.nan
@@ -116,7 +122,8 @@ def train(cfg, world=None) -> dict:
                   f"rows per rank {rows}; {cfg.loss} loss, lr {lr:.6g}; nothing trained, nothing written")
         return dict(facts, dry_run=True)
 
-    optimizer = make_optimizer(cfg.optimizer, objective, xp=xp, lr=lr)
+    optimizer = make_optimizer(cfg.optimizer, objective, xp=xp, lr=lr, cfg=cfg)
+    hooks = [hook for make_hook in LOOP_HOOKS if (hook := make_hook(cfg, world, optimizer)) is not None]
     show = rank == 0 and not cfg.quiet
     progress = Progress(cfg.max_iter, enabled=show, log_every=cfg.log_every)
     history = {"loss": [], "grad_norm": [], "time": []}
@@ -156,6 +163,10 @@ def train(cfg, world=None) -> dict:
                                     f"use a smaller --lr or --lr auto", collective=True)
             if cfg.rtol and abs(previous - optimizer.loss) <= cfg.rtol * abs(optimizer.loss):
                 stop_reason, converged = f"relative loss change <= rtol {cfg.rtol:g}", True
+                break
+            hook_stop = next((reason for hook in hooks if (reason := hook.after_step(iteration))), None)
+            if hook_stop:
+                stop_reason = hook_stop
                 break
         progress.update(iteration, optimizer.loss, grad_norm, force=True)
         progress.close()
