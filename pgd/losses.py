@@ -247,6 +247,8 @@ class LocalLinearGradient:
         self._z = xp.empty(buffer_rows, dtype=self.dtype)
         self._work = xp.empty(buffer_rows, dtype=self.dtype)
         self._row_sum = xp.empty(self.d, dtype=self.dtype)
+        self._batch_X = xp.empty((0, self.d), dtype=self.dtype)
+        self._batch_y = xp.empty(0, dtype=self.dtype)
         # (X_b, y_b, z_b, work_b) for every block: views, built once
         self._blocks = []
         for start in range(0, self.n_local, self.block_rows):
@@ -258,7 +260,33 @@ class LocalLinearGradient:
         if w.shape != (self.d,) or w.dtype != self.dtype:
             raise ValueError(f"w must have shape ({self.d},) and dtype {self.dtype}, got {w.shape} {w.dtype}")
 
-    def _sweep(self, w, offset: float, transform, out) -> None:
+    def _row_blocks(self, rows):
+        """Blocks ``(X_b, y_b, z_b, work_b)`` covering ``rows``: all rows, a slice, or an index array.
+
+        An index array is gathered into batch buffers that grow to the largest batch seen and are then
+        reused (mini-batch methods); a slice is served by views.
+        """
+        if rows is None:
+            return self._blocks
+        if isinstance(rows, slice):
+            start, stop, _ = rows.indices(self.n_local)
+            X, y = self.X[start:stop], self.y[start:stop]
+        else:
+            count = len(rows)
+            if self._batch_X.shape[0] < count:
+                self._batch_X = self.xp.empty((count, self.d), dtype=self.dtype)
+                self._batch_y = self.xp.empty(count, dtype=self.dtype)
+            X, y = self._batch_X[:count], self._batch_y[:count]
+            self.xp.take(self.X, rows, axis=0, out=X)
+            self.xp.take(self.y, rows, out=y)
+        blocks = []
+        for start in range(0, X.shape[0], self.block_rows):
+            stop = min(start + self.block_rows, X.shape[0])
+            blocks.append((X[start:stop], y[start:stop], self._z[: stop - start],
+                           self._work[: stop - start]))
+        return blocks
+
+    def _sweep(self, w, offset: float, transform, out, rows=None) -> None:
         """One blocked pass: ``z_b = X_b w + offset``, ``r_b = transform(...)``, sums of ``X_b^T r_b``.
 
         ``transform(y_b, z_b, work_b)`` overwrites ``z_b`` with ``r_b`` and returns a scalar that is
@@ -271,7 +299,7 @@ class LocalLinearGradient:
         gradient = out[:d]
         scalar_sum = 0.0
         residual_sum = 0.0
-        for X_b, y_b, z_b, work_b in self._blocks:
+        for X_b, y_b, z_b, work_b in self._row_blocks(rows):
             xp.dot(X_b, w, out=z_b)
             if offset != 0.0:
                 xp.add(z_b, offset, out=z_b)
@@ -283,8 +311,8 @@ class LocalLinearGradient:
         out[d] = residual_sum
         out[d + 1] = scalar_sum
 
-    def loss_gradient(self, w, b: float, out) -> None:
-        """Local loss and gradient sums at ``(w, b)``.
+    def loss_gradient(self, w, b: float, out, rows=None) -> None:
+        """Local loss and gradient sums at ``(w, b)``, over all local rows or only ``rows``.
 
         Parameters
         ----------
@@ -294,10 +322,13 @@ class LocalLinearGradient:
             Intercept (ignored without intercept).
         out : array, (d + 2,), float64
             Receives ``sum_i loss'_i x_i``, ``sum_i loss'_i`` (0 without intercept), ``sum_i loss_i``.
+        rows : slice or int array, optional
+            Local rows to sum over (mini-batches); all rows when omitted.
         """
         offset = float(b) if self.fit_intercept else 0.0
         xp, loss = self.xp, self.loss
-        self._sweep(w, offset, lambda y_b, z_b, work_b: loss.sum_and_derivative(y_b, z_b, work_b, xp), out)
+        self._sweep(w, offset, lambda y_b, z_b, work_b: loss.sum_and_derivative(y_b, z_b, work_b, xp), out,
+                    rows)
 
     def gram_matvec(self, v, vb: float, out) -> None:
         """Local Gram product of the design ``X~ = [X, 1]`` (or ``X`` without intercept).

@@ -214,3 +214,20 @@ def test_objective_gradient_matches_finite_differences(name, fit_intercept):
     np.testing.assert_allclose(gradient, numeric, rtol=1e-6, atol=1e-8)
     if not fit_intercept:
         assert gradient[d] == 0.0
+
+
+@pytest.mark.parametrize("rows", [slice(3, 17), np.array([5, 0, 19, 19, 7])])
+def test_loss_gradient_over_selected_rows(rows):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((20, 4))
+    y = (rng.random(20) > 0.5).astype(np.float64)
+    w = rng.standard_normal(4)
+    kernel = LocalLinearGradient(X, y, LogisticLoss(), fit_intercept=True, xp=np, block_bytes=3 * 32)
+    out = np.empty(6)
+    kernel.loss_gradient(w, 0.3, out, rows=rows)
+    Xs, ys = X[rows], y[rows]
+    z = Xs @ w + 0.3
+    r = 1 / (1 + np.exp(-z)) - ys
+    np.testing.assert_allclose(out[:4], Xs.T @ r, rtol=1e-12)
+    np.testing.assert_allclose(out[4], r.sum(), rtol=1e-12)
+    np.testing.assert_allclose(out[5], np.sum(np.logaddexp(0, z) - ys * z), rtol=1e-12)
