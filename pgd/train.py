@@ -98,6 +98,8 @@ def train(cfg, world=None) -> dict:
     _check_outputs(world, cfg)
 
     objective, slab = STRATEGIES[cfg.mode](cfg, world, backend)
+    if os.environ.get("PGD_TEST_FAULT_RANK") == str(rank):  # tests: an unexpected failure on one rank
+        raise RuntimeError("fault injected by PGD_TEST_FAULT_RANK")
     d = slab.meta.d
     lr_auto = cfg.lr == "auto"
     lipschitz = objective.lipschitz(cfg.power_iters, cfg.seed) if lr_auto else math.nan
@@ -127,6 +129,7 @@ def train(cfg, world=None) -> dict:
     show = rank == 0 and not cfg.quiet
     progress = Progress(cfg.max_iter, enabled=show, log_every=cfg.log_every)
     history = {"loss": [], "grad_norm": [], "time": []}
+    check_every_step = bool(os.environ.get("PGD_CHECK_REPLICAS"))  # tests: bitwise replica check per step
     with ExitStack() as outputs:
         metrics = _MetricsWriter(outputs, cfg.metrics, rank == 0)
         objective.comm.reset_counters()
@@ -158,6 +161,9 @@ def train(cfg, world=None) -> dict:
             optimizer.step()
             iteration += 1
             grad_norm = record(iteration)
+            if check_every_step and not _replicas_identical(world, backend.to_host(optimizer.params)):
+                raise TrainingError(f"ranks hold different weights after iteration {iteration}",
+                                    collective=True)
             if not math.isfinite(optimizer.loss) or not math.isfinite(grad_norm):
                 raise TrainingError(f"diverged at iteration {iteration} (loss {optimizer.loss}); "
                                     f"use a smaller --lr or --lr auto", collective=True)
@@ -179,7 +185,8 @@ def train(cfg, world=None) -> dict:
         summary = dict(
             facts, iterations=iteration, evaluations=optimizer.evaluations, final_loss=optimizer.loss,
             grad_norm=grad_norm, converged=converged, stop_reason=stop_reason,
-            replicas_identical=identical, out=cfg.out, metrics=cfg.metrics,
+            replicas_identical=identical,
+            replicas_checked="every iteration" if check_every_step else "at the end", out=cfg.out, metrics=cfg.metrics,
             comm_bytes_per_iteration=objective.comm.bytes // max(objective.comm.calls, 1),
             timing={"wall": wall_max, "compute": compute_max, "comm": comm_max, "other": other_max,
                     "per_iteration": wall_max / max(optimizer.evaluations, 1)})
