@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import h5py
 import numpy as np
 
+from pgd.data.format import open_h5
 from pgd.errors import InputError
 from pgd.fileio import atomic_h5_file
 
@@ -60,13 +60,7 @@ def write_model(path: str, w: np.ndarray, b: float, attrs: dict, history: dict |
 
 def read_model(path: str) -> Model:
     """Read a model file, with one-line errors for anything that is not one."""
-    try:
-        handle = h5py.File(path, "r")
-    except FileNotFoundError:
-        raise InputError(f"model file not found: {path}") from None
-    except OSError:
-        raise InputError(f"not an HDF5 model file: {path}") from None
-    with handle:
+    with open_h5(path, what="model file") as handle:
         if "w" not in handle or "b" not in handle or "loss" not in handle.attrs:
             raise InputError(f"{path} is not a pgd model file (needs /w, /b and a 'loss' attribute)")
         w = np.asarray(handle["w"][...], dtype=np.float64)

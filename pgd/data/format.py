@@ -60,7 +60,7 @@ def json_value(value):
 
 
 @contextlib.contextmanager
-def open_h5(path, locking: str = "best-effort") -> Iterator[h5py.File]:
+def open_h5(path, locking: str = "best-effort", what: str = "data file") -> Iterator[h5py.File]:
     """Open an HDF5 file read-only, turning open failures into one-line :class:`InputError`.
 
     Parameters
@@ -70,6 +70,8 @@ def open_h5(path, locking: str = "best-effort") -> Iterator[h5py.File]:
     locking : {"true", "false", "best-effort"}
         HDF5 file locking; where h5py lacks the ``locking`` argument, ``HDF5_USE_FILE_LOCKING``
         is set instead.
+    what : str
+        What the file is, for messages (``"data file"``, ``"model file"``).
 
     Yields
     ------
@@ -86,7 +88,7 @@ def open_h5(path, locking: str = "best-effort") -> Iterator[h5py.File]:
                 os.environ["HDF5_USE_FILE_LOCKING"] = "TRUE" if locking == "true" else "FALSE"
             h5 = h5py.File(path, "r")
     except FileNotFoundError:
-        raise InputError(f"data file not found: {path}") from None
+        raise InputError(f"{what} not found: {path}") from None
     except PermissionError:
         raise InputError(f"permission denied reading {path}: check the file's permissions") from None
     except IsADirectoryError:
@@ -95,7 +97,7 @@ def open_h5(path, locking: str = "best-effort") -> Iterator[h5py.File]:
         if "lock" in str(exc).lower():
             raise InputError(f"cannot lock {path} (file system without locking?): "
                              "retry with --hdf5-locking false or HDF5_USE_FILE_LOCKING=FALSE") from None
-        raise InputError(f"not an HDF5 file: {path}") from None
+        raise InputError(f"not an HDF5 file: {path} (expected a {what})") from None
     try:
         yield h5
     finally:
