@@ -57,11 +57,11 @@ def cli():
 @JSON_OPTION
 def info(as_json):
     """Versions, MPI library, ranks per node, GPUs and the CUDA-aware decision."""
-    from pgd.info import format_info, gather_info  # noqa: PLC0415
+    from pgd.info import format_fields, gather_info  # noqa: PLC0415
 
     world = _world()
     details = gather_info(world)
-    _print_result(world, details, as_json, format_info(details) if not as_json else "")
+    _print_result(world, details, as_json, format_fields(details))
 
 
 @cli.group()
@@ -166,12 +166,11 @@ def train(ctx, **values):
 def evaluate(model, data, x_key, y_key, hdf5_locking, as_json):
     """Metrics of MODEL on DATA: MSE, RMSE, MAE, R² (squared); log-loss, accuracy, ROC AUC (logistic)."""
     from pgd.evaluate import evaluate_model  # noqa: PLC0415
+    from pgd.info import format_fields  # noqa: PLC0415
 
     world = _world()
     result = evaluate_model(world, model, data, x_key=x_key, y_key=y_key, locking=hdf5_locking)
-    text = "\n".join(f"{key:<10} {value:.6g}" if isinstance(value, float) else f"{key:<10} {value}"
-                     for key, value in result.items())
-    _print_result(world, result, as_json, text)
+    _print_result(world, result, as_json, format_fields(result))
 
 
 @cli.command()

@@ -45,7 +45,8 @@ def gather_info(world) -> dict:
     }
 
 
-def format_info(info: dict) -> str:
-    """``key: value`` lines, aligned."""
-    width = max(len(key) for key in info)
-    return "\n".join(f"{key:<{width}}  {value}" for key, value in info.items())
+def format_fields(fields: dict) -> str:
+    """Aligned ``key  value`` lines (floats with 6 significant digits)."""
+    width = max(len(key) for key in fields)
+    return "\n".join(f"{key:<{width}}  {value:.6g}" if isinstance(value, float) else f"{key:<{width}}  {value}"
+                     for key, value in fields.items())
