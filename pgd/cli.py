@@ -12,7 +12,7 @@ import json
 import click
 
 from pgd import __version__
-from pgd.config import (DATA_OPTIONS, DTYPE, TRAIN_OPTIONS, apply_options, option, resolve)
+from pgd.config import (CUDA_AWARE_OPTION, DATA_OPTIONS, DTYPE, TRAIN_OPTIONS, apply_options, option, resolve)
 
 
 def _world():
@@ -55,12 +55,13 @@ def cli():
 
 @cli.command()
 @JSON_OPTION
-def info(as_json):
+@CUDA_AWARE_OPTION
+def info(as_json, cuda_aware):
     """Versions, MPI library, ranks per node, GPUs and the CUDA-aware decision."""
     from pgd.info import format_info, gather_info  # noqa: PLC0415
 
     world = _world()
-    details = gather_info(world)
+    details = gather_info(world, cuda_aware)
     _print_result(world, details, as_json, format_info(details) if not as_json else "")
 
 

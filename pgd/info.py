@@ -15,9 +15,10 @@ from mpi4py import MPI
 
 import pgd
 from pgd.backend import gpu_count
+from pgd.cuda_aware import cuda_aware_line
 
 
-def gather_info(world) -> dict:
+def gather_info(world, cuda_aware_mode: str = "auto") -> dict:
     """Facts about this installation and this job (collective: every rank must call it)."""
     node = world.Split_type(MPI.COMM_TYPE_SHARED)
     ranks_per_node = world.allreduce(node.Get_size(), op=MPI.MAX)
@@ -40,7 +41,7 @@ def gather_info(world) -> dict:
         "host": socket.gethostname(),
         "blas_threads": os.environ.get("PGD_BLAS_THREADS_RESOLVED", "unknown"),
         "gpus": gpus,
-        "cuda_aware": "no GPU" if gpus == 0 else "host staging (CUDA-aware MPI not probed)",
+        "cuda_aware": cuda_aware_line(world, cuda_aware_mode, gpus),
         "executable": sys.executable,
     }
 
