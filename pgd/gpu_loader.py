@@ -7,6 +7,8 @@ the device's free memory; otherwise all ranks stop with one line giving the size
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from pgd.comm import collectively
@@ -15,12 +17,14 @@ from pgd.errors import InputError
 
 #: Bytes of X per loading block.
 LOAD_BLOCK_BYTES = 64 << 20
-#: Device memory kept free for the CUDA context, kernels and small buffers.
+#: Device memory kept free for the CUDA context, kernels and small buffers (``PGD_GPU_RESERVE_BYTES``).
 RESERVE_BYTES = 256 << 20
 
 
-def device_bytes_needed(n_local: int, d: int, itemsize: int, reserve: int = RESERVE_BYTES) -> int:
+def device_bytes_needed(n_local: int, d: int, itemsize: int, reserve: int | None = None) -> int:
     """Device memory a slice needs: X, y, two row-sized work vectors, and a reserve."""
+    if reserve is None:
+        reserve = int(os.environ.get("PGD_GPU_RESERVE_BYTES", RESERVE_BYTES))
     return n_local * (d + 3) * itemsize + reserve
 
 
