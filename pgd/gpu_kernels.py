@@ -345,6 +345,7 @@ class FusedGradient:
         sms = int(device.attributes["MultiProcessorCount"])
         self.max_blocks = sms * 8   # 8 blocks of 256 threads = 2048 threads per SM (full occupancy)
         self._module = self._compile()
+        self._launches = {}
 
     def _compile(self):
         key = self.cupy.cuda.Device().id
@@ -355,15 +356,22 @@ class FusedGradient:
 
     def __call__(self, w, offset: float, loss: str, out, rows: slice | None = None) -> None:
         """Overwrite ``out`` (float64, ``d + 2``) with the sums over ``rows`` (all rows by default)."""
-        start, stop = (0, self.n) if rows is None else rows.indices(self.n)[:2]
-        X, y = self.X[start:stop], self.y[start:stop]
+        if rows is None:
+            X, y = self.X, self.y
+        else:
+            start, stop = rows.indices(self.n)[:2]
+            X, y = self.X[start:stop], self.y[start:stop]
         n = X.shape[0]
-        aligned = X.data.ptr % 16 == 0 and w.data.ptr % 16 == 0
-        plan = plan_launch(n, self.d, self.dtype.itemsize, aligned=aligned, max_blocks=self.max_blocks)
         out.fill(0)
         if n == 0:
             return
-        kernel = self._module.get_function(kernel_name(CTYPES[self.dtype], loss, plan.vectorised, plan.chunks))
+        aligned = X.data.ptr % 16 == 0 and w.data.ptr % 16 == 0
+        key = (n, aligned, loss)
+        if key not in self._launches:   # plan and kernel looked up once per shape (launch overhead)
+            plan = plan_launch(n, self.d, self.dtype.itemsize, aligned=aligned, max_blocks=self.max_blocks)
+            name = kernel_name(CTYPES[self.dtype], loss, plan.vectorised, plan.chunks)
+            self._launches[key] = (plan, self._module.get_function(name))
+        plan, kernel = self._launches[key]
         scalar = self.dtype.type(offset)
         kernel((plan.blocks, plan.tiles), (plan.threads,),
                (X, y, w, scalar, np.int64(n), np.int64(self.d), np.int32(self.fit_intercept), out),
