@@ -55,13 +55,12 @@ def cli():
 
 @cli.command()
 @JSON_OPTION
-@CUDA_AWARE_OPTION
-def info(as_json, cuda_aware):
+def info(as_json):
     """Versions, MPI library, ranks per node, GPUs and the CUDA-aware decision."""
     from pgd.info import format_info, gather_info  # noqa: PLC0415
 
     world = _world()
-    details = gather_info(world, cuda_aware)
+    details = gather_info(world)
     _print_result(world, details, as_json, format_info(details) if not as_json else "")
 
 

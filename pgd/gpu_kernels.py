@@ -44,7 +44,9 @@ template <typename T> struct Vec;
 template <> struct Vec<float>  { typedef float4  type; static constexpr int n = 4; };
 template <> struct Vec<double> { typedef double2 type; static constexpr int n = 2; };
 
-__device__ __forceinline__ float  vget(const float4  &v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
+__device__ __forceinline__ float vget(const float4 &v, int i) {
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
 __device__ __forceinline__ double vget(const double2 &v, int i) { return i == 0 ? v.x : v.y; }
 
 template <typename T>

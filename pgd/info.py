@@ -18,8 +18,12 @@ from pgd.backend import gpu_count
 from pgd.cuda_aware import cuda_aware_line
 
 
-def gather_info(world, cuda_aware_mode: str = "auto") -> dict:
-    """Facts about this installation and this job (collective: every rank must call it)."""
+def gather_info(world, cuda_aware_mode: str | None = None) -> dict:
+    """Facts about this installation and this job (collective: every rank must call it).
+
+    ``cuda_aware_mode`` defaults to ``PGD_CUDA_AWARE`` (else ``auto``), as ``pgd train`` would resolve it.
+    """
+    cuda_aware_mode = cuda_aware_mode or os.environ.get("PGD_CUDA_AWARE", "auto")
     node = world.Split_type(MPI.COMM_TYPE_SHARED)
     ranks_per_node = world.allreduce(node.Get_size(), op=MPI.MAX)
     nodes = world.allreduce(int(node.Get_rank() == 0), op=MPI.SUM)
