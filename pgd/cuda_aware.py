@@ -161,15 +161,21 @@ def describe(decision: str, reason: str) -> str:
     return f"{decision} ({reason})"
 
 
+def probe_line() -> str:
+    """What the vendor probes say about this MPI (``pgd info``'s ``mpi_cuda_probe``)."""
+    from mpi4py import MPI  # noqa: PLC0415
+
+    library = MPI.Get_library_version().replace("\x00", "")
+    said, reason = probe(library, run_ompi_info() if mpi_vendor(library) == "open-mpi" else "", os.environ)
+    return f"{'CUDA-aware' if said else 'not CUDA-aware' if said is False else 'unknown'} ({reason})"
+
+
 def cuda_aware_line(world, mode: str, gpus: int) -> str:
-    """``pgd info``'s line (collective): the decision a GPU run would take on this rank's GPU, or the
-    probe's verdict after ``no GPU``."""
+    """``pgd info``'s line (collective): ``no GPU``, or the decision a GPU run takes on this rank's GPU."""
     from mpi4py import MPI  # noqa: PLC0415
 
     if gpus == 0:
-        library = MPI.Get_library_version().replace("\x00", "")
-        _said, reason = probe(library, run_ompi_info() if mpi_vendor(library) == "open-mpi" else "", os.environ)
-        return f"{NO_GPU} (MPI probe: {reason})"
+        return NO_GPU
     from pgd.backend import select_backend  # noqa: PLC0415
     from pgd.device_ops import CupyOps  # noqa: PLC0415
 

@@ -15,7 +15,7 @@ from mpi4py import MPI
 
 import pgd
 from pgd.backend import gpu_count
-from pgd.cuda_aware import cuda_aware_line
+from pgd.cuda_aware import cuda_aware_line, probe_line
 
 
 def gather_info(world, cuda_aware_mode: str | None = None) -> dict:
@@ -46,6 +46,7 @@ def gather_info(world, cuda_aware_mode: str | None = None) -> dict:
         "blas_threads": os.environ.get("PGD_BLAS_THREADS_RESOLVED", "unknown"),
         "gpus": gpus,
         "cuda_aware": cuda_aware_line(world, cuda_aware_mode, gpus),
+        "mpi_cuda_probe": probe_line() if world.Get_rank() == 0 else "",
         "executable": sys.executable,
     }
 
