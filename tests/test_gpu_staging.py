@@ -79,3 +79,14 @@ def test_cpu_communicator_and_nccl_refused_on_cpu():
     assert "no effect" in comm.cuda_aware
     with pytest.raises(PgdError, match="nccl needs the GPU"):
         make_device_communicator("nccl", FakeMPIComm(ops), cpu_backend())
+
+
+def test_single_rank_staging_copies_nothing():
+    ops = FakeOps()
+    mpi = FakeMPIComm(ops, size=1)
+    comm = StagedCommunicator(AllreduceCommunicator(mpi), ops)
+    buf = _device(ops, [4.0])
+    comm.allreduce(buf)
+    comm.bcast(buf)
+    assert float(buf[0]) == 4.0 and ops.copies_to_host == ops.copies_to_device == 0 and not ops.pinned
+    assert comm.calls == 2 and mpi.calls == []
