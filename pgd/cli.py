@@ -12,7 +12,7 @@ import json
 import click
 
 from pgd import __version__
-from pgd.config import (DATA_OPTIONS, DTYPE, TRAIN_OPTIONS, apply_options, option, resolve)
+from pgd.config import (CUDA_AWARE_OPTION, DATA_OPTIONS, DTYPE, TRAIN_OPTIONS, apply_options, option, resolve)
 
 
 def _world():
@@ -208,3 +208,32 @@ def bench_gradient(n, d, dtype, loss, repeats, block_bytes, as_json):
     result = gradient_bench(world, n=n, d=d, dtype=dtype, loss=loss, repeats=repeats,
                             block_bytes=block_bytes)
     _print_result(world, result, as_json, format_gradient_bench(result))
+
+
+@bench.command("kernels")
+@option("--elements", type=click.IntRange(min=1), default=1 << 28,
+        help="Entries of X per case (rows = elements // d); 2**28 float32 = 1 GiB.")
+@option("--d", "ds", type=click.IntRange(min=1), multiple=True, default=(16, 64, 256, 1024, 1000, 1030, 4000),
+        help="Columns (repeat the option for several).")
+@option("--dtype", "dtypes", type=DTYPE, multiple=True, default=("float32",), help="Float types (repeatable).")
+@option("--loss", "losses", type=click.Choice(["squared", "logistic"]), multiple=True, default=("squared",),
+        help="Losses (repeatable).")
+@option("--step-rows", type=click.IntRange(min=1), multiple=True, default=(100_000, 16_777_216),
+        help="Rows of the d = 64 float32 training steps timed per iteration (repeatable).")
+@option("--repeats", type=click.IntRange(min=1), default=20, help="Timed repetitions (median).")
+@CUDA_AWARE_OPTION
+@option("--comm", type=click.Choice(["allreduce", "reduce-bcast", "nccl"]), default="allreduce",
+        help="Communicator of the timed steps.")
+@JSON_OPTION
+def bench_kernels(elements, ds, dtypes, losses, step_rows, repeats, cuda_aware, comm, as_json):
+    """GPU: copy bandwidth, two-pass X.T @ (X @ w - y) and the fused one-pass kernel, as TB/s and fraction
+    of copy bandwidth; then the time per training iteration."""
+    from pgd.backend import select_backend  # noqa: PLC0415
+    from pgd.gpu_bench import format_kernel_bench, run_kernel_bench  # noqa: PLC0415
+    from pgd.train import node_local_rank  # noqa: PLC0415
+
+    world = _world()
+    backend = select_backend("gpu", node_local_rank(world)[0])
+    result = run_kernel_bench(world, backend, elements=elements, ds=ds, dtypes=dtypes, losses=losses,
+                              repeats=repeats, step_sizes=step_rows, comm=comm, cuda_aware=cuda_aware)
+    _print_result(world, result, as_json, format_kernel_bench(result["kernels"], result["steps"]))

@@ -76,6 +76,10 @@ COMPUTE_OPTIONS = [
            help="Compute dtype; auto keeps the file's float type (float64 for integer data)."),
     option("--block-bytes", type=click.IntRange(min=1024), default=1 << 20,
            help="Rows are processed in blocks of about this many bytes, to stay in cache."),
+    CUDA_AWARE_OPTION := option(
+        "--cuda-aware", type=click.Choice(["auto", "on", "off"]), default="auto",
+        help="Hand device buffers to MPI directly (on), stage through pinned host memory (off), or decide "
+             "from vendor probes plus a checksum Allreduce (auto)."),
 ]
 
 MODEL_OPTIONS = [
@@ -101,8 +105,8 @@ OPTIMIZER_OPTIONS = [
 PARALLEL_OPTIONS = [
     option("--mode", type=click.Choice(["data"]), default="data",
            help="data: rows split over ranks, gradients summed every step."),
-    option("--comm", type=click.Choice(["allreduce", "reduce-bcast"]), default="allreduce",
-           help="How ranks combine gradients."),
+    option("--comm", type=click.Choice(["allreduce", "reduce-bcast", "nccl"]), default="allreduce",
+           help="How ranks combine gradients (nccl: GPU only, one rank per GPU)."),
 ]
 
 OUTPUT_OPTIONS = [

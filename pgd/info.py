@@ -15,10 +15,15 @@ from mpi4py import MPI
 
 import pgd
 from pgd.backend import gpu_count
+from pgd.cuda_aware import cuda_aware_line, probe_line
 
 
-def gather_info(world) -> dict:
-    """Facts about this installation and this job (collective: every rank must call it)."""
+def gather_info(world, cuda_aware_mode: str | None = None) -> dict:
+    """Facts about this installation and this job (collective: every rank must call it).
+
+    ``cuda_aware_mode`` defaults to ``PGD_CUDA_AWARE`` (else ``auto``), as ``pgd train`` would resolve it.
+    """
+    cuda_aware_mode = cuda_aware_mode or os.environ.get("PGD_CUDA_AWARE", "auto")
     node = world.Split_type(MPI.COMM_TYPE_SHARED)
     ranks_per_node = world.allreduce(node.Get_size(), op=MPI.MAX)
     nodes = world.allreduce(int(node.Get_rank() == 0), op=MPI.SUM)
@@ -40,7 +45,8 @@ def gather_info(world) -> dict:
         "host": socket.gethostname(),
         "blas_threads": os.environ.get("PGD_BLAS_THREADS_RESOLVED", "unknown"),
         "gpus": gpus,
-        "cuda_aware": "no GPU" if gpus == 0 else "host staging (CUDA-aware MPI not probed)",
+        "cuda_aware": cuda_aware_line(world, cuda_aware_mode, gpus),
+        "mpi_cuda_probe": probe_line() if world.Get_rank() == 0 else "",
         "executable": sys.executable,
     }
 

@@ -94,6 +94,9 @@ def load_row_slab(mpi_comm, path: str, *, backend, dtype: str = "auto", x_key: s
                                 require_y=require_y)
     compute_dtype = resolve_dtype(dtype, meta)
     start, stop = block_range(meta.n, mpi_comm.Get_size(), mpi_comm.Get_rank())
+    if backend.is_gpu:  # blocks through pinned host buffers straight to the device (pgd.gpu_loader)
+        return _load_to_gpu(mpi_comm, meta, start, stop, compute_dtype, backend=backend, locking=locking,
+                            loss=loss)
     X = y = None
     with collectively(mpi_comm):
         X, y = read_rows(meta, start, stop, compute_dtype, locking=locking)
@@ -106,3 +109,18 @@ def load_row_slab(mpi_comm, path: str, *, backend, dtype: str = "auto", x_key: s
         _validate_labels(mpi_comm, y, start, meta)
     return RowSlab(meta=meta, start=start, stop=stop, X=backend.to_device(X),
                    y=None if y is None else backend.to_device(y), dtype=compute_dtype)
+
+
+def _load_to_gpu(mpi_comm, meta, start, stop, dtype, *, backend, locking, loss) -> RowSlab:
+    """The GPU branch of :func:`load_row_slab`: same checks, X never held whole on the host."""
+    from pgd.gpu_loader import load_slab_to_device  # noqa: PLC0415
+
+    X, y_host, y, nonfinite = load_slab_to_device(mpi_comm, meta, start, stop, dtype, backend=backend,
+                                                  locking=locking)
+    count, row = _first_bad_row(mpi_comm, *nonfinite, start, meta.n)
+    if count:
+        raise InputError(f"{meta.path}: {count} non-finite values (NaN or Inf) in the data; first in row "
+                         f"{row}", collective=True)
+    if loss == "logistic" and y_host is not None:
+        _validate_labels(mpi_comm, y_host, start, meta)
+    return RowSlab(meta=meta, start=start, stop=stop, X=X, y=y, dtype=dtype)

@@ -255,6 +255,7 @@ class LocalLinearGradient:
             stop = min(start + self.block_rows, self.n_local)
             rows = stop - start
             self._blocks.append((X[start:stop], y[start:stop], self._z[:rows], self._work[:rows]))
+        self._fused = _fused_kernel(X, y, xp, self.fit_intercept)  # one-pass GPU kernel, None on the host
 
     def _check_weights(self, w) -> None:
         if w.shape != (self.d,) or w.dtype != self.dtype:
@@ -326,6 +327,9 @@ class LocalLinearGradient:
             Local rows to sum over (mini-batches); all rows when omitted.
         """
         offset = float(b) if self.fit_intercept else 0.0
+        if self._fused is not None and (rows is None or isinstance(rows, slice)):
+            self._check_weights(w)
+            return self._fused(w, offset, self.loss.name, out, rows)
         xp, loss = self.xp, self.loss
         self._sweep(w, offset, lambda y_b, z_b, work_b: loss.sum_and_derivative(y_b, z_b, work_b, xp), out,
                     rows)
@@ -346,6 +350,9 @@ class LocalLinearGradient:
             Receives the result.
         """
         offset = float(vb) if self.fit_intercept else 0.0
+        if self._fused is not None:
+            self._check_weights(v)
+            return self._fused(v, offset, "gram", out)
         xp = self.xp
         self._sweep(v, offset, lambda y_b, z_b, work_b: float(xp.dot(z_b, z_b)), out)
 
@@ -355,3 +362,12 @@ class LocalLinearGradient:
         self.xp.dot(self.X, w, out=out)
         if self.fit_intercept and float(b) != 0.0:
             self.xp.add(out, float(b), out=out)
+
+
+def _fused_kernel(X, y, xp, fit_intercept: bool):
+    """The fused one-pass kernel (:mod:`pgd.gpu_kernels`) when ``xp`` is CuPy, else None."""
+    if getattr(xp, "__name__", "") != "cupy":
+        return None
+    from pgd.gpu_kernels import FusedGradient  # noqa: PLC0415 - GPU only
+
+    return FusedGradient(xp, X, y, fit_intercept=fit_intercept)

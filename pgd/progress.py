@@ -73,6 +73,7 @@ def format_summary(summary: dict) -> str:
         f"pgd train: {summary['loss']} loss, {summary['ranks']} rank(s), {summary['device']}, "
         f"comm {summary['communicator']}, {summary['dtype']}, optimizer {summary['optimizer']}",
         f"  data {summary['data']}: {summary['n']} rows x {summary['d']} columns",
+        f"  MPI on device buffers: {summary.get('cuda_aware', 'no GPU')}",
         f"  stopped after {summary['iterations']} iterations: {summary['stop_reason']}",
         f"  loss {summary['final_loss']:.12g}  |grad| {summary['grad_norm']:.3e}  "
         f"lr {summary['lr']:.6g}{' (auto, 1/L)' if summary['lr_auto'] else ''}",

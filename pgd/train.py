@@ -114,7 +114,7 @@ def train(cfg, world=None) -> dict:
         "ranks_per_node": local_size, "device": f"{backend.device} ({backend.name})",
         "communicator": objective.comm.name, "dtype": str(slab.dtype),
         "blas_threads": os.environ.get("PGD_BLAS_THREADS_RESOLVED", "unknown"),
-        "cuda_aware": "no GPU" if not backend.is_gpu else "host staging",
+        "cuda_aware": getattr(objective.comm, "cuda_aware", "no GPU" if not backend.is_gpu else "host staging"),
         "mpi_library": MPI.Get_library_version().replace("\x00", "").splitlines()[0].strip(),
     }
     if cfg.dry_run:

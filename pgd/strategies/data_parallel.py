@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from pgd.comm import make_communicator
+from pgd.gpu_comm import make_device_communicator
 from pgd.loader import load_row_slab
 from pgd.losses import LocalLinearGradient, get_loss
 
@@ -107,7 +107,7 @@ def build_data_parallel(cfg, world, backend):
     loss = get_loss(cfg.loss)
     local = LocalLinearGradient(slab.X, slab.y, loss, fit_intercept=cfg.fit_intercept, xp=backend.xp,
                                 block_bytes=cfg.block_bytes)
-    comm = make_communicator(cfg.comm, world)
+    comm = make_device_communicator(cfg.comm, world, backend, getattr(cfg, "cuda_aware", "auto"))
     objective = DataParallelObjective(local, comm, slab.n_global, cfg.l2, backend.xp,
                                       curvature=loss.curvature_bound)
     return objective, slab
