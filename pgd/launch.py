@@ -112,6 +112,23 @@ def abort_job(code: int) -> None:
     os._exit(code)
 
 
+def wait_for_all_ranks() -> None:
+    """Barrier before a collective non-zero exit, so that rank 0's message is out before any rank exits.
+
+    The launcher ends the whole job as soon as one rank exits non-zero; without this, a fast rank could
+    take rank 0 down before its one-line message was written.  Initialises MPI if needed (error path only).
+    """
+    if (launcher_size() or 1) <= 1:
+        return
+    world = _mpi_world()
+    if world is None and "mpi4py.MPI" not in sys.modules:
+        from mpi4py import MPI  # noqa: PLC0415
+
+        world = MPI.COMM_WORLD
+    if world is not None:
+        world.Barrier()
+
+
 def report_error(error: PgdError, rank: int) -> int:
     """Print a :class:`PgdError` (rank 0 for collective errors) and return its exit code, or abort."""
     world = _mpi_world()
@@ -119,6 +136,7 @@ def report_error(error: PgdError, rank: int) -> int:
     if error.collective or size == 1:
         if rank == 0:
             print(f"pgd: error: {error}", file=sys.stderr, flush=True)
+        wait_for_all_ranks()
         return error.exit_code
     print(f"pgd: error on rank {rank}: {error}", file=sys.stderr, flush=True)
     abort_job(error.exit_code)
@@ -141,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as usage:  # identical on every rank: same argv, same environment
         if rank == 0:
             usage.show()
+            sys.stderr.flush()
+        wait_for_all_ranks()
         code = usage.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt):
         print(f"pgd: interrupted (rank {rank})", file=sys.stderr, flush=True)
