@@ -67,6 +67,14 @@ class DataParallelObjective:
             loss += 0.5 * self.l2 * float(self.xp.dot(w, w))
         return loss
 
+    def zeros(self):
+        """Initial parameters ``[w = 0, b = 0]`` (length d + 1)."""
+        return self.xp.zeros(self.d + 1, dtype=self.xp.float64)
+
+    def full_params(self, params) -> np.ndarray:
+        """The whole ``[w, b]`` as a host float64 vector (every rank holds all of it already)."""
+        return np.asarray(getattr(self.xp, "asnumpy", np.asarray)(params), dtype=np.float64)
+
     def dot(self, a, b) -> float:
         """Inner product of two replicated parameter vectors (no communication needed)."""
         return float(self.xp.dot(a, b))
