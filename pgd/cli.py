@@ -229,7 +229,7 @@ def bench_gradient(n, d, dtype, loss, repeats, block_bytes, as_json):
 
 
 @bench.command("modes")
-@option("--shapes", default="tall=200000x20,wide=2000x20000",
+@option("--shapes", default="tall=200000x20,wide=1000x20000",
         help="Problems as NAME=NxD, comma-separated (n and d over all ranks).")
 @option("--dtype", type=DTYPE, default="float64", help="Float type.")
 @option("--repeats", type=click.IntRange(min=1), default=20, help="Timed repetitions (median).")

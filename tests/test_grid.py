@@ -202,3 +202,12 @@ def test_alpha_beta_estimates():
     assert nbytes == 102 * 8 and seconds == pytest.approx(allreduce_estimate(1e-6, 1e-9, 4, 816))
     seconds, nbytes = mode_estimate((1, 4), 1000, 100, 8, 1e-6, 1e-9)
     assert nbytes == 8000 + 24 + 8  # partial predictions, scalars and the norm; no gradient reduction
+
+
+def test_grid_objective_refuses_unknown_needs_in_one_line():
+    from pgd.strategies.grid import GridObjective
+
+    objective = GridObjective.__new__(GridObjective)
+    assert getattr(objective, "local", None) is None  # probes still work
+    with pytest.raises(InputError, match="needs objective.local, which --mode feature/hybrid"):
+        objective.local.loss_gradient  # noqa: B018

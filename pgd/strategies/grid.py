@@ -64,6 +64,11 @@ def grid_shape(mode: str, grid: str | None, size: int) -> tuple[int, int]:
     return shape
 
 
+class UnsupportedInGrid(InputError, AttributeError):
+    """An optimizer asked a grid objective for something only the data-parallel one has (an
+    AttributeError too, so ``getattr(objective, name, default)`` probes still work)."""
+
+
 class GridCommunicators:
     """The three communicators of a grid objective, with counters summed over them."""
 
@@ -146,6 +151,14 @@ class GridObjective:
         self._grad = xp.zeros(self.d_local, dtype=xp.float64)
         self._scalars = np.zeros(3)
         self._dot = np.zeros(1)
+
+    def __getattr__(self, name):
+        """Refuse, in one line on every rank, what an optimizer needs beyond the common interface
+        (e.g. mini-batches over ``objective.local``)."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise UnsupportedInGrid(f"this optimizer needs objective.{name}, which --mode feature/hybrid does not "
+                                f"provide; use --mode data", collective=True)
 
     def zeros(self):
         """Initial local parameters ``[w_q = 0, b = 0]``."""
