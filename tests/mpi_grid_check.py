@@ -2,10 +2,12 @@
 
 Usage: ``mpirun -n N python mpi_grid_check.py RUNS.json RESULTS.json``. RUNS.json is a list of
 ``{"name": ..., "args": [...]}``; rank 0 writes ``{name: {"error": message or None}}`` and prints
-``=== name`` to stderr before each run, so warnings can be attributed to their run.
+``=== name`` to stderr before each run, so warnings can be attributed to their run. Replicas are checked
+after every step.
 """
 
 import json
+import os
 import sys
 
 from mpi4py import MPI
@@ -15,6 +17,7 @@ from pgd.errors import PgdError
 
 
 def main(runs_path: str, results_path: str) -> None:
+    os.environ["PGD_CHECK_REPLICAS"] = "1"  # bitwise replica check after every step (within replica groups)
     world = MPI.COMM_WORLD
     with open(runs_path, encoding="utf-8") as handle:
         runs = json.load(handle)
