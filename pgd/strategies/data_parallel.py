@@ -7,7 +7,6 @@ count follows.  A rank without rows contributes zeros and still joins every coll
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -15,6 +14,7 @@ import numpy as np
 from pgd.comm import make_communicator
 from pgd.loader import load_row_slab
 from pgd.losses import LocalLinearGradient, get_loss
+from pgd.strategies.power import power_iteration
 
 
 class DataParallelObjective:
@@ -89,17 +89,8 @@ class DataParallelObjective:
         vector = self.xp.asarray(rng.standard_normal(self.d + 1))
         if not self.local.fit_intercept:
             vector[self.d] = 0.0
-        vector /= math.sqrt(float(self.xp.dot(vector, vector)))
-        eigenvalue = 0.0
-        for _ in range(power_iters):
-            image = self._reduced_sums(self.local.gram_matvec, vector)[: self.d + 1]
-            previous, eigenvalue = eigenvalue, float(self.xp.dot(vector, image))
-            norm = math.sqrt(float(self.xp.dot(image, image)))
-            if norm == 0.0:
-                break
-            vector = image / norm
-            if abs(eigenvalue - previous) <= 1e-4 * eigenvalue:
-                break
+        eigenvalue = power_iteration(
+            vector, lambda v: self._reduced_sums(self.local.gram_matvec, v)[: self.d + 1], self.dot, power_iters)
         return self.curvature * eigenvalue + self.l2
 
 

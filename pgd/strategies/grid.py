@@ -19,7 +19,6 @@ Conventions
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 
@@ -32,6 +31,7 @@ from pgd.data.rechunk import chunk_advice
 from pgd.errors import InputError
 from pgd.loader import inspect_collectively, load_block
 from pgd.losses import get_loss
+from pgd.strategies.power import power_iteration
 
 
 def parse_grid(text: str) -> tuple[int, int]:
@@ -219,20 +219,15 @@ class GridObjective:
         vector = xp.asarray(np.concatenate([full[self.col_start:self.col_stop], full[self.d:]]))
         if not self.fit_intercept:
             vector[dq] = 0.0
-        vector /= math.sqrt(self.dot(vector, vector))
         image = xp.empty_like(vector)
-        eigenvalue = 0.0
-        for _ in range(power_iters):
-            self._pass(vector, lambda y, z, work: 0.0)
+
+        def image_of(v):
+            self._pass(v, lambda y, z, work: 0.0)
             image[:dq] = self._grad
             image[dq] = self._scalars[0] / self.n_global
-            previous, eigenvalue = eigenvalue, self.dot(vector, image)
-            norm = math.sqrt(self.dot(image, image))
-            if norm == 0.0:
-                break
-            vector = image / norm
-            if abs(eigenvalue - previous) <= 1e-4 * eigenvalue:
-                break
+            return image
+
+        eigenvalue = power_iteration(vector, image_of, self.dot, power_iters)
         return self.curvature * eigenvalue + self.l2
 
     def full_params(self, params) -> np.ndarray:
