@@ -14,6 +14,7 @@ import numpy as np
 from pgd.comm import make_communicator
 from pgd.loader import load_row_slab
 from pgd.losses import LocalLinearGradient, get_loss
+from pgd.strategies.grid import grid_shape
 from pgd.strategies.power import power_iteration
 
 
@@ -101,6 +102,8 @@ def build_data_parallel(cfg, world, backend):
     -------
     (objective, slab)
     """
+    if getattr(cfg, "grid", None):
+        grid_shape("data", cfg.grid, world.Get_size())  # --grid must then be Nx1
     slab = load_row_slab(world, cfg.data, backend=backend, dtype=cfg.dtype, x_key=cfg.x_key,
                          y_key=cfg.y_key, locking=cfg.hdf5_locking, loss=cfg.loss)
     loss = get_loss(cfg.loss)
