@@ -2,8 +2,8 @@
 
 One iteration is what the training loop does: a gradient-descent step (one evaluation) and the gradient
 norm of the stopping test. The α-β model prices an Allreduce of ``m`` bytes over ``p`` ranks as
-``⌈log2 p⌉·α + 2·(p−1)/p·m·β`` (latency of a tree, bandwidth of a ring); α and β are fitted from an 8-byte
-and a 4 MiB Allreduce over all ranks unless given. Timing rules as in :mod:`pgd.bench`.
+``⌈log2 p⌉·α + 2·(p−1)/p·m·β`` (latency of a tree, bandwidth of a ring); α and β are fitted from the fastest
+8-byte and 4 MiB Allreduces over all ranks unless given. Timing rules as in :mod:`pgd.bench`.
 """
 
 from __future__ import annotations
@@ -31,14 +31,27 @@ def allreduce_estimate(alpha: float, beta: float, ranks: int, nbytes: int) -> fl
     return math.ceil(math.log2(ranks)) * alpha + 2.0 * (ranks - 1) / ranks * nbytes * beta
 
 
+def _fastest(world, work, repeats: int) -> float:
+    """Fastest of ``repeats`` max-over-ranks times of ``work()`` (after a warm-up): on a shared machine the
+    minimum is the least disturbed estimate of a collective's own cost."""
+    work()
+    samples = []
+    for _ in range(repeats):
+        world.Barrier()
+        started = MPI.Wtime()
+        work()
+        samples.append(world.allreduce(MPI.Wtime() - started, op=MPI.MAX))
+    return min(samples)
+
+
 def fit_alpha_beta(world, repeats: int) -> tuple[float, float]:
-    """α and β from timed Allreduces of 8 bytes and 4 MiB over ``world`` (zeros on one rank)."""
+    """α and β from the fastest timed Allreduces of 8 bytes and 4 MiB over ``world`` (zeros on one rank)."""
     size = world.Get_size()
     if size == 1:
         return 0.0, 0.0
     small, big = np.zeros(1), np.zeros(_FIT_BYTES // 8)
-    t_small = time_collective(world, lambda: world.Allreduce(MPI.IN_PLACE, small), repeats)
-    t_big = time_collective(world, lambda: world.Allreduce(MPI.IN_PLACE, big), max(3, repeats // 4))
+    t_small = _fastest(world, lambda: world.Allreduce(MPI.IN_PLACE, small), 5 * repeats)
+    t_big = _fastest(world, lambda: world.Allreduce(MPI.IN_PLACE, big), repeats)
     alpha = t_small / math.ceil(math.log2(size))
     beta = max(t_big - t_small, 0.0) / (2.0 * (size - 1) / size * big.nbytes)
     return alpha, beta
