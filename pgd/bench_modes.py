@@ -32,16 +32,9 @@ def allreduce_estimate(alpha: float, beta: float, ranks: int, nbytes: int) -> fl
 
 
 def _fastest(world, work, repeats: int) -> float:
-    """Fastest of ``repeats`` max-over-ranks times of ``work()`` (after a warm-up): on a shared machine the
-    minimum is the least disturbed estimate of a collective's own cost."""
-    work()
-    samples = []
-    for _ in range(repeats):
-        world.Barrier()
-        started = MPI.Wtime()
-        work()
-        samples.append(world.allreduce(MPI.Wtime() - started, op=MPI.MAX))
-    return min(samples)
+    """Fastest of ``repeats`` max-over-ranks times of ``work()`` (each after a warm-up): on a shared
+    machine the minimum is the least disturbed estimate of a collective's own cost."""
+    return min(time_collective(world, work, 1) for _ in range(repeats))
 
 
 def fit_alpha_beta(world, repeats: int) -> tuple[float, float]:
