@@ -96,7 +96,9 @@ def test_grid_modes_match_data_mode(datasets, ranks):
         auto = ["--loss", "squared", "--l2", 0.01, "--lr", "auto"]
         runs += [_train(f"auto-{mode}", paths["sq"], out / f"auto-{mode}.h5", "--mode", mode, *auto)
                  for mode in ("data", "feature", "hybrid")]
-        runs += [_train("tiny-data", paths["tiny"], out / "tiny-data.h5", *LOSS_ARGS["sq"]),
+        runs += [_train("sq-hybrid-reduce-bcast", paths["sq"], out / "sq-hybrid-reduce-bcast.h5", "--mode",
+                        "hybrid", "--comm", "reduce-bcast", *LOSS_ARGS["sq"]),
+                 _train("tiny-data", paths["tiny"], out / "tiny-data.h5", *LOSS_ARGS["sq"]),
                  _train("tiny-feature", paths["tiny"], out / "tiny-feature.h5", "--mode", "feature",
                         *LOSS_ARGS["sq"]),
                  _train("tiny-hybrid-4x1", paths["tiny"], out / "tiny-hybrid-4x1.h5", "--mode", "hybrid",
@@ -129,6 +131,8 @@ def test_grid_modes_match_data_mode(datasets, ranks):
     lipschitz = {mode: _assert_same_model(out / "auto-data.h5", out / f"auto-{mode}.h5")["lipschitz"]
                  for mode in ("feature", "hybrid")}
     assert lipschitz["feature"] == pytest.approx(read_weights(out / "auto-data.h5")[2]["lipschitz"], rel=1e-12)
+    assert "reduce-bcast on a 2x2 grid" in _assert_same_model(out / "sq-data.h5",
+                                                              out / "sq-hybrid-reduce-bcast.h5")["communicator"]
     # zero columns (feature: d = 3 over 4 ranks) and zero rows (4x1 grid: n = 3 over 4 row groups)
     _assert_same_model(out / "tiny-data.h5", out / "tiny-feature.h5")
     _assert_same_model(out / "tiny-data.h5", out / "tiny-hybrid-4x1.h5")
