@@ -60,7 +60,8 @@ def _copy_tiles(source, target, chunks: tuple[int, int], memory_bytes: int) -> i
 
 def rechunk_dataset(path: str, out: str, chunks: str, *, x_key: str = "X", y_key: str | None = "y",
                     memory_bytes: int = DEFAULT_MEMORY_BYTES, locking: str = "best-effort") -> dict:
-    """Write a copy of a dataset whose ``/X`` has chunks ``R,C``, copying at most ``memory_bytes`` at once.
+    """Write a copy of a dataset whose ``/X`` has chunks ``R,C`` (same compression), copying at most
+    ``memory_bytes`` at once.
 
     Parameters
     ----------
@@ -83,7 +84,8 @@ def rechunk_dataset(path: str, out: str, chunks: str, *, x_key: str = "X", y_key
             target.attrs[key] = value
         x = source[meta.x_key]
         if meta.n and meta.d:
-            new_x = target.create_dataset(meta.x_key, shape=x.shape, dtype=x.dtype, chunks=shape)
+            new_x = target.create_dataset(meta.x_key, shape=x.shape, dtype=x.dtype, chunks=shape,
+                                          compression=x.compression, compression_opts=x.compression_opts)
             largest = _copy_tiles(x, new_x, shape, memory_bytes)
         else:
             new_x = target.create_dataset(meta.x_key, shape=x.shape, dtype=x.dtype)
