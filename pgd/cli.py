@@ -144,6 +144,23 @@ def data_info(path, x_key, y_key, as_json, scan):
                    else format_description(description))
 
 
+@data.command("rechunk")
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@option("--chunks", required=True, metavar="R,C", help="Chunk rows and columns of the new /X.")
+@option("--memory", type=click.IntRange(min=1), default=64 << 20, help="Copy buffer bound in bytes.")
+@apply_options(DATA_OPTIONS)
+def data_rechunk(source, out, chunks, memory, x_key, y_key, hdf5_locking):
+    """Copy a dataset with /X chunked R x C (e.g. for --mode feature column reads), in bounded memory."""
+    from pgd.data.rechunk import rechunk_dataset  # noqa: PLC0415
+
+    world = _world()
+    summary = _on_rank0(world, lambda: rechunk_dataset(source, out, chunks, x_key=x_key, y_key=y_key,
+                                                       memory_bytes=memory, locking=hdf5_locking))
+    _echo_rank0(world, f"wrote {out}: {summary['n']} x {summary['d']}, chunks {tuple(summary['chunks'])} "
+                       f"(was {summary['source_chunks']}), largest copy {summary['largest_tile_bytes']} B")
+
+
 @cli.command()
 @click.argument("data", type=click.Path(dir_okay=False))
 @apply_options(TRAIN_OPTIONS)
@@ -237,3 +254,20 @@ def bench_kernels(elements, ds, dtypes, losses, step_rows, repeats, cuda_aware, 
     result = run_kernel_bench(world, backend, elements=elements, ds=ds, dtypes=dtypes, losses=losses,
                               repeats=repeats, step_sizes=step_rows, comm=comm, cuda_aware=cuda_aware)
     _print_result(world, result, as_json, format_kernel_bench(result["kernels"], result["steps"]))
+
+
+@bench.command("modes")
+@option("--shapes", default="tall=200000x20,wide=1000x20000",
+        help="Problems as NAME=NxD, comma-separated (n and d over all ranks).")
+@option("--dtype", type=DTYPE, default="float64", help="Float type.")
+@option("--repeats", type=click.IntRange(min=1), default=20, help="Timed repetitions (median).")
+@option("--alpha", type=float, default=None, help="Latency α in seconds (default: measured).")
+@option("--beta", type=float, default=None, help="Seconds per byte β (default: measured).")
+@JSON_OPTION
+def bench_modes(shapes, dtype, repeats, alpha, beta, as_json):
+    """Time per iteration of --mode data, feature and hybrid, next to their α-β communication estimates."""
+    from pgd.bench_modes import format_modes_bench, modes_bench  # noqa: PLC0415
+
+    world = _world()
+    result = modes_bench(world, shapes=shapes, dtype=dtype, repeats=repeats, alpha=alpha, beta=beta)
+    _print_result(world, result, as_json, format_modes_bench(result))

@@ -103,8 +103,11 @@ OPTIMIZER_OPTIONS = [
 ]
 
 PARALLEL_OPTIONS = [
-    option("--mode", type=click.Choice(["data"]), default="data",
-           help="data: rows split over ranks, gradients summed every step."),
+    option("--mode", type=click.Choice(["data", "feature", "hybrid"]), default="data",
+           help="data: rows split over ranks, gradients summed every step; feature: columns split, "
+                "partial predictions summed; hybrid: a PxQ grid of row and column blocks."),
+    option("--grid", default=None, metavar="PxQ",
+           help="hybrid: P row groups x Q column groups (P*Q = ranks); default MPI.Compute_dims."),
     option("--comm", type=click.Choice(["allreduce", "reduce-bcast", "nccl"]), default="allreduce",
            help="How ranks combine gradients (nccl: GPU only, one rank per GPU)."),
 ]

@@ -78,6 +78,19 @@ def _validate_labels(mpi_comm, y: np.ndarray, start: int, meta: DatasetMeta) -> 
                          f"{row}{hint}", collective=True)
 
 
+def _check_values(mpi_comm, meta: DatasetMeta, start: int, nonfinite: tuple[int, int], labels,
+                  loss: str | None) -> None:
+    """Collective checks of loaded rows: no NaN/Inf (their count and first row), and logistic labels in
+    {0, 1}. ``nonfinite`` is this rank's ``(count, first local row or -1)``; ``labels`` its host labels (an
+    empty array on ranks that do not own them, None without labels)."""
+    count, row = _first_bad_row(mpi_comm, *nonfinite, start, meta.n)
+    if count:
+        raise InputError(f"{meta.path}: {count} non-finite values (NaN or Inf) in the data; first in row "
+                         f"{row}", collective=True)
+    if loss == "logistic" and labels is not None:
+        _validate_labels(mpi_comm, labels, start, meta)
+
+
 def load_row_slab(mpi_comm, path: str, *, backend, dtype: str = "auto", x_key: str = "X",
                   y_key: str | None = "y", locking: str = "best-effort", loss: str | None = None,
                   require_y: bool = True) -> RowSlab:
@@ -97,18 +110,8 @@ def load_row_slab(mpi_comm, path: str, *, backend, dtype: str = "auto", x_key: s
     if backend.is_gpu:  # blocks through pinned host buffers straight to the device (pgd.gpu_loader)
         return _load_to_gpu(mpi_comm, meta, start, stop, compute_dtype, backend=backend, locking=locking,
                             loss=loss)
-    X = y = None
-    with collectively(mpi_comm):
-        X, y = read_rows(meta, start, stop, compute_dtype, locking=locking)
-    count, row = _first_bad_row(mpi_comm, *count_nonfinite(X, y if y is not None else X[:, :0]),
-                                start, meta.n)
-    if count:
-        raise InputError(f"{path}: {count} non-finite values (NaN or Inf) in the data; first in row {row}",
-                         collective=True)
-    if loss == "logistic" and y is not None:
-        _validate_labels(mpi_comm, y, start, meta)
-    return RowSlab(meta=meta, start=start, stop=stop, X=backend.to_device(X),
-                   y=None if y is None else backend.to_device(y), dtype=compute_dtype)
+    return load_block(mpi_comm, path, rows=(start, stop), cols=None, backend=backend, dtype=dtype,
+                      locking=locking, loss=loss, meta=meta)
 
 
 def _load_to_gpu(mpi_comm, meta, start, stop, dtype, *, backend, locking, loss) -> RowSlab:
@@ -117,10 +120,53 @@ def _load_to_gpu(mpi_comm, meta, start, stop, dtype, *, backend, locking, loss) 
 
     X, y_host, y, nonfinite = load_slab_to_device(mpi_comm, meta, start, stop, dtype, backend=backend,
                                                   locking=locking)
-    count, row = _first_bad_row(mpi_comm, *nonfinite, start, meta.n)
-    if count:
-        raise InputError(f"{meta.path}: {count} non-finite values (NaN or Inf) in the data; first in row "
-                         f"{row}", collective=True)
-    if loss == "logistic" and y_host is not None:
-        _validate_labels(mpi_comm, y_host, start, meta)
+    _check_values(mpi_comm, meta, start, nonfinite, y_host, loss)
     return RowSlab(meta=meta, start=start, stop=stop, X=X, y=y, dtype=dtype)
+
+
+@dataclass
+class BlockSlab(RowSlab):
+    """Rows ``[start, stop)`` and columns ``[col_start, col_stop)`` of a dataset held by this rank."""
+
+    col_start: int = 0
+    col_stop: int = 0
+
+    @property
+    def d_local(self) -> int:
+        """Columns held by this rank."""
+        return self.col_stop - self.col_start
+
+
+def load_block(mpi_comm, path: str, *, rows: tuple[int, int] | None, cols: tuple[int, int] | None,
+               backend, dtype: str = "auto", x_key: str = "X", y_key: str | None = "y",
+               locking: str = "best-effort", loss: str | None = None, meta: DatasetMeta | None = None,
+               ) -> BlockSlab:
+    """Read, validate and place on the device one (row range × column range) block of X and its y rows.
+
+    Parameters
+    ----------
+    mpi_comm : mpi4py.MPI.Comm
+        All ranks that read blocks of the file (errors are agreed over it).
+    rows, cols : tuple of int, or None
+        Global ``(start, stop)`` ranges; None means all rows / all columns.
+    meta : DatasetMeta, optional
+        From an earlier :func:`inspect_collectively` (inspected here otherwise).
+
+    Notes
+    -----
+    Labels are counted only by the ranks holding column 0, so counts of bad values are not repeated
+    once per column block.
+    """
+    if meta is None:
+        meta = inspect_collectively(mpi_comm, path, x_key=x_key, y_key=y_key, locking=locking)
+    compute_dtype = resolve_dtype(dtype, meta)
+    start, stop = rows if rows is not None else (0, meta.n)
+    col_start, col_stop = cols if cols is not None else (0, meta.d)
+    X = y = None
+    with collectively(mpi_comm):
+        X, y = read_rows(meta, start, stop, compute_dtype, locking=locking, cols=(col_start, col_stop))
+    labels = y if y is None or col_start == 0 else y[:0]
+    _check_values(mpi_comm, meta, start, count_nonfinite(X, labels), labels, loss)
+    return BlockSlab(meta=meta, start=start, stop=stop, X=backend.to_device(X),
+                     y=None if y is None else backend.to_device(y), dtype=compute_dtype,
+                     col_start=col_start, col_stop=col_stop)

@@ -148,7 +148,7 @@ def train(cfg, world=None) -> dict:
             progress.update(iteration, optimizer.loss, grad_norm)
             return grad_norm
 
-        optimizer.start(xp.zeros(d + 1, dtype=xp.float64))
+        optimizer.start(objective.zeros())
         grad_norm = record(0)
         iteration, stop_reason, converged = 0, f"iteration budget reached (--max-iter {cfg.max_iter})", False
         while True:
@@ -161,7 +161,7 @@ def train(cfg, world=None) -> dict:
             optimizer.step()
             iteration += 1
             grad_norm = record(iteration)
-            if check_every_step and not _replicas_identical(world, backend.to_host(optimizer.params)):
+            if check_every_step and not _replicas_identical(world, objective.full_params(optimizer.params)):
                 raise TrainingError(f"ranks hold different weights after iteration {iteration}",
                                     collective=True)
             if not math.isfinite(optimizer.loss) or not math.isfinite(grad_norm):
@@ -180,14 +180,14 @@ def train(cfg, world=None) -> dict:
         compute, comm_seconds = objective.compute_seconds, objective.comm.seconds
         wall_max, compute_max, comm_max, other_max = _max_over_ranks(
             world, [wall, compute, comm_seconds, wall - compute - comm_seconds])
-        params = backend.to_host(optimizer.params).astype(np.float64)
+        params = objective.full_params(optimizer.params)
         identical = _replicas_identical(world, params)
         summary = dict(
             facts, iterations=iteration, evaluations=optimizer.evaluations, final_loss=optimizer.loss,
             grad_norm=grad_norm, converged=converged, stop_reason=stop_reason,
             replicas_identical=identical,
             replicas_checked="every iteration" if check_every_step else "at the end", out=cfg.out, metrics=cfg.metrics,
-            comm_bytes_per_iteration=objective.comm.bytes // max(objective.comm.calls, 1),
+            comm_bytes_per_iteration=objective.comm.bytes // max(optimizer.evaluations, 1),
             timing={"wall": wall_max, "compute": compute_max, "comm": comm_max, "other": other_max,
                     "per_iteration": wall_max / max(optimizer.evaluations, 1)})
         if rank == 0 and cfg.out:

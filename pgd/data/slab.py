@@ -46,18 +46,21 @@ def _output(out, shape: tuple, dtype: np.dtype, name: str) -> np.ndarray:
     return out
 
 
-def _copy_rows(dset, start: int, stop: int, out: np.ndarray, block_rows: int) -> None:
-    """Copy ``dset[start:stop]`` into ``out``, converting one block at a time."""
+def _copy_rows(dset, start: int, stop: int, out: np.ndarray, block_rows: int, cols=None) -> None:
+    """Copy ``dset[start:stop]`` (only columns ``cols = (c0, c1)`` if given) into ``out``, converting one
+    block at a time."""
+    columns = np.s_[:] if cols is None else np.s_[cols[0]:cols[1]]
     if dset.dtype == out.dtype:
-        dset.read_direct(out, source_sel=np.s_[start:stop], dest_sel=np.s_[0:stop - start])
+        source = np.s_[start:stop] if cols is None else np.s_[start:stop, columns]
+        dset.read_direct(out, source_sel=source, dest_sel=np.s_[0:stop - start])
         return
     for a in range(start, stop, block_rows):
         b = min(a + block_rows, stop)
-        out[a - start:b - start] = dset[a:b]
+        out[a - start:b - start] = dset[a:b] if cols is None else dset[a:b, columns]
 
 
 def read_rows(meta: DatasetMeta, start: int, stop: int, dtype, *, x_out=None, y_out=None,
-              block_rows: int | None = None, locking: str = "best-effort"
+              block_rows: int | None = None, locking: str = "best-effort", cols=None
               ) -> tuple[np.ndarray, np.ndarray | None]:
     """Read rows ``[start, stop)`` of X (and y when ``meta.y_key``) as ``dtype``.
 
@@ -75,6 +78,8 @@ def read_rows(meta: DatasetMeta, start: int, stop: int, dtype, *, x_out=None, y_
         Rows per conversion block (default: about 64 MiB).
     locking : str
         See :func:`pgd.data.open_h5`.
+    cols : tuple of int, optional
+        Column range ``(c0, c1)`` of X to read (feature-parallel blocks); all columns by default.
 
     Returns
     -------
@@ -82,16 +87,20 @@ def read_rows(meta: DatasetMeta, start: int, stop: int, dtype, *, x_out=None, y_
         ``(X, y)``; y is None when the dataset has no labels.
     """
     _check_range(meta, start, stop)
+    if cols is not None and not 0 <= cols[0] <= cols[1] <= meta.d:
+        raise ValueError(f"column range {tuple(cols)} is outside [0, {meta.d}] of {meta.path}")
     dtype = np.dtype(dtype)
     rows = stop - start
-    x_out = _output(x_out, (rows, meta.d), dtype, "x_out")
+    width = meta.d if cols is None else cols[1] - cols[0]
+    x_out = _output(x_out, (rows, width), dtype, "x_out")
     y_out = _output(y_out, (rows,), dtype, "y_out") if meta.y_key else None
     if rows == 0:
         return x_out, y_out
     block = _block_rows(meta, dtype, block_rows)
     with open_h5(meta.path, locking) as h5:
         try:
-            _copy_rows(h5[meta.x_key], start, stop, x_out, block)
+            if width:
+                _copy_rows(h5[meta.x_key], start, stop, x_out, block, cols)
             if y_out is not None:
                 _copy_rows(h5[meta.y_key], start, stop, y_out, block)
         except (OSError, KeyError) as exc:

@@ -6,11 +6,16 @@ Each strategy builds an *objective* for the optimizers of :mod:`pgd.optim`:
   ``(1/n) Σ loss_i + (λ/2)‖w‖²`` at ``params = [w, b]``, its gradient written into ``grad_out``;
 - ``dot(a, b) -> float``: the global inner product of two parameter-shaped vectors;
 - ``lipschitz(power_iters, seed) -> float``: an estimate of the gradient's Lipschitz constant;
-- ``compute_seconds`` and ``comm`` (a :class:`pgd.comm.Communicator`) for the timing split.
+- ``compute_seconds`` and ``comm`` (a :class:`pgd.comm.Communicator`) for the timing split;
+- ``zeros()``: the initial (local) parameter vector; ``full_params(params)``: the whole ``[w, b]`` as a
+  host float64 vector on every rank (grid modes hold one column block of ``w`` per rank).
 """
 
 from pgd.strategies.data_parallel import DataParallelObjective, build_data_parallel
 
-STRATEGIES = {"data": build_data_parallel}
+from pgd.strategies.grid import GridObjective, build_grid  # noqa: E402
 
-__all__ = ["DataParallelObjective", "STRATEGIES", "build_data_parallel"]
+STRATEGIES = {"data": build_data_parallel}
+STRATEGIES.update(feature=build_grid, hybrid=build_grid)
+
+__all__ = ["DataParallelObjective", "GridObjective", "STRATEGIES", "build_data_parallel", "build_grid"]

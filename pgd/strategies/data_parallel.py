@@ -7,7 +7,6 @@ count follows.  A rank without rows contributes zeros and still joins every coll
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -15,6 +14,8 @@ import numpy as np
 from pgd.gpu_comm import make_device_communicator
 from pgd.loader import load_row_slab
 from pgd.losses import LocalLinearGradient, get_loss
+from pgd.strategies.grid import grid_shape
+from pgd.strategies.power import power_iteration
 
 
 class DataParallelObjective:
@@ -67,6 +68,14 @@ class DataParallelObjective:
             loss += 0.5 * self.l2 * float(self.xp.dot(w, w))
         return loss
 
+    def zeros(self):
+        """Initial parameters ``[w = 0, b = 0]`` (length d + 1)."""
+        return self.xp.zeros(self.d + 1, dtype=self.xp.float64)
+
+    def full_params(self, params) -> np.ndarray:
+        """The whole ``[w, b]`` as a host float64 vector (every rank holds all of it already)."""
+        return np.asarray(getattr(self.xp, "asnumpy", np.asarray)(params), dtype=np.float64)
+
     def dot(self, a, b) -> float:
         """Inner product of two replicated parameter vectors (no communication needed)."""
         return float(self.xp.dot(a, b))
@@ -81,17 +90,8 @@ class DataParallelObjective:
         vector = self.xp.asarray(rng.standard_normal(self.d + 1))
         if not self.local.fit_intercept:
             vector[self.d] = 0.0
-        vector /= math.sqrt(float(self.xp.dot(vector, vector)))
-        eigenvalue = 0.0
-        for _ in range(power_iters):
-            image = self._reduced_sums(self.local.gram_matvec, vector)[: self.d + 1]
-            previous, eigenvalue = eigenvalue, float(self.xp.dot(vector, image))
-            norm = math.sqrt(float(self.xp.dot(image, image)))
-            if norm == 0.0:
-                break
-            vector = image / norm
-            if abs(eigenvalue - previous) <= 1e-4 * eigenvalue:
-                break
+        eigenvalue = power_iteration(
+            vector, lambda v: self._reduced_sums(self.local.gram_matvec, v)[: self.d + 1], self.dot, power_iters)
         return self.curvature * eigenvalue + self.l2
 
 
@@ -102,6 +102,8 @@ def build_data_parallel(cfg, world, backend):
     -------
     (objective, slab)
     """
+    if getattr(cfg, "grid", None):
+        grid_shape("data", cfg.grid, world.Get_size())  # --grid must then be Nx1
     slab = load_row_slab(world, cfg.data, backend=backend, dtype=cfg.dtype, x_key=cfg.x_key,
                          y_key=cfg.y_key, locking=cfg.hdf5_locking, loss=cfg.loss)
     loss = get_loss(cfg.loss)

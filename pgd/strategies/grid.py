@@ -1,0 +1,271 @@
+"""Feature (model) parallelism and the hybrid P×Q grid: ranks hold blocks of rows *and* columns.
+
+Conventions
+-----------
+- The ranks form a Cartesian grid of ``P`` row groups × ``Q`` column groups (``--grid PxQ``); the rank at
+  ``(p, q)`` holds ``X[rows_p, cols_q]``, ``y[rows_p]`` and the weight block ``w_q`` (both ranges from
+  :func:`pgd.data.block_range`). Feature mode is the grid ``1 × size``; ``--mode hybrid`` defaults to
+  ``MPI.Compute_dims(size, 2)``.
+- ``row_comm``: the ``Q`` ranks sharing my rows; ``col_comm``: the ``P`` ranks sharing my columns.
+- Local parameter vector: ``[w_q, b]`` (length ``d_q + 1``); ``w_q`` is replicated over ``col_comm``, ``b``
+  over all ranks, so every optimizer's elementwise update works unchanged on it, and :meth:`dot` is the
+  global inner product (blocks of row group 0, ``b`` counted once by rank 0).
+- One evaluation: ``z = Σ_q X_pq w_q`` (Allreduce of ``n_p`` numbers over ``row_comm``), ``r = loss'(y,
+  z + b)``, ``g_q = Σ_p X_pqᵀ r`` (Allreduce of ``d_q`` float64 over ``col_comm``), and one Allreduce of three
+  scalars over all ranks (``Σ r``, ``Σ loss`` from column group 0, ``‖w_q‖²`` from row group 0) so the loss
+  and the stopping test are bit-identical everywhere. Local sums, one division by ``n``.
+- A rank with no rows or no columns contributes zeros and joins every collective.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from pgd.comm import make_communicator
+from pgd.data import block_range
+from pgd.data.rechunk import chunk_advice
+from pgd.errors import InputError
+from pgd.loader import inspect_collectively, load_block
+from pgd.losses import get_loss
+from pgd.strategies.power import power_iteration
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    """``"PxQ"`` -> ``(P, Q)``; InputError when malformed."""
+    try:
+        rows, cols = (int(part) for part in str(text).lower().split("x"))
+    except ValueError:
+        raise InputError(f"--grid must be PxQ (e.g. 2x3), got {text!r}", collective=True) from None
+    if rows < 1 or cols < 1:
+        raise InputError(f"--grid must be PxQ with P, Q >= 1, got {text!r}", collective=True)
+    return rows, cols
+
+
+def grid_shape(mode: str, grid: str | None, size: int) -> tuple[int, int]:
+    """The ``(P, Q)`` grid of ``mode`` on ``size`` ranks (the same on every rank, so errors are collective).
+
+    ``data`` is ``size × 1``, ``feature`` is ``1 × size``; ``hybrid`` takes ``--grid`` or
+    ``MPI.Compute_dims(size, 2)``.
+    """
+    default = {"data": (size, 1), "feature": (1, size)}.get(mode) or tuple(MPI.Compute_dims(size, 2))
+    if grid is None:
+        return default
+    shape = parse_grid(grid)
+    if shape[0] * shape[1] != size:
+        raise InputError(f"--grid {grid} needs {shape[0] * shape[1]} ranks, but {size} are running",
+                         collective=True)
+    if mode in ("data", "feature") and shape != default:
+        raise InputError(f"--mode {mode} runs on the grid {default[0]}x{default[1]}; use --mode hybrid "
+                         f"for --grid {grid}", collective=True)
+    return shape
+
+
+class UnsupportedInGrid(InputError, AttributeError):
+    """An optimizer asked a grid objective for something only the data-parallel one has (an
+    AttributeError too, so ``getattr(objective, name, default)`` probes still work)."""
+
+
+class GridCommunicators:
+    """The three communicators of a grid objective, with counters summed over them."""
+
+    def __init__(self, name: str, row, col, whole):
+        self.name = name
+        self.row, self.col, self.whole = row, col, whole
+        self.parts = (row, col, whole)
+
+    def reset_counters(self) -> None:
+        """Zero the counters of every part."""
+        for part in self.parts:
+            part.reset_counters()
+
+    @property
+    def bytes(self) -> int:
+        """Bytes this rank passed to reductions, over all parts."""
+        return sum(part.bytes for part in self.parts)
+
+    @property
+    def calls(self) -> int:
+        """Collective calls over all parts."""
+        return sum(part.calls for part in self.parts)
+
+    @property
+    def seconds(self) -> float:
+        """Seconds spent in collectives, over all parts."""
+        return sum(part.seconds for part in self.parts)
+
+
+def _sum(comm, buf) -> None:
+    """Allreduce unless the group is one rank (then nothing moves and nothing is counted)."""
+    if comm.size > 1:
+        comm.allreduce(buf)
+
+
+class GridObjective:
+    """The global objective over a P×Q block partition of ``X``.
+
+    Parameters
+    ----------
+    X : array, (n_p, d_q)
+        This rank's block, C-contiguous float32 or float64 (either side may be 0).
+    y : array, (n_p,)
+        Targets of this rank's rows.
+    loss : SquaredLoss or LogisticLoss
+        Pointwise loss.
+    comms : GridCommunicators
+        ``row`` (ranks sharing my rows), ``col`` (sharing my columns), ``whole`` (all ranks).
+    coords : tuple of int
+        ``(p, q)`` of this rank.
+    n_global, d_global : int
+        Shape of the whole ``X``.
+    col_range : tuple of int
+        ``(c0, c1)``: the columns of ``w`` this rank holds.
+    l2 : float
+        Penalty λ on ``w``.
+    fit_intercept : bool
+        Whether ``b`` is fitted.
+    xp : module
+        Array namespace of ``X``.
+    """
+
+    def __init__(self, X, y, loss, comms, *, coords, n_global: int, d_global: int, col_range, l2: float,
+                 fit_intercept: bool, xp):
+        self.X, self.y, self.loss, self.xp = X, y, loss, xp
+        self.comm = comms
+        self.p, self.q = coords
+        self.n_global, self.d = int(n_global), int(d_global)
+        self.col_start, self.col_stop = col_range
+        self.d_local = self.col_stop - self.col_start
+        self.l2 = float(l2)
+        self.fit_intercept = bool(fit_intercept)
+        self.curvature = float(loss.curvature_bound)
+        self.compute_seconds = 0.0
+        n_local, dtype = X.shape[0], X.dtype
+        self._w = xp.zeros(self.d_local, dtype=dtype)
+        self._z = xp.empty(n_local, dtype=dtype)
+        self._work = xp.empty(n_local, dtype=dtype)
+        self._row_sum = xp.empty(self.d_local, dtype=dtype)
+        self._grad = xp.zeros(self.d_local, dtype=xp.float64)
+        self._scalars = np.zeros(3)
+        self._dot = np.zeros(1)
+
+    def __getattr__(self, name):
+        """Refuse, in one line on every rank, what an optimizer needs beyond the common interface
+        (e.g. mini-batches over ``objective.local``)."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise UnsupportedInGrid(f"this optimizer needs objective.{name}, which --mode feature/hybrid does not "
+                                f"provide; use --mode data", collective=True)
+
+    def zeros(self):
+        """Initial local parameters ``[w_q = 0, b = 0]``."""
+        return self.xp.zeros(self.d_local + 1, dtype=self.xp.float64)
+
+    def _pass(self, params, transform) -> None:
+        """``z = Σ_q X w_q + b``, ``r = transform(y, z, work)``, ``_grad = Σ_p Xᵀ r``, global scalars."""
+        xp, dq = self.xp, self.d_local
+        started = time.perf_counter()
+        self._w[...] = params[:dq]
+        xp.dot(self.X, self._w, out=self._z)
+        self.compute_seconds += time.perf_counter() - started
+        _sum(self.comm.row, self._z)
+        started = time.perf_counter()
+        offset = float(params[dq]) if self.fit_intercept else 0.0
+        if offset != 0.0:
+            xp.add(self._z, offset, out=self._z)
+        scalar = transform(self.y, self._z, self._work)
+        xp.dot(self._z, self.X, out=self._row_sum)
+        self._grad[...] = self._row_sum
+        owner = self.q == 0  # the row group's replicas of r: counted once
+        self._scalars[0] = float(self._z.sum()) if owner and self.fit_intercept else 0.0
+        self._scalars[1] = scalar if owner else 0.0
+        w = params[:dq]
+        self._scalars[2] = float(xp.dot(w, w)) if self.p == 0 and self.l2 else 0.0
+        self.compute_seconds += time.perf_counter() - started
+        _sum(self.comm.col, self._grad)
+        _sum(self.comm.whole, self._scalars)
+        self._grad /= self.n_global
+
+    def value_and_grad(self, params, grad_out) -> float:
+        """Global loss at the local ``params``; this rank's gradient block goes to ``grad_out``."""
+        xp, loss, dq = self.xp, self.loss, self.d_local
+        self._pass(params, lambda y, z, work: loss.sum_and_derivative(y, z, work, xp))
+        grad_out[:dq] = self._grad
+        grad_out[dq] = self._scalars[0] / self.n_global
+        value = float(self._scalars[1] / self.n_global)
+        if self.l2:
+            grad_out[:dq] += self.l2 * params[:dq]
+            value += 0.5 * self.l2 * float(self._scalars[2])
+        return value
+
+    def dot(self, a, b) -> float:
+        """Global inner product of two local parameter vectors (one scalar Allreduce over all ranks)."""
+        dq = self.d_local
+        part = float(self.xp.dot(a[:dq], b[:dq])) if self.p == 0 else 0.0
+        if self.p == 0 and self.q == 0:
+            part += float(a[dq]) * float(b[dq])
+        self._dot[0] = part
+        _sum(self.comm.whole, self._dot)
+        return float(self._dot[0])
+
+    def lipschitz(self, power_iters: int, seed: int) -> float:
+        """``L = c·λmax(X̃ᵀX̃/n) + λ`` by power iteration with global norms (the start vector is the
+        data-parallel one's slice, so both modes pick the same step)."""
+        xp, dq = self.xp, self.d_local
+        full = np.random.default_rng(seed).standard_normal(self.d + 1)
+        vector = xp.asarray(np.concatenate([full[self.col_start:self.col_stop], full[self.d:]]))
+        if not self.fit_intercept:
+            vector[dq] = 0.0
+        image = xp.empty_like(vector)
+
+        def image_of(v):
+            self._pass(v, lambda y, z, work: 0.0)
+            image[:dq] = self._grad
+            image[dq] = self._scalars[0] / self.n_global
+            return image
+
+        eigenvalue = power_iteration(vector, image_of, self.dot, power_iters)
+        return self.curvature * eigenvalue + self.l2
+
+    def full_params(self, params) -> np.ndarray:
+        """The whole ``[w, b]`` as a host float64 vector on every rank (gathered over ``row_comm``)."""
+        to_host = getattr(self.xp, "asnumpy", np.asarray)
+        host = np.ascontiguousarray(to_host(params), dtype=np.float64)
+        row = self.comm.row.mpi_comm
+        sizes = [stop - start for start, stop in (block_range(self.d, row.Get_size(), k)
+                                                   for k in range(row.Get_size()))]
+        full = np.empty(self.d + 1)
+        row.Allgatherv(host[:self.d_local], [full[:self.d], sizes, np.cumsum([0] + sizes[:-1]), MPI.DOUBLE])
+        full[self.d] = host[self.d_local]
+        return full
+
+
+def build_grid(cfg, world, backend):
+    """Build the feature-parallel or hybrid objective: grid, sub-communicators, this rank's block.
+
+    Returns
+    -------
+    (objective, slab)
+    """
+    size = world.Get_size()
+    rows_p, cols_q = grid_shape(cfg.mode, getattr(cfg, "grid", None), size)
+    cart = world.Create_cart([rows_p, cols_q], periods=[False, False], reorder=False)
+    p, q = cart.Get_coords(cart.Get_rank())
+    row_comm, col_comm = cart.Sub([False, True]), cart.Sub([True, False])
+    meta = inspect_collectively(world, cfg.data, x_key=cfg.x_key, y_key=cfg.y_key, locking=cfg.hdf5_locking)
+    widest = block_range(meta.d, cols_q, 0)[1]
+    advice = chunk_advice(meta.chunks, meta.n, meta.d, widest, cfg.data) if cols_q > 1 else None
+    if advice and world.Get_rank() == 0:
+        print(advice, file=sys.stderr, flush=True)
+    slab = load_block(world, cfg.data, rows=block_range(meta.n, rows_p, p), cols=block_range(meta.d, cols_q, q),
+                      backend=backend, dtype=cfg.dtype, x_key=cfg.x_key, y_key=cfg.y_key,
+                      locking=cfg.hdf5_locking, loss=cfg.loss, meta=meta)
+    comms = GridCommunicators(f"{cfg.comm} on a {rows_p}x{cols_q} grid", make_communicator(cfg.comm, row_comm),
+                              make_communicator(cfg.comm, col_comm), make_communicator(cfg.comm, cart))
+    objective = GridObjective(slab.X, slab.y, get_loss(cfg.loss), comms, coords=(p, q), n_global=meta.n,
+                              d_global=meta.d, col_range=(slab.col_start, slab.col_stop), l2=cfg.l2,
+                              fit_intercept=cfg.fit_intercept, xp=backend.xp)
+    return objective, slab
