@@ -18,6 +18,9 @@ from pgd.config import (DATA_OPTIONS, DTYPE, TRAIN_OPTIONS, apply_options, optio
 def _world():
     from mpi4py import MPI  # noqa: PLC0415 - MPI starts only when a command needs it
 
+    from pgd.launch import refuse_singletons  # noqa: PLC0415
+
+    refuse_singletons(MPI.COMM_WORLD)
     return MPI.COMM_WORLD
 
 

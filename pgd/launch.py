@@ -102,6 +102,19 @@ def _mpi_world():
     return None
 
 
+def refuse_singletons(world, environ=os.environ) -> None:
+    """Refuse to run when the launcher started N ranks but MPI gave each a world of its own.
+
+    This happens when mpi4py's MPI is not the launcher's (another ``mpirun`` on PATH, or ``srun`` without
+    PMI support): N copies would each train alone and overwrite each other's outputs.
+    """
+    announced = launcher_size(environ)
+    if announced and announced > 1 and world.Get_size() == 1:
+        raise PgdError(f"the launcher started {announced} ranks but MPI sees a world of 1 on each: mpi4py is "
+                       "built against a different MPI than the launcher; use that MPI's mpirun, "
+                       "`srun --mpi=pmix`, or rebuild mpi4py against the launcher's MPI")
+
+
 def abort_job(code: int) -> None:
     """End the whole MPI job (all ranks) with ``code``; a plain exit when there is no job to abort."""
     sys.stdout.flush()
@@ -118,7 +131,7 @@ def report_error(error: PgdError, rank: int) -> int:
     size = world.Get_size() if world is not None else (launcher_size() or 1)
     if error.collective or size == 1:
         if rank == 0:
-            print(f"pgd: error: {error}", file=sys.stderr, flush=True)
+            print(f"pgd: {getattr(error, 'prefix', 'error')}: {error}", file=sys.stderr, flush=True)
         return error.exit_code
     print(f"pgd: error on rank {rank}: {error}", file=sys.stderr, flush=True)
     abort_job(error.exit_code)
