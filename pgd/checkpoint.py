@@ -147,6 +147,20 @@ def _write_file(path: str, payload: dict) -> None:
         handle.attrs["checksum"] = _checksum(handle)
 
 
+def _keep_previous(path: str) -> None:
+    """Make ``path.prev`` the current ``path`` while ``path`` itself stays in place (a hard link)."""
+    if not os.path.exists(path):
+        return
+    link = previous_path(path) + ".tmp"
+    try:
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.link(path, link)
+        os.replace(link, previous_path(path))
+    except OSError:  # no hard links on this file system: a short window without ``path``
+        os.replace(path, previous_path(path))
+
+
 def save_checkpoint(world, path: str, payload: dict) -> None:
     """Write ``payload`` as the newest checkpoint at ``path``; a collective call.
 
@@ -171,8 +185,7 @@ def save_checkpoint(world, path: str, payload: dict) -> None:
                     os.unlink(temporary)
                 raise CheckpointError(f"cannot write checkpoint {path}: {error}") from None
     if world.Get_rank() == 0:
-        if os.path.exists(path):
-            os.replace(path, previous_path(path))
+        _keep_previous(path)
         os.replace(temporary, path)
         dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
         try:
