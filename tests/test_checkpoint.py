@@ -14,24 +14,7 @@ from conftest import read_weights, write_dataset
 from pgd.checkpoint import (CheckpointError, _read_state, _write_state, load_newest, previous_path,
                             read_checkpoint)
 from pgd.preempt import parse_duration
-
-
-class Aborted(Exception):
-    """Raised instead of ending the test process when pgd would abort the job."""
-
-
-def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """``pgd ARGS`` in this process; returns (exit code, stdout, stderr)."""
-    import pgd.launch  # noqa: PLC0415
-
-    def abort(code):
-        raise Aborted(f"pgd aborted with {code}")
-
-    monkeypatch.setattr(pgd.launch, "abort_job", abort)
-    with pytest.raises(SystemExit) as stop:
-        pgd.launch.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return stop.value.code, out, err
+from pgd_inprocess import run_main
 
 
 @pytest.fixture(scope="module")
@@ -146,9 +129,27 @@ def test_max_time_stops_with_a_checkpoint(tmp_path, data_path, monkeypatch, caps
     assert 0 < read_checkpoint(ck)["iteration"] < 100000
 
 
+class _World:
+    def __init__(self, size):
+        self.size = size
+
+    def Get_size(self):  # noqa: N802 - mpi4py's name
+        return self.size
+
+
 @pytest.mark.parametrize("variable", ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"])
-def test_singletons_are_refused(variable):
-    env = dict(os.environ, **{variable: "2"})
+def test_singleton_detection_reads_the_launcher(variable):
+    from pgd.errors import PgdError  # noqa: PLC0415
+    from pgd.launch import refuse_singletons  # noqa: PLC0415
+
+    with pytest.raises(PgdError, match="launcher started 3 ranks but MPI sees a world of 1"):
+        refuse_singletons(_World(1), {variable: "3"})
+    refuse_singletons(_World(3), {variable: "3"})  # a real 3-rank world
+    refuse_singletons(_World(1), {variable: "1"})
+
+
+def test_singletons_are_refused():
+    env = dict(os.environ, OMPI_COMM_WORLD_SIZE="2")  # as if launched by mpirun, but MPI says 1
     result = subprocess.run([sys.executable, "-m", "pgd", "info"], capture_output=True, text=True,
                             timeout=60, env=env)
     assert result.returncode == 2

@@ -1,12 +1,10 @@
 """Fuzz (hypothesis): malformed HDF5 inputs and option values end with a clear error, no traceback, no hang.
 
-Every case runs ``pgd train`` in this process through :func:`pgd.launch.main` (one rank), with an alarm
-as the hang guard and ``abort_job`` replaced so an internal error fails the test instead of ending it.
+Every case runs ``pgd train`` in this process (one rank, :mod:`pgd_inprocess`), with an alarm as the hang
+guard; an internal error (an abort) fails the test.
 """
 
 from __future__ import annotations
-
-import signal
 
 import h5py
 import numpy as np
@@ -14,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import pgd.launch
+from pgd_inprocess import run_main
 
 HANG_SECONDS = 20
 
@@ -102,14 +100,6 @@ BAD_OPTIONS = st.one_of(
 )
 
 
-class Aborted(Exception):
-    """pgd tried to abort the job: an internal error, which a fuzz case must never cause."""
-
-
-def _on_alarm(signum, frame):
-    raise TimeoutError(f"pgd did not finish within {HANG_SECONDS} s")
-
-
 @settings(max_examples=36, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(kind=st.sampled_from(DATA_KINDS), bad=st.lists(BAD_OPTIONS, min_size=0, max_size=2),
@@ -127,24 +117,12 @@ def test_malformed_inputs_give_one_line_errors(tmp_path_factory, monkeypatch, ca
         args += [name] if value is None else [name, value.format(tmp=tmp)]
     expect_error = kind != "good" or bool(bad)
 
-    def abort(code):
-        raise Aborted(f"pgd aborted with exit code {code}")
-
-    monkeypatch.setattr(pgd.launch, "abort_job", abort)
-    previous = signal.signal(signal.SIGALRM, _on_alarm)
-    signal.alarm(HANG_SECONDS)
-    try:
-        with pytest.raises(SystemExit) as stop:
-            pgd.launch.main(args)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-    out, err = capsys.readouterr()
+    code, out, err = run_main(monkeypatch, capsys, *args, hang_seconds=HANG_SECONDS)
     assert "Traceback" not in out + err, (args, err)
     if not expect_error:
-        assert stop.value.code == 0, (args, err)
+        assert code == 0, (args, err)
         return
-    assert stop.value.code == 2, (args, out, err)
+    assert code == 2, (args, out, err)
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines and (lines[-1].startswith("pgd: error: ") or lines[-1].startswith("Error: ")), (args, err)
     assert "internal error" not in err

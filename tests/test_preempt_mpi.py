@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import MPIRUN, MPIRUN_FLAGS, read_weights, run_pgd, write_dataset
+from conftest import MPIRUN, MPIRUN_FLAGS, read_weights, run_pgd, run_python, write_dataset
 from pgd.checkpoint import read_checkpoint
 from pgd.errors import EXIT_PREEMPTED
 
@@ -119,3 +119,19 @@ def test_sigkill_of_one_rank_ends_the_job(tmp_path, data_path):
         pytest.fail("the job did not end within 60 s after SIGKILL of one rank")
     assert run.returncode != 0
     assert read_checkpoint(ck)["iteration"] > 0  # the last checkpoint is intact (or its predecessor)
+
+
+def test_unexpected_exception_on_one_rank_aborts_the_job(tmp_path, data_path):
+    script = os.path.join(os.path.dirname(__file__), "mpi_crash_check.py")
+    result = run_python(2, script, "train", data_path, *TRAIN, "--max-iter", 50, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "internal error on rank 1: RuntimeError: injected failure" in result.stderr
+
+
+def test_bad_rows_on_one_rank_fail_all_ranks_together(tmp_path):
+    X = np.ones((10, 2))
+    X[8, 1] = np.nan  # in the second rank's slice only
+    path = write_dataset(tmp_path / "nan.h5", X, np.zeros(10))
+    result = run_pgd(2, "train", path, *TRAIN, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.count("pgd: error:") == 1 and "non-finite values" in result.stderr
