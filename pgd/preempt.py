@@ -98,7 +98,7 @@ class ResilienceHook:
         self.max_time = cfg.max_time
         self._agreed = np.zeros(2, dtype=np.float64)  # [signal number, elapsed seconds], MAX over ranks
         self._last_checkpoint_time = 0.0
-        self._last_elapsed = 0.0
+        self._last_elapsed = time.monotonic() - _STARTED  # steps are timed from here, not from start-up
         self._slowest_step = 0.0
         self._checkpoint_seconds = 0.0
         self._sleep = float(os.environ.get("PGD_TEST_SLEEP_PER_ITER", "0") or 0)
