@@ -198,28 +198,28 @@ def save_checkpoint(world, path: str, payload: dict) -> None:
 # reading, validation, discovery
 
 
+def _read_payload(handle: h5py.File, path: str) -> dict:
+    if "pgd_checkpoint" not in handle.attrs:
+        raise CheckpointError(f"{path} is not a pgd checkpoint")
+    if handle.attrs.get("checksum") != _checksum(handle):
+        raise CheckpointError(f"{path} is damaged (checksum mismatch)")
+    payload = {key: int(handle.attrs[key]) for key in ("iteration", "world_size")}
+    for key in ("config", "fingerprint", "random_state"):
+        payload[key] = json.loads(handle.attrs[key])
+    payload["optimizer"] = _read_state(handle["optimizer"])
+    payload["history"] = {key: handle["history"][key][()].tolist() for key in handle["history"]}
+    return payload
+
+
 def read_checkpoint(path: str) -> dict:
     """Read and verify one checkpoint file; raises :class:`CheckpointError` saying what is wrong."""
     try:
-        handle = h5py.File(path, "r")
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {path}") from None
-    except OSError:
-        raise CheckpointError(f"{path} is damaged or not an HDF5 file") from None
-    try:
-        with handle:
-            if "pgd_checkpoint" not in handle.attrs:
-                raise CheckpointError(f"{path} is not a pgd checkpoint")
-            if handle.attrs.get("checksum") != _checksum(handle):
-                raise CheckpointError(f"{path} is damaged (checksum mismatch)")
-            payload = {key: int(handle.attrs[key]) for key in ("iteration", "world_size")}
-            for key in ("config", "fingerprint", "random_state"):
-                payload[key] = json.loads(handle.attrs[key])
-            payload["optimizer"] = _read_state(handle["optimizer"])
-            payload["history"] = {key: handle["history"][key][()].tolist() for key in handle["history"]}
-            return payload
+        with open_h5(path) as handle:
+            return _read_payload(handle, path)
     except CheckpointError:
         raise
+    except InputError as error:  # missing, unreadable, not HDF5 (a truncated file)
+        raise CheckpointError(f"{path} is damaged or unreadable ({error})") from None
     except Exception as error:  # noqa: BLE001 - any other inconsistency means a damaged file
         raise CheckpointError(f"{path} is damaged ({type(error).__name__}: {error})") from None
 
