@@ -4,14 +4,16 @@ Layout
 ------
 A checkpoint is an HDF5 file with root attributes ``pgd_checkpoint = 1``, ``iteration``, ``world_size``,
 ``config`` (the resolved configuration as JSON), ``fingerprint`` (JSON, see :func:`data_fingerprint`),
-``random_state`` (JSON), ``pgd_version`` and ``checksum`` (SHA-256 over everything else, so a damaged
-file is recognised even when HDF5 still opens it); ``/optimizer`` holds the optimizer's ``state_dict``
-(arrays as datasets, scalars as JSON attributes, nested dicts and lists as groups) and ``/history`` the
-per-iteration loss, gradient norm and time.
+``random_state`` (JSON), ``sharded`` (0: one optimizer state for all ranks, 1: one group ``rank_R`` per
+rank), ``pgd_version`` and ``checksum`` (SHA-256 over everything else, so a damaged file is recognised
+even when HDF5 still opens it); ``/optimizer`` holds the optimizer's ``state_dict`` (arrays as datasets,
+scalars as JSON attributes, nested dicts and lists as groups) and ``/history`` the per-iteration loss,
+gradient norm and time.
 
 ``PATH`` is the newest checkpoint and ``PATH.prev`` the one before: a new checkpoint is written to a
 temporary file in the same directory, flushed and fsynced, and only after every rank reported success is
-``PATH`` renamed to ``PATH.prev`` and the temporary file renamed to ``PATH``.
+the current ``PATH`` hard-linked to ``PATH.prev`` and the temporary file renamed onto ``PATH`` (so ``PATH``
+exists at every moment).
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ def _write_file(path: str, payload: dict) -> None:
     with h5py.File(path, "w", libver=LIBVER) as handle:
         handle.attrs["pgd_checkpoint"] = CHECKPOINT_FORMAT
         handle.attrs["pgd_version"] = pgd.__version__
-        for key in ("iteration", "world_size"):
+        for key in ("iteration", "world_size", "sharded"):
             handle.attrs[key] = int(payload[key])
         for key in ("config", "fingerprint", "random_state"):
             handle.attrs[key] = json.dumps(payload[key], sort_keys=True, default=str)
@@ -203,7 +205,7 @@ def _read_payload(handle: h5py.File, path: str) -> dict:
         raise CheckpointError(f"{path} is not a pgd checkpoint")
     if handle.attrs.get("checksum") != _checksum(handle):
         raise CheckpointError(f"{path} is damaged (checksum mismatch)")
-    payload = {key: int(handle.attrs[key]) for key in ("iteration", "world_size")}
+    payload = {key: int(handle.attrs[key]) for key in ("iteration", "world_size", "sharded")}
     for key in ("config", "fingerprint", "random_state"):
         payload[key] = json.loads(handle.attrs[key])
     payload["optimizer"] = _read_state(handle["optimizer"])
@@ -278,7 +280,17 @@ def resume(cfg, world, optimizer, fingerprint: dict) -> tuple[int, dict] | None:
             payload, notes = load_newest(cfg.checkpoint)
             if payload is not None:
                 check_compatible(payload, cfg, fingerprint)
+    if world.Get_rank() == 0 and payload is not None and payload["sharded"]:
+        states = [payload["optimizer"].get(f"rank_{rank}") for rank in range(world.Get_size())]
+        payload["optimizer"] = None
+    else:
+        states = None
     payload = world.bcast(payload, root=0)
+    if payload is not None and payload["sharded"]:
+        if payload["world_size"] != world.Get_size():
+            raise CheckpointError(f"{payload['path']} holds per-rank state of {payload['world_size']} ranks; "
+                                  f"resume it with {payload['world_size']} ranks", collective=True)
+        payload["optimizer"] = world.scatter(states, root=0)
     if world.Get_rank() == 0:
         for note in notes:
             print(f"pgd: warning: {note}", flush=True)
@@ -299,14 +311,38 @@ def resume(cfg, world, optimizer, fingerprint: dict) -> tuple[int, dict] | None:
     return payload["iteration"], payload["history"]
 
 
+def _state_digest(state) -> str:
+    """SHA-256 of a state dict (arrays by their bytes), to tell replicated from per-rank state."""
+    digest = hashlib.sha256()
+    items = enumerate(state) if isinstance(state, (list, tuple)) else sorted(state.items())
+    for key, value in items:
+        digest.update(str(key).encode())
+        if isinstance(value, dict | list | tuple):
+            digest.update(_state_digest(value).encode())
+        elif hasattr(value, "__array__") and not np.isscalar(value):
+            digest.update(np.ascontiguousarray(value).tobytes())
+        else:
+            digest.update(repr(value).encode())
+    return digest.hexdigest()
+
+
 def checkpoint_payload(cfg, world, optimizer, iteration: int, history: dict, fingerprint: dict) -> dict:
-    """Everything a checkpoint holds, built identically on every rank."""
+    """Everything a checkpoint holds; a collective call, complete on rank 0.
+
+    The optimizer state is stored once when every rank holds the same bits (data parallelism), and as
+    one group per rank (``rank_0``, ``rank_1``, ...; ``sharded = 1``) when ranks hold different parts.
+    """
+    state = optimizer.state_dict()
+    sharded = len(set(world.allgather(_state_digest(state)))) > 1
+    if sharded:
+        states = world.gather(state, root=0)
+        state = {f"rank_{rank}": part for rank, part in enumerate(states or [])}
     rng = getattr(optimizer, "rng", None)
-    return {"iteration": iteration, "world_size": world.Get_size(),
+    return {"iteration": iteration, "world_size": world.Get_size(), "sharded": int(sharded),
             "config": json.loads(cfg.to_json()), "fingerprint": fingerprint,
             "random_state": {"seed": cfg.seed,
                              "bit_generator": rng.bit_generator.state if rng is not None else None},
-            "optimizer": optimizer.state_dict(), "history": history}
+            "optimizer": state, "history": history or {}}
 
 
 def check_checkpoint_options(cfg) -> None:

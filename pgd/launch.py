@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 import traceback
 
 from pgd.errors import EXIT_INTERNAL, PgdError
@@ -20,6 +21,9 @@ _RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID", "
 _SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS", "MV2_COMM_WORLD_SIZE")
 _LOCAL_SIZE_VARS = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "PALS_LOCAL_SIZE",
                     "MV2_COMM_WORLD_LOCAL_SIZE")
+#: ``time.monotonic()`` when the ``pgd`` command started (budgets such as ``--max-time`` count from here).
+COMMAND_STARTED = time.monotonic()
+
 _BLAS_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -140,6 +144,8 @@ def report_error(error: PgdError, rank: int) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: ``pgd ...`` (also ``python -m pgd``)."""
+    global COMMAND_STARTED  # noqa: PLW0603 - one process-wide start time
+    COMMAND_STARTED = time.monotonic()
     configure_blas_threads()
     import click  # noqa: PLC0415 - after the BLAS environment is set
 

@@ -21,12 +21,12 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+import pgd.launch
 from pgd.checkpoint import checkpoint_payload, data_fingerprint, resume, save_checkpoint
 from pgd.comm import collectively
 from pgd.errors import EXIT_PREEMPTED, PgdError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-_STARTED = time.monotonic()  # imported when `pgd train` starts: the budget counts data loading too
 
 
 class Preempted(PgdError):
@@ -98,7 +98,8 @@ class ResilienceHook:
         self.max_time = cfg.max_time
         self._agreed = np.zeros(2, dtype=np.float64)  # [signal number, elapsed seconds], MAX over ranks
         self._last_checkpoint_time = 0.0
-        self._last_elapsed = time.monotonic() - _STARTED  # steps are timed from here, not from start-up
+        self._started = pgd.launch.COMMAND_STARTED  # the budget counts start-up and data loading too
+        self._last_elapsed = time.monotonic() - self._started  # steps are timed from here
         self._slowest_step = 0.0
         self._checkpoint_seconds = 0.0
         self._sleep = float(os.environ.get("PGD_TEST_SLEEP_PER_ITER", "0") or 0)
@@ -124,7 +125,7 @@ class ResilienceHook:
 
     def _agree(self) -> tuple[int, float]:
         self._agreed[0] = self.flag.signum
-        self._agreed[1] = time.monotonic() - _STARTED
+        self._agreed[1] = time.monotonic() - self._started
         self.world.Allreduce(MPI.IN_PLACE, self._agreed, op=MPI.MAX)
         return int(self._agreed[0]), float(self._agreed[1])
 
@@ -153,7 +154,7 @@ class ResilienceHook:
             or (cfg.checkpoint_seconds and elapsed - self._last_checkpoint_time >= cfg.checkpoint_seconds))
         if due:
             started = time.monotonic()
-            payload = checkpoint_payload(cfg, self.world, self.optimizer, iteration, self.history,
+            payload = checkpoint_payload(cfg, self.world, self.optimizer, iteration, self.history or {},
                                          self.fingerprint)
             save_checkpoint(self.world, cfg.checkpoint, payload)
             self._checkpoint_seconds = time.monotonic() - started

@@ -126,7 +126,7 @@ def test_max_time_stops_with_a_checkpoint(tmp_path, data_path, monkeypatch, caps
                             "--checkpoint", ck, "--max-time", "1", "--out", out_model)
     assert code == 75, err
     assert "time budget" in err and not out_model.exists()
-    assert 0 < read_checkpoint(ck)["iteration"] < 100000
+    assert 2 <= read_checkpoint(ck)["iteration"] < 100000
 
 
 class _World:
@@ -155,3 +155,33 @@ def test_singletons_are_refused():
     assert result.returncode == 2
     assert "launcher started 2 ranks but MPI sees a world of 1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+class _TwoRanks:
+    """Rank 0 of a pretend 2-rank world whose rank 1 holds different optimizer state."""
+
+    def Get_size(self):  # noqa: N802
+        return 2
+
+    def Get_rank(self):  # noqa: N802
+        return 0
+
+    def allgather(self, value):
+        return [value, "rank 1 differs"]
+
+    def gather(self, value, root=0):
+        return [value, dict(value, params=value["params"] + 1)]
+
+
+def test_per_rank_state_is_stored_per_rank(tmp_path):
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from pgd.checkpoint import _write_file, checkpoint_payload  # noqa: PLC0415
+    from pgd.config import RunConfig  # noqa: PLC0415
+
+    optimizer = SimpleNamespace(state_dict=lambda: {"name": "gd", "params": np.arange(3.0)})
+    payload = checkpoint_payload(RunConfig({"seed": 1}), _TwoRanks(), optimizer, 4, {"loss": [1.0]}, {})
+    _write_file(str(tmp_path / "ck.h5"), payload)
+    back = read_checkpoint(str(tmp_path / "ck.h5"))
+    assert back["sharded"] == 1 and back["iteration"] == 4
+    np.testing.assert_array_equal(back["optimizer"]["rank_1"]["params"], np.arange(3.0) + 1)

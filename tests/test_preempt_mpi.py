@@ -103,6 +103,12 @@ def test_sigterm_checkpoints_and_resume_is_exact(tmp_path, data_path):
     assert np.array_equal(w_whole, w_res) and b_whole == b_res
     with h5py.File(tmp_path / "whole.h5") as a, h5py.File(tmp_path / "resumed.h5") as b:
         assert np.array_equal(a["history/loss"][...], b["history/loss"][...])
+    # another rank count: allowed in data-parallel mode, reported, equal up to rounding
+    other = run_pgd(3, "train", data_path, *TRAIN, "--max-iter", 400, "--checkpoint", ck, "--resume",
+                    "--out", tmp_path / "three.h5")
+    assert other.returncode == 0, other.stderr
+    assert "written by 2 ranks and this run has 3" in other.stdout
+    np.testing.assert_allclose(read_weights(tmp_path / "three.h5")[0], w_whole, rtol=1e-10, atol=1e-12)
 
 
 def test_sigkill_of_one_rank_ends_the_job(tmp_path, data_path):
