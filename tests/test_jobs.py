@@ -100,10 +100,12 @@ def test_train_sbatch_requeues_on_usr1_and_resumes(cluster):
 def test_train_gpu_sbatch_runs(cluster):
     tmp, data, env = cluster
     run = _sbatch(env, "train_gpu.sbatch", ROOT, DATA=data, LOSS="logistic", MAX_ITER=5, DEVICE="cpu",
+                  MAX_TIME="00:10:00",
                   OUT=tmp / "m.h5", CHECKPOINT=tmp / "ck.h5", PGD_ARGS="--quiet", PGD_JOBS_DIR=JOBS)
     out, err = run.communicate(timeout=60)
     assert run.returncode == 0, out + err
-    assert (tmp / "m.h5").exists() and "--gpus-per-task=1" in (tmp / "slurm.log").read_text()
+    log = (tmp / "slurm.log").read_text()
+    assert (tmp / "m.h5").exists() and "--gpus-per-task=1" in log and "--max-time 00:10:00" in log
 
 
 @pytest.mark.mpi
