@@ -351,3 +351,8 @@ def check_checkpoint_options(cfg) -> None:
         raise InputError("--resume needs --checkpoint PATH (where the checkpoints are)", collective=True)
     if (cfg.checkpoint_every or cfg.checkpoint_seconds) and not cfg.checkpoint:
         raise InputError("--checkpoint-every/--checkpoint-seconds need --checkpoint PATH", collective=True)
+    if cfg.checkpoint:
+        for other, name in ((cfg.out, "--out"), (cfg.metrics, "--metrics")):
+            if other and os.path.abspath(other) in (os.path.abspath(cfg.checkpoint),
+                                                    os.path.abspath(previous_path(cfg.checkpoint))):
+                raise InputError(f"--checkpoint and {name} are the same file: {other}", collective=True)

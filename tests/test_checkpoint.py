@@ -123,10 +123,15 @@ def test_max_time_stops_with_a_checkpoint(tmp_path, data_path, monkeypatch, caps
     ck = str(tmp_path / "ck.h5")
     out_model = tmp_path / "m.h5"
     code, _, err = run_main(monkeypatch, capsys, "train", data_path, *TRAIN, "--max-iter", 100000,
-                            "--checkpoint", ck, "--max-time", "1", "--out", out_model)
+                            "--checkpoint", ck, "--max-time", "1", "--checkpoint-seconds", "0.2",
+                            "--out", out_model)
     assert code == 75, err
     assert "time budget" in err and not out_model.exists()
-    assert 2 <= read_checkpoint(ck)["iteration"] < 100000
+    last = read_checkpoint(ck)["iteration"]
+    assert 2 <= last < 100000
+    assert read_checkpoint(previous_path(ck))["iteration"] < last  # a periodic one (every 0.2 s) before
+    code, _, err = run_main(monkeypatch, capsys, "train", data_path, *TRAIN, "--checkpoint", ck, "--out", ck)
+    assert code == 2 and "--checkpoint and --out are the same file" in err
 
 
 class _World:
