@@ -18,6 +18,9 @@ from pgd.config import (CUDA_AWARE_OPTION, DATA_OPTIONS, DTYPE, TRAIN_OPTIONS, a
 def _world():
     from mpi4py import MPI  # noqa: PLC0415 - MPI starts only when a command needs it
 
+    from pgd.launch import refuse_singletons  # noqa: PLC0415
+
+    refuse_singletons(MPI.COMM_WORLD)
     return MPI.COMM_WORLD
 
 

@@ -123,8 +123,40 @@ OUTPUT_OPTIONS = [
            help="Validate data and options, show the plan, train nothing."),
 ]
 
+class Duration(click.ParamType):
+    """Seconds as ``S``, ``MM:SS``, ``HH:MM:SS`` or ``D-HH:MM:SS`` (SLURM's format); positive."""
+
+    name = "SECONDS|[D-]HH:MM:SS"
+
+    def convert(self, value, param, ctx):
+        from pgd.preempt import parse_duration  # noqa: PLC0415 - keeps `pgd --help` light
+
+        if isinstance(value, float):
+            return value
+        try:
+            seconds = parse_duration(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a duration (seconds or [D-]HH:MM:SS)", param, ctx)
+        if not seconds > 0:
+            self.fail(f"{value!r} must be a positive duration", param, ctx)
+        return seconds
+
+
+CHECKPOINT_OPTIONS = [
+    option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+           help="Checkpoint file (the one before is kept as PATH.prev)."),
+    option("--checkpoint-every", type=click.IntRange(min=0), default=0,
+           help="Write a checkpoint every K iterations (0: only when stopped early)."),
+    option("--checkpoint-seconds", type=click.FloatRange(min=0.0), default=0.0,
+           help="Write a checkpoint every S seconds of wall time (0: off)."),
+    option("--resume", is_flag=True, default=False,
+           help="Continue from the newest valid checkpoint at --checkpoint (start anew if none)."),
+    option("--max-time", type=Duration(), default=None,
+           help="Wall-clock budget: checkpoint and stop (exit 75) before it runs out."),
+]
+
 TRAIN_OPTIONS = (DATA_OPTIONS + COMPUTE_OPTIONS + MODEL_OPTIONS + OPTIMIZER_OPTIONS + PARALLEL_OPTIONS
-                 + OUTPUT_OPTIONS)
+                 + OUTPUT_OPTIONS + CHECKPOINT_OPTIONS)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 import traceback
 
 from pgd.errors import EXIT_INTERNAL, PgdError
@@ -20,6 +21,9 @@ _RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID", "
 _SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS", "MV2_COMM_WORLD_SIZE")
 _LOCAL_SIZE_VARS = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "PALS_LOCAL_SIZE",
                     "MV2_COMM_WORLD_LOCAL_SIZE")
+#: ``time.monotonic()`` when the ``pgd`` command started (budgets such as ``--max-time`` count from here).
+COMMAND_STARTED = time.monotonic()
+
 _BLAS_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -102,6 +106,19 @@ def _mpi_world():
     return None
 
 
+def refuse_singletons(world, environ=os.environ) -> None:
+    """Refuse to run when the launcher started N ranks but MPI gave each a world of its own.
+
+    This happens when mpi4py's MPI is not the launcher's (another ``mpirun`` on PATH, or ``srun`` without
+    PMI support): N copies would each train alone and overwrite each other's outputs.
+    """
+    announced = launcher_size(environ)
+    if announced and announced > 1 and world.Get_size() == 1:
+        raise PgdError(f"the launcher started {announced} ranks but MPI sees a world of 1 on each: mpi4py is "
+                       "built against a different MPI than the launcher; use that MPI's mpirun, "
+                       "`srun --mpi=pmix`, or rebuild mpi4py against the launcher's MPI")
+
+
 def abort_job(code: int) -> None:
     """End the whole MPI job (all ranks) with ``code``; a plain exit when there is no job to abort."""
     sys.stdout.flush()
@@ -135,7 +152,7 @@ def report_error(error: PgdError, rank: int) -> int:
     size = world.Get_size() if world is not None else (launcher_size() or 1)
     if error.collective or size == 1:
         if rank == 0:
-            print(f"pgd: error: {error}", file=sys.stderr, flush=True)
+            print(f"pgd: {getattr(error, 'prefix', 'error')}: {error}", file=sys.stderr, flush=True)
         wait_for_all_ranks()
         return error.exit_code
     print(f"pgd: error on rank {rank}: {error}", file=sys.stderr, flush=True)
@@ -145,6 +162,8 @@ def report_error(error: PgdError, rank: int) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: ``pgd ...`` (also ``python -m pgd``)."""
+    global COMMAND_STARTED  # noqa: PLW0603 - one process-wide start time
+    COMMAND_STARTED = time.monotonic()
     configure_blas_threads()
     import click  # noqa: PLC0415 - after the BLAS environment is set
 

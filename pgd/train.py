@@ -17,11 +17,13 @@ from mpi4py import MPI
 
 import pgd
 from pgd.backend import select_backend
+from pgd.checkpoint import check_checkpoint_options
 from pgd.comm import collectively
 from pgd.errors import TrainingError
 from pgd.fileio import atomic_path, check_writable
 from pgd.model_io import write_model
 from pgd.optim import make_optimizer
+from pgd.preempt import make_resilience_hook
 from pgd.progress import Progress, format_summary
 from pgd.strategies import STRATEGIES
 
@@ -29,7 +31,7 @@ from pgd.strategies import STRATEGIES
 #: ``after_step(iteration) -> str | None`` is called on every rank after each step, and must return the
 #: same value on every rank (a reason to stop, or None). Later features (checkpoints, signals, time
 #: budgets) register here instead of editing the loop.
-LOOP_HOOKS: list = []
+LOOP_HOOKS: list = [make_resilience_hook]
 
 
 def node_local_rank(world) -> tuple[int, int]:
@@ -43,9 +45,11 @@ def node_local_rank(world) -> tuple[int, int]:
 
 def _check_outputs(world, cfg) -> None:
     """Rank 0 checks every output path now, not after training; all ranks fail together."""
+    check_checkpoint_options(cfg)
     with collectively(world):
         if world.Get_rank() == 0:
-            for path, what in ((cfg.out, "model file"), (cfg.metrics, "metrics file")):
+            for path, what in ((cfg.out, "model file"), (cfg.metrics, "metrics file"),
+                               (cfg.checkpoint, "checkpoint")):
                 if path:
                     check_writable(path, what)
 
@@ -132,14 +136,19 @@ def train(cfg, world=None) -> dict:
     check_every_step = bool(os.environ.get("PGD_CHECK_REPLICAS"))  # tests: bitwise replica check per step
     with ExitStack() as outputs:
         metrics = _MetricsWriter(outputs, cfg.metrics, rank == 0)
+        for hook in hooks:  # hooks with close() (signal handlers) are undone however the loop ends
+            if hasattr(hook, "close"):
+                outputs.callback(hook.close)
         objective.comm.reset_counters()
         objective.compute_seconds = 0.0
         world.Barrier()
         started = MPI.Wtime()
 
+        time_offset = 0.0  # a resumed run's history continues the time of the runs before
+
         def record(iteration: int) -> float:
             grad_norm = optimizer.grad_norm()
-            elapsed = MPI.Wtime() - started
+            elapsed = MPI.Wtime() - started + time_offset
             history["loss"].append(optimizer.loss)
             history["grad_norm"].append(grad_norm)
             history["time"].append(elapsed)
@@ -148,9 +157,16 @@ def train(cfg, world=None) -> dict:
             progress.update(iteration, optimizer.loss, grad_norm)
             return grad_norm
 
-        optimizer.start(objective.zeros())
-        grad_norm = record(0)
-        iteration, stop_reason, converged = 0, f"iteration budget reached (--max-iter {cfg.max_iter})", False
+        # hooks with resume(history) may continue a checkpointed run (pgd.preempt, pgd.checkpoint)
+        resumed = [it for hook in hooks
+                   if hasattr(hook, "resume") and (it := hook.resume(history)) is not None]
+        if resumed:
+            iteration, grad_norm = resumed[0], optimizer.grad_norm()
+            time_offset = history["time"][-1] if history["time"] else 0.0
+        else:
+            optimizer.start(objective.zeros())
+            iteration, grad_norm = 0, record(0)
+        stop_reason, converged = f"iteration budget reached (--max-iter {cfg.max_iter})", False
         while True:
             if grad_norm <= cfg.tol:
                 stop_reason, converged = f"gradient norm {grad_norm:.3e} <= tol {cfg.tol:g}", True
