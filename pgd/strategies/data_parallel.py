@@ -43,22 +43,36 @@ class DataParallelObjective:
         self.curvature = float(curvature)
         self.d = local.d
         self.compute_seconds = 0.0
+        self.row_range = (0, local.n_local)  # this rank's global rows [start, stop)
         self._sums = xp.zeros(self.d + 2, dtype=xp.float64)
         self._w = xp.zeros(self.d, dtype=local.dtype)
 
-    def _reduced_sums(self, kernel, params):
-        """Run ``kernel(w, b, out)`` locally, time it, sum over ranks and normalise by n."""
+    def _reduced_sums(self, kernel, params, rows=None, count=None):
+        """Run ``kernel(w, b, out)`` locally (on ``rows`` if given), time it, sum over ranks, divide by
+        ``count`` (n by default)."""
         started = time.perf_counter()
         self._w[...] = params[: self.d]
-        kernel(self._w, float(params[self.d]), self._sums)
+        if rows is None:
+            kernel(self._w, float(params[self.d]), self._sums)
+        else:
+            kernel(self._w, float(params[self.d]), self._sums, rows=rows)
         self.compute_seconds += time.perf_counter() - started
         self.comm.allreduce(self._sums)
-        self._sums /= self.n_global
+        self._sums /= self.n_global if count is None else count
         return self._sums
 
     def value_and_grad(self, params, grad_out) -> float:
         """Global loss at ``params``; the gradient goes to ``grad_out`` (length d + 1)."""
-        sums = self._reduced_sums(self.local.loss_gradient, params)
+        return self._penalised(self._reduced_sums(self.local.loss_gradient, params), params, grad_out)
+
+    def value_and_grad_batch(self, params, grad_out, local_rows, batch_size: int) -> float:
+        """Mini-batch objective: this rank's ``local_rows`` (index array, local numbering) belong to a
+        global batch of ``batch_size`` rows; one Allreduce, one division by ``batch_size``."""
+        sums = self._reduced_sums(self.local.loss_gradient, params, rows=local_rows, count=batch_size)
+        return self._penalised(sums, params, grad_out)
+
+    def _penalised(self, sums, params, grad_out) -> float:
+        """Copy the normalised sums into ``grad_out`` and add the L2 penalty; returns the loss."""
         w = params[: self.d]
         grad_out[...] = sums[: self.d + 1]
         loss = float(sums[self.d + 1])
@@ -110,4 +124,5 @@ def build_data_parallel(cfg, world, backend):
     comm = make_device_communicator(cfg.comm, world, backend, getattr(cfg, "cuda_aware", "auto"))
     objective = DataParallelObjective(local, comm, slab.n_global, cfg.l2, backend.xp,
                                       curvature=loss.curvature_bound)
+    objective.row_range = (slab.start, slab.stop)
     return objective, slab
