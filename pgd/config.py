@@ -185,3 +185,15 @@ def resolve(ctx: click.Context, values: dict) -> RunConfig:
     """Wrap a command's keyword arguments into a :class:`RunConfig` with their sources."""
     sources = {name: _SOURCE_NAMES.get(ctx.get_parameter_source(name), "default") for name in values}
     return RunConfig(dict(values), sources)
+
+
+def train_config(**values) -> RunConfig:
+    """A :class:`RunConfig` for :func:`pgd.train.train` (Python API): the defaults of every ``pgd train``
+    option (environment variables ignored), overridden by ``values`` (which must include ``data`` and
+    ``loss``)."""
+    command = click.command()(apply_options(TRAIN_OPTIONS)(lambda **kwargs: None))
+    defaults = {param.name: param.default for param in command.params}
+    unknown = set(values) - set(defaults) - {"data"}
+    if unknown:
+        raise TypeError(f"unknown pgd train options: {', '.join(sorted(unknown))}")
+    return RunConfig(dict(defaults, **values), {name: "flag" for name in values})

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 from pgd.optim import Optimizer
-from pgd.optim.prox import ProximalMixin, Composite, host_copy, option
+from pgd.optim.prox import Composite, ProximalMixin, host_copy, loss_resolution, option
 
 
 class ProximalGradient(Composite):
@@ -27,7 +27,8 @@ class ProximalGradient(Composite):
 
     With ``--line-search`` the step ``t`` starts at ``--lr`` and is halved until the sufficient-decrease
     condition ``f(x⁺) ≤ f(x) + ∇f(x)·(x⁺−x) + ‖x⁺−x‖²/(2t)`` holds (Armijo with c = ½ for plain gradient
-    steps; the standard condition for proximal steps); accepted steps are kept for the next iteration.
+    steps; the standard condition for proximal steps), up to the loss's rounding
+    (:func:`pgd.optim.prox.loss_resolution`); accepted steps are kept for the next iteration.
     """
 
     name = "gd"
@@ -37,6 +38,7 @@ class ProximalGradient(Composite):
     def __init__(self, objective, *, xp, lr: float, cfg=None):
         super().__init__(objective, xp=xp, lr=lr, cfg=cfg)
         self.line_search = bool(option(cfg, "line_search", False))
+        self.resolution = loss_resolution(objective)
         self.step_size = self.lr
 
     def start(self, params) -> float:
@@ -59,7 +61,7 @@ class ProximalGradient(Composite):
             xp.subtract(self._trial, self.params, out=self._diff)
             bound = (self.smooth + self.objective.dot(self.grad, self._diff)
                      + self.objective.dot(self._diff, self._diff) / (2 * t))
-            if smooth <= bound:
+            if smooth <= bound + self.resolution * abs(self.smooth):
                 break
             self.step_size = 0.5 * t
         else:
@@ -69,6 +71,9 @@ class ProximalGradient(Composite):
         self.grad, self._trial_grad = self._trial_grad, self.grad
         self.smooth, self.loss = smooth, total
         return self.loss
+
+    def summary(self) -> dict:
+        return {"step_size": self.step_size} if self.line_search else {}
 
     def state_dict(self) -> dict:
         return self._save(super().state_dict(), step_size=self.step_size)

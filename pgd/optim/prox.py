@@ -79,6 +79,16 @@ class ProximalMixin:
         return math.sqrt(max(self.objective.dot(r, r), 0.0))
 
 
+def loss_resolution(objective) -> float:
+    """Relative size of rounding in the objective's loss: ``8·eps`` of the data dtype (float64 default).
+
+    Sufficient-decrease tests allow this much, so that at rounding level they neither reject good steps
+    nor shrink the step towards zero.
+    """
+    dtype = getattr(getattr(objective, "local", None), "dtype", np.float64)
+    return 8 * float(np.finfo(dtype).eps)
+
+
 def host_copy(xp, array):
     """A host NumPy copy of a backend array (for state dictionaries)."""
     return np.array(getattr(xp, "asnumpy", np.asarray)(array))
