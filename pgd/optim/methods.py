@@ -223,8 +223,9 @@ class Adam(ProximalMixin, Optimizer):
 
 class LBFGS(ProximalMixin, Optimizer):
     """``lbfgs``: limited-memory BFGS (two-loop recursion, ``--memory`` pairs) with a strong-Wolfe line
-    search (Nocedal & Wright, Algorithms 3.5/3.6, cubic interpolation).  Every trial point is a global
-    evaluation.  The first step starts at ``1/‖∇f‖``, later ones at 1 with the usual ``sᵀy/yᵀy`` scaling.
+    search (Nocedal & Wright, Algorithms 3.5/3.6, cubic interpolation; c₁ = 1e-4, c₂ = 0.9; the sufficient
+    decrease is tested up to the loss's rounding, :func:`pgd.optim.prox.loss_resolution`).  Every trial
+    point is a global evaluation.  The first step starts at ``1/‖∇f‖``, later ones at 1 with the usual ``sᵀy/yᵀy`` scaling.
 
     Instrumented: ``wolfe_log`` holds ``(alpha, f0, g0·p, f1, g1·p)`` of every accepted step.
     """
@@ -238,6 +239,7 @@ class LBFGS(ProximalMixin, Optimizer):
         super().__init__(objective, xp=xp, lr=lr, cfg=cfg)
         self._setup_l1()
         self.memory = int(option(cfg, "memory", 10))
+        self.resolution = loss_resolution(objective)
         self.wolfe_log = []
         self.line_search_evaluations = 0
 
@@ -293,6 +295,7 @@ class LBFGS(ProximalMixin, Optimizer):
     def _line_search(self, f0: float, g0p: float, alpha: float):
         """A step satisfying the strong Wolfe conditions, or None; the trial buffers hold its point."""
         c1, c2 = self.c1, self.c2
+        slack = self.resolution * abs(f0)  # Armijo up to the loss's rounding
         prev, f_prev, d_prev = 0.0, f0, g0p
         lo = hi = None
         for trial in range(self.max_trials):
@@ -300,7 +303,7 @@ class LBFGS(ProximalMixin, Optimizer):
                 alpha = self._cubic(*lo, *hi)
             f_a, d_a = self._phi(alpha)
             if lo is None:  # bracketing phase
-                if f_a > f0 + c1 * alpha * g0p or (trial > 0 and f_a >= f_prev):
+                if f_a > f0 + c1 * alpha * g0p + slack or (trial > 0 and f_a >= f_prev):
                     lo, hi = (prev, f_prev, d_prev), (alpha, f_a, d_a)
                 elif abs(d_a) <= -c2 * g0p:
                     return alpha, f_a, d_a
@@ -311,7 +314,7 @@ class LBFGS(ProximalMixin, Optimizer):
                     alpha *= 2.0
                 continue
             # zoom phase
-            if f_a > f0 + c1 * alpha * g0p or f_a >= lo[1]:
+            if f_a > f0 + c1 * alpha * g0p + slack or f_a >= lo[1] + slack:
                 hi = (alpha, f_a, d_a)
             else:
                 if abs(d_a) <= -c2 * g0p:
