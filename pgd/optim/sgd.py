@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from pgd.errors import InputError
 from pgd.optim.prox import Composite, option
 
 
@@ -33,6 +34,9 @@ class MiniBatchSGD(Composite):
 
     def __init__(self, objective, *, xp, lr: float, cfg=None):
         super().__init__(objective, xp=xp, lr=lr, cfg=cfg)
+        if not hasattr(objective, "value_and_grad_batch"):
+            raise InputError("--optimizer sgd needs mini-batch evaluations, which this --mode/--solver lacks",
+                             collective=True)
         self.n = int(objective.n_global)
         self.batch_size = max(1, min(int(option(cfg, "batch_size", 256)), self.n))
         self.epochs = int(option(cfg, "epochs", 0))
