@@ -3,9 +3,10 @@
 ``sklearn``: time for pgd ``lbfgs`` to reach the logistic loss that scikit-learn's
 ``LogisticRegression(solver="lbfgs", penalty=None)`` reaches, next to scikit-learn's own fit time, on the
 same data in one run.  scikit-learn fits on rank 0 while the other ranks sleep (they poll a non-blocking
-barrier every 10 ms, so they leave the cores to its threads, all cores by default); its loss is evaluated with pgd's objective,
-the target pgd must reach.  pgd's time runs from the first gradient to the first iterate at or below the
-target (max over ranks); data loading is excluded on both sides.  Skipped when scikit-learn is absent.
+barrier every 10 ms, so they leave the cores to its threads, all cores by default); its loss is
+evaluated with pgd's objective, the target pgd must reach.  pgd's time runs from the first gradient to
+the first iterate at or below the target (max over ranks); data loading is excluded on both sides.
+Skipped when scikit-learn is absent.
 
 ``iterations``: iterations (and global evaluations) each optimizer needs to reach a relative
 sub-optimality ``(F − F*)/|F*| ≤ 1e-6``, ``F*`` from a tightly converged L-BFGS run, on logistic data
@@ -129,7 +130,8 @@ def bench_sklearn(world, args) -> dict:
     }
     if rank == 0:
         print(f"logistic {args.n} x {d} {args.dtype}, {world.Get_size()} ranks: scikit-learn lbfgs (tol "
-              f"{args.sklearn_tol:g}) fit {result['sklearn_fit_seconds']:.3f} s ({sklearn_iterations} iterations, loss {target:.10g}); "
+              f"{args.sklearn_tol:g}) fit {result['sklearn_fit_seconds']:.3f} s ({sklearn_iterations} iterations, "
+              f"loss {target:.10g}); "
               f"pgd lbfgs reaches it in {seconds:.3f} s ({result['pgd_iterations']} iterations, "
               f"{result['pgd_evaluations']} evaluations, loss {result['pgd_loss']:.10g}); "
               f"speed-up {result['sklearn_fit_seconds'] / seconds:.2f}x")

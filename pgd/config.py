@@ -87,7 +87,8 @@ MODEL_OPTIONS = [
            help="squared: ½(ŷ−y)²; logistic: labels in {0,1}."),
     option("--l2", type=NONNEG_FLOAT, default=0.0, help="L2 penalty λ in (λ/2)‖w‖²."),
     option("--l1", type=NONNEG_FLOAT, default=0.0,
-           help="L1 penalty α in α‖w‖₁ (with --l2: elastic net), by proximal steps (gd: ISTA, nesterov: FISTA, sgd)."),
+           help="L1 penalty α in α‖w‖₁ (with --l2: elastic net); proximal steps with gd (ISTA), nesterov "
+                "(FISTA) or sgd."),
     option("--fit-intercept/--no-fit-intercept", default=True, help="Fit an unpenalised intercept."),
 ]
 

@@ -225,7 +225,8 @@ class LBFGS(ProximalMixin, Optimizer):
     """``lbfgs``: limited-memory BFGS (two-loop recursion, ``--memory`` pairs) with a strong-Wolfe line
     search (Nocedal & Wright, Algorithms 3.5/3.6, cubic interpolation; c₁ = 1e-4, c₂ = 0.9; the sufficient
     decrease is tested up to the loss's rounding, :func:`pgd.optim.prox.loss_resolution`).  Every trial
-    point is a global evaluation.  The first step starts at ``1/‖∇f‖``, later ones at 1 with the usual ``sᵀy/yᵀy`` scaling.
+    point is a global evaluation.  The first step starts at ``1/‖∇f‖``, later ones at 1 with the usual
+    ``sᵀy/yᵀy`` scaling.
 
     Instrumented: ``wolfe_log`` holds ``(alpha, f0, g0·p, f1, g1·p)`` of every accepted step.
     """
