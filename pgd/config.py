@@ -86,11 +86,37 @@ MODEL_OPTIONS = [
     option("--loss", type=click.Choice(["squared", "logistic"]), required=True,
            help="squared: ½(ŷ−y)²; logistic: labels in {0,1}."),
     option("--l2", type=NONNEG_FLOAT, default=0.0, help="L2 penalty λ in (λ/2)‖w‖²."),
+    option("--l1", type=NONNEG_FLOAT, default=0.0,
+           help="L1 penalty α in α‖w‖₁ (with --l2: elastic net); proximal steps with gd (ISTA), nesterov "
+                "(FISTA) or sgd."),
     option("--fit-intercept/--no-fit-intercept", default=True, help="Fit an unpenalised intercept."),
 ]
 
+#: Options of the individual optimizers (pgd.optim.methods, pgd.optim.sgd) and of the Gram solver.
+OPTIMIZER_METHOD_OPTIONS = [
+    option("--line-search/--no-line-search", default=False,
+           help="gd: Armijo backtracking on the global loss, starting from --lr."),
+    option("--momentum", type=click.FloatRange(min=0.0, max=1.0, max_open=True), default=0.9,
+           help="momentum: heavy-ball coefficient β."),
+    option("--beta1", type=click.FloatRange(min=0.0, max=1.0, max_open=True), default=0.9,
+           help="adam: decay of the first-moment average."),
+    option("--beta2", type=click.FloatRange(min=0.0, max=1.0, max_open=True), default=0.999,
+           help="adam: decay of the second-moment average."),
+    option("--eps", type=click.FloatRange(min=0.0, min_open=True), default=1e-8, help="adam: denominator guard."),
+    option("--batch-size", type=click.IntRange(min=1), default=256,
+           help="sgd: global mini-batch (split across ranks in proportion to their rows)."),
+    option("--epochs", type=click.IntRange(min=0), default=0,
+           help="sgd: passes over the data (0: --max-iter mini-batch steps)."),
+    option("--schedule", type=click.Choice(["constant", "inverse-time", "cosine"]), default="constant",
+           help="sgd: step size per step t: lr, lr/(1+t/steps_per_epoch), or lr·½(1+cos(πt/T))."),
+    option("--memory", type=click.IntRange(min=1), default=10, help="lbfgs: curvature pairs kept."),
+    option("--solver", type=click.Choice(["iterative", "gram", "auto"]), default="iterative",
+           help="squared loss: gram reduces XᵀX once and iterates in O(d²); auto picks it when cheaper."),
+]
+
 OPTIMIZER_OPTIONS = [
-    option("--optimizer", type=click.Choice(["gd"]), default="gd", help="Optimisation method."),
+    option("--optimizer", type=click.Choice(["gd", "momentum", "nesterov", "adam", "sgd", "lbfgs"]),
+           default="gd", help="Optimisation method (see docs/issue5.md)."),
     option("--lr", type=LearningRate(), default="auto",
            help="Step size; auto = 1/L with L from distributed power iterations."),
     option("--max-iter", type=click.IntRange(min=0), default=1000, help="Iteration budget."),
@@ -100,7 +126,7 @@ OPTIMIZER_OPTIONS = [
     option("--power-iters", type=click.IntRange(min=1), default=30,
            help="Power iterations used to estimate L for --lr auto."),
     option("--seed", type=int, default=0, help="Seed for every random choice of the run."),
-]
+] + OPTIMIZER_METHOD_OPTIONS
 
 PARALLEL_OPTIONS = [
     option("--mode", type=click.Choice(["data", "feature", "hybrid"]), default="data",
@@ -195,3 +221,15 @@ def resolve(ctx: click.Context, values: dict) -> RunConfig:
     """Wrap a command's keyword arguments into a :class:`RunConfig` with their sources."""
     sources = {name: _SOURCE_NAMES.get(ctx.get_parameter_source(name), "default") for name in values}
     return RunConfig(dict(values), sources)
+
+
+def train_config(**values) -> RunConfig:
+    """A :class:`RunConfig` for :func:`pgd.train.train` (Python API): the defaults of every ``pgd train``
+    option (environment variables ignored), overridden by ``values`` (which must include ``data`` and
+    ``loss``)."""
+    command = click.command()(apply_options(TRAIN_OPTIONS)(lambda **kwargs: None))
+    defaults = {param.name: param.default for param in command.params}
+    unknown = set(values) - set(defaults) - {"data"}
+    if unknown:
+        raise TypeError(f"unknown pgd train options: {', '.join(sorted(unknown))}")
+    return RunConfig(dict(defaults, **values), {name: "flag" for name in values})

@@ -82,6 +82,11 @@ def format_summary(summary: dict) -> str:
         f"(max over ranks); {_format_seconds(timing['per_iteration'])}/iteration, "
         f"{summary['comm_bytes_per_iteration']} B communicated per iteration per rank",
     ]
+    if summary.get("solver", "iterative") != "iterative":
+        lines.append(f"  solver {summary['solver']}")
+    if "epochs" in summary:
+        lines.append(f"  sgd: {summary['epochs']:.4g} epochs of {summary['steps_per_epoch']} steps, global batch "
+                     f"{summary['batch_size']}, schedule {summary['schedule']}; full loss evaluated per epoch")
     if summary.get("out"):
         lines.append(f"  model written to {summary['out']}")
     if summary.get("metrics"):

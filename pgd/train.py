@@ -24,6 +24,8 @@ from pgd.fileio import atomic_path, check_writable
 from pgd.model_io import write_model
 from pgd.optim import make_optimizer
 from pgd.preempt import make_resilience_hook
+from pgd.gram import select_solver
+from pgd.optim import OPTIMIZERS, make_optimizer
 from pgd.progress import Progress, format_summary
 from pgd.strategies import STRATEGIES
 
@@ -104,17 +106,19 @@ def train(cfg, world=None) -> dict:
     objective, slab = STRATEGIES[cfg.mode](cfg, world, backend)
     if os.environ.get("PGD_TEST_FAULT_RANK") == str(rank):  # tests: an unexpected failure on one rank
         raise RuntimeError("fault injected by PGD_TEST_FAULT_RANK")
+    objective, solver = select_solver(cfg, objective, world)
     d = slab.meta.d
-    lr_auto = cfg.lr == "auto"
+    lr_auto = cfg.lr == "auto" and OPTIMIZERS[cfg.optimizer].needs_lr
     lipschitz = objective.lipschitz(cfg.power_iters, cfg.seed) if lr_auto else math.nan
     if lr_auto and not lipschitz > 0:
         raise TrainingError("cannot pick a step size: the data matrix is zero; pass --lr", collective=True)
-    lr = 1.0 / lipschitz if lr_auto else float(cfg.lr)
+    lr = 1.0 / lipschitz if lr_auto else float(1.0 if cfg.lr == "auto" else cfg.lr)
 
     facts = {
         "pgd_version": pgd.__version__, "data": os.path.abspath(cfg.data), "n": slab.n_global, "d": d,
         "loss": cfg.loss, "l2": cfg.l2, "fit_intercept": cfg.fit_intercept, "optimizer": cfg.optimizer,
-        "lr": lr, "lr_auto": lr_auto, "lipschitz": lipschitz, "ranks": size,
+        "lr": lr, "lr_auto": lr_auto, "lipschitz": lipschitz, "ranks": size, "solver": solver,
+        "l1": cfg.l1,
         "ranks_per_node": local_size, "device": f"{backend.device} ({backend.name})",
         "communicator": objective.comm.name, "dtype": str(slab.dtype),
         "blas_threads": os.environ.get("PGD_BLAS_THREADS_RESOLVED", "unknown"),
@@ -129,9 +133,10 @@ def train(cfg, world=None) -> dict:
         return dict(facts, dry_run=True)
 
     optimizer = make_optimizer(cfg.optimizer, objective, xp=xp, lr=lr, cfg=cfg)
+    budget = optimizer.budget(cfg.max_iter)
     hooks = [hook for make_hook in LOOP_HOOKS if (hook := make_hook(cfg, world, optimizer)) is not None]
     show = rank == 0 and not cfg.quiet
-    progress = Progress(cfg.max_iter, enabled=show, log_every=cfg.log_every)
+    progress = Progress(budget, enabled=show, log_every=cfg.log_every)
     history = {"loss": [], "grad_norm": [], "time": []}
     check_every_step = bool(os.environ.get("PGD_CHECK_REPLICAS"))  # tests: bitwise replica check per step
     with ExitStack() as outputs:
@@ -167,25 +172,32 @@ def train(cfg, world=None) -> dict:
             optimizer.start(objective.zeros())
             iteration, grad_norm = 0, record(0)
         stop_reason, converged = f"iteration budget reached (--max-iter {cfg.max_iter})", False
+        if budget != cfg.max_iter:
+            stop_reason = f"step budget reached ({budget} steps)"
+        previous = optimizer.loss
         while True:
-            if grad_norm <= cfg.tol:
+            if optimizer.fresh and grad_norm <= cfg.tol:
                 stop_reason, converged = f"gradient norm {grad_norm:.3e} <= tol {cfg.tol:g}", True
                 break
-            if iteration >= cfg.max_iter:
+            if iteration >= budget:
                 break
-            previous = optimizer.loss
             optimizer.step()
+            if optimizer.stop_reason:
+                stop_reason = optimizer.stop_reason
+                break
             iteration += 1
-            grad_norm = record(iteration)
             if check_every_step and not _replicas_identical(world, objective.full_params(optimizer.params)):
                 raise TrainingError(f"ranks hold different weights after iteration {iteration}",
                                     collective=True)
-            if not math.isfinite(optimizer.loss) or not math.isfinite(grad_norm):
-                raise TrainingError(f"diverged at iteration {iteration} (loss {optimizer.loss}); "
-                                    f"use a smaller --lr or --lr auto", collective=True)
-            if cfg.rtol and abs(previous - optimizer.loss) <= cfg.rtol * abs(optimizer.loss):
-                stop_reason, converged = f"relative loss change <= rtol {cfg.rtol:g}", True
-                break
+            if optimizer.fresh:  # the full objective was evaluated at the new iterate (see pgd.optim)
+                grad_norm = record(iteration)
+                if not math.isfinite(optimizer.loss) or not math.isfinite(grad_norm):
+                    raise TrainingError(f"diverged at iteration {iteration} (loss {optimizer.loss}); "
+                                        f"use a smaller --lr or --lr auto", collective=True)
+                if cfg.rtol and abs(previous - optimizer.loss) <= cfg.rtol * abs(optimizer.loss):
+                    stop_reason, converged = f"relative loss change <= rtol {cfg.rtol:g}", True
+                    break
+                previous = optimizer.loss
             hook_stop = next((reason for hook in hooks if (reason := hook.after_step(iteration))), None)
             if hook_stop:
                 stop_reason = hook_stop
@@ -199,7 +211,8 @@ def train(cfg, world=None) -> dict:
         params = objective.full_params(optimizer.params)
         identical = _replicas_identical(world, params)
         summary = dict(
-            facts, iterations=iteration, evaluations=optimizer.evaluations, final_loss=optimizer.loss,
+            facts, **optimizer.summary(), iterations=iteration, evaluations=optimizer.evaluations,
+            final_loss=optimizer.loss,
             grad_norm=grad_norm, converged=converged, stop_reason=stop_reason,
             replicas_identical=identical,
             replicas_checked="every iteration" if check_every_step else "at the end", out=cfg.out, metrics=cfg.metrics,

@@ -8,7 +8,10 @@ Each strategy builds an *objective* for the optimizers of :mod:`pgd.optim`:
 - ``lipschitz(power_iters, seed) -> float``: an estimate of the gradient's Lipschitz constant;
 - ``compute_seconds`` and ``comm`` (a :class:`pgd.comm.Communicator`) for the timing split;
 - ``zeros()``: the initial (local) parameter vector; ``full_params(params)``: the whole ``[w, b]`` as a
-  host float64 vector on every rank (grid modes hold one column block of ``w`` per rank).
+  host float64 vector on every rank (grid modes hold one column block of ``w`` per rank);
+- optional, for ``--optimizer sgd``: ``row_range`` (this rank's global rows ``[start, stop)``) and
+  ``value_and_grad_batch(params, grad_out, local_rows, batch_size) -> float`` (a mini-batch objective
+  normalised by the global batch size).
 """
 
 from pgd.strategies.data_parallel import DataParallelObjective, build_data_parallel

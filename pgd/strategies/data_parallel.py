@@ -18,7 +18,26 @@ from pgd.strategies.grid import grid_shape
 from pgd.strategies.power import power_iteration
 
 
-class DataParallelObjective:
+class ReplicatedParameters:
+    """Parameter-vector operations of objectives whose every rank holds the whole ``[w, b]``.
+
+    Needs the attributes ``d`` and ``xp``.
+    """
+
+    def zeros(self):
+        """Initial parameters ``[w = 0, b = 0]`` (length d + 1)."""
+        return self.xp.zeros(self.d + 1, dtype=self.xp.float64)
+
+    def full_params(self, params) -> np.ndarray:
+        """The whole ``[w, b]`` as a host float64 vector (every rank holds all of it already)."""
+        return np.asarray(getattr(self.xp, "asnumpy", np.asarray)(params), dtype=np.float64)
+
+    def dot(self, a, b) -> float:
+        """Inner product of two replicated parameter vectors (no communication needed)."""
+        return float(self.xp.dot(a, b))
+
+
+class DataParallelObjective(ReplicatedParameters):
     """The global objective over row-partitioned data.
 
     Parameters
@@ -44,22 +63,36 @@ class DataParallelObjective:
         self.curvature = float(curvature)
         self.d = local.d
         self.compute_seconds = 0.0
+        self.row_range = (0, local.n_local)  # this rank's global rows [start, stop)
         self._sums = xp.zeros(self.d + 2, dtype=xp.float64)
         self._w = xp.zeros(self.d, dtype=local.dtype)
 
-    def _reduced_sums(self, kernel, params):
-        """Run ``kernel(w, b, out)`` locally, time it, sum over ranks and normalise by n."""
+    def _reduced_sums(self, kernel, params, rows=None, count=None):
+        """Run ``kernel(w, b, out)`` locally (on ``rows`` if given), time it, sum over ranks, divide by
+        ``count`` (n by default)."""
         started = time.perf_counter()
         self._w[...] = params[: self.d]
-        kernel(self._w, float(params[self.d]), self._sums)
+        if rows is None:
+            kernel(self._w, float(params[self.d]), self._sums)
+        else:
+            kernel(self._w, float(params[self.d]), self._sums, rows=rows)
         self.compute_seconds += time.perf_counter() - started
         self.comm.allreduce(self._sums)
-        self._sums /= self.n_global
+        self._sums /= self.n_global if count is None else count
         return self._sums
 
     def value_and_grad(self, params, grad_out) -> float:
         """Global loss at ``params``; the gradient goes to ``grad_out`` (length d + 1)."""
-        sums = self._reduced_sums(self.local.loss_gradient, params)
+        return self._penalised(self._reduced_sums(self.local.loss_gradient, params), params, grad_out)
+
+    def value_and_grad_batch(self, params, grad_out, local_rows, batch_size: int) -> float:
+        """Mini-batch objective: this rank's ``local_rows`` (index array, local numbering) belong to a
+        global batch of ``batch_size`` rows; one Allreduce, one division by ``batch_size``."""
+        sums = self._reduced_sums(self.local.loss_gradient, params, rows=local_rows, count=batch_size)
+        return self._penalised(sums, params, grad_out)
+
+    def _penalised(self, sums, params, grad_out) -> float:
+        """Copy the normalised sums into ``grad_out`` and add the L2 penalty; returns the loss."""
         w = params[: self.d]
         grad_out[...] = sums[: self.d + 1]
         loss = float(sums[self.d + 1])
@@ -67,18 +100,6 @@ class DataParallelObjective:
             grad_out[: self.d] += self.l2 * w
             loss += 0.5 * self.l2 * float(self.xp.dot(w, w))
         return loss
-
-    def zeros(self):
-        """Initial parameters ``[w = 0, b = 0]`` (length d + 1)."""
-        return self.xp.zeros(self.d + 1, dtype=self.xp.float64)
-
-    def full_params(self, params) -> np.ndarray:
-        """The whole ``[w, b]`` as a host float64 vector (every rank holds all of it already)."""
-        return np.asarray(getattr(self.xp, "asnumpy", np.asarray)(params), dtype=np.float64)
-
-    def dot(self, a, b) -> float:
-        """Inner product of two replicated parameter vectors (no communication needed)."""
-        return float(self.xp.dot(a, b))
 
     def lipschitz(self, power_iters: int, seed: int) -> float:
         """Upper-curvature estimate ``L = c·λmax(X̃ᵀX̃/n) + λ`` by distributed power iteration.
@@ -112,4 +133,5 @@ def build_data_parallel(cfg, world, backend):
     comm = make_device_communicator(cfg.comm, world, backend, getattr(cfg, "cuda_aware", "auto"))
     objective = DataParallelObjective(local, comm, slab.n_global, cfg.l2, backend.xp,
                                       curvature=loss.curvature_bound)
+    objective.row_range = (slab.start, slab.stop)
     return objective, slab

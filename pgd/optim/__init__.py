@@ -21,9 +21,17 @@ import numpy as np
 
 
 class Optimizer:
-    """Base class: holds ``params``, ``loss``, ``grad`` and the evaluation counter."""
+    """Base class: holds ``params``, ``loss``, ``grad`` and the evaluation counter.
+
+    ``fresh`` is False after a step that did not evaluate the full objective at ``params`` (SGD between
+    full evaluations): the loop then skips its stop tests and records nothing.  ``stop_reason`` set by a
+    step ends the loop (e.g. a line search that can find no decrease at rounding level).
+    """
 
     name = "base"
+    needs_lr = True  # False: the optimizer picks its own steps, so --lr auto needs no Lipschitz estimate
+    fresh = True
+    stop_reason = None
 
     def __init__(self, objective, *, xp, lr: float, cfg=None):
         self.objective = objective
@@ -54,6 +62,14 @@ class Optimizer:
     def step(self) -> float:
         """Move to the next iterate; returns the loss there."""
         raise NotImplementedError
+
+    def budget(self, max_iter: int) -> int:
+        """Number of steps the loop may take (SGD translates ``--epochs``)."""
+        return max_iter
+
+    def summary(self) -> dict:
+        """Facts for the run summary (e.g. epochs, line-search statistics)."""
+        return {}
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly (host copies)."""
@@ -86,6 +102,10 @@ class GradientDescent(Optimizer):
 
 
 OPTIMIZERS = {GradientDescent.name: GradientDescent}
+
+from pgd.optim.methods import METHODS  # noqa: E402 - the other optimizers (they import Optimizer from here)
+
+OPTIMIZERS.update(METHODS)
 
 
 def make_optimizer(name: str, objective, *, xp, lr: float, cfg=None) -> Optimizer:
