@@ -209,3 +209,58 @@ def bench_gradient(n, d, dtype, loss, repeats, block_bytes, as_json):
     result = gradient_bench(world, n=n, d=d, dtype=dtype, loss=loss, repeats=repeats,
                             block_bytes=block_bytes)
     _print_result(world, result, as_json, format_gradient_bench(result))
+
+
+@bench.command("scaling")
+@option("--kind", type=click.Choice(["strong", "weak"]), default="strong",
+        help="strong: --n rows in total; weak: --n rows per rank.")
+@option("--ranks", default="1,2,4", help="Comma-separated rank counts, one run each.")
+@option("--n", "n", type=click.IntRange(min=1), default=200_000, help="Rows (total: strong; per rank: weak).")
+@option("--d", "d", type=click.IntRange(min=1), default=100, help="Columns.")
+@option("--loss", type=click.Choice(["squared", "logistic"]), default="squared", help="Loss.")
+@option("--mode", default="data", help="Parallel strategy (as pgd train --mode).")
+@option("--comm", default="allreduce", help="Communicator (as pgd train --comm).")
+@option("--device", default="cpu", help="Device (as pgd train --device).")
+@option("--dtype", type=DTYPE, default="float32", help="Data type of the generated data.")
+@option("--warmup", type=click.IntRange(min=0), default=3, help="Untimed steps before timing.")
+@option("--repeats", type=click.IntRange(min=1), default=5, help="Timed groups (median).")
+@option("--iters", type=click.IntRange(min=1), default=10, help="Steps per timed group.")
+@option("--worker-args", default="", help="Extra `pgd train` options for every run, e.g. '--l2 1e-4'.")
+@option("--plot/--no-plot", default=True, help="Write the PNG plot (needs matplotlib).")
+@option("--out", type=click.Path(file_okay=False), required=True, help="Results directory.")
+def bench_scaling(kind, ranks, n, d, loss, mode, comm, device, dtype, warmup, repeats, iters, worker_args,
+                  plot, out):
+    """Strong or weak scaling: one mpirun (srun inside SLURM) per rank count; CSV, JSON and PNG into --out.
+
+    Run it as one process (not under mpirun): it launches the runs itself.
+    """
+    from pgd.bench_scaling import format_scaling, parse_ranks, run_scaling  # noqa: PLC0415
+
+    result = run_scaling(kind=kind, ranks=parse_ranks(ranks), n=n, d=d, loss=loss, out=out,
+                         settings={"mode": mode, "comm": comm, "device": device, "dtype": dtype},
+                         warmup=warmup, repeats=repeats, iters=iters, worker_args=worker_args, plot=plot,
+                         echo=click.echo)
+    click.echo(format_scaling(result))
+
+
+@bench.command("_worker", hidden=True)
+@click.argument("data", type=click.Path(dir_okay=False))
+@apply_options(TRAIN_OPTIONS)
+@click.option("--result", type=click.Path(dir_okay=False), required=True, help="JSON result file.")
+@click.option("--warmup", type=click.IntRange(min=0), default=3)
+@click.option("--repeats", type=click.IntRange(min=1), default=5)
+@click.option("--iters", type=click.IntRange(min=1), default=10)
+@click.pass_context
+def bench_worker(ctx, result, warmup, repeats, iters, **values):
+    """Internal: one timed scaling run (launched by `pgd bench scaling`)."""
+    from pgd.bench_scaling import scaling_worker  # noqa: PLC0415
+    from pgd.fileio import atomic_path  # noqa: PLC0415
+
+    world = _world()
+    timing = scaling_worker(resolve(ctx, values), world, warmup=warmup, repeats=repeats, iters=iters)
+
+    def write():
+        with atomic_path(result) as temporary, open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(timing, handle)
+
+    _on_rank0(world, write)
