@@ -264,3 +264,37 @@ def bench_worker(ctx, result, warmup, repeats, iters, **values):
             json.dump(timing, handle)
 
     _on_rank0(world, write)
+
+
+@bench.command("comm")
+@option("--min-bytes", type=click.IntRange(min=8), default=8, help="Smallest message.")
+@option("--max-bytes", type=click.IntRange(min=8), default=64 << 20, help="Largest message (64 MiB).")
+@option("--repeats", type=click.IntRange(min=1), default=20, help="Timed repetitions (median).")
+@option("--gpu/--no-gpu", default=True, help="Also time device buffers (staged, NCCL) where a GPU exists.")
+@option("--out", type=click.Path(file_okay=False), default=None,
+        help="Directory for comm.csv, comm.json and comm.png.")
+@option("--plot/--no-plot", default=True, help="Write comm.png with --out (needs matplotlib).")
+@JSON_OPTION
+def bench_comm(min_bytes, max_bytes, repeats, gpu, out, plot, as_json):
+    """Allreduce vs Reduce+Bcast (and NCCL / staged device buffers) from 8 B to 64 MiB, with an α-β fit."""
+    from pgd.bench import machine_facts, write_results  # noqa: PLC0415
+    from pgd.bench_comm import comm_bench, format_comm  # noqa: PLC0415
+
+    world = _world()
+    result = comm_bench(world, min_bytes=min_bytes, max_bytes=max_bytes, repeats=repeats, gpu=gpu)
+
+    def save():
+        import os  # noqa: PLC0415
+
+        os.makedirs(out, exist_ok=True)
+        meta = dict(machine_facts(), models=result["models"], notes=result["notes"])
+        files = list(write_results(out, "comm", result["rows"], meta))
+        if plot:
+            from pgd.plots import plot_comm  # noqa: PLC0415
+
+            files.append(plot_comm(result["rows"], os.path.join(out, "comm.png")))
+        return files
+
+    files = _on_rank0(world, save) if out else []
+    text = format_comm(result) + ("\nwrote " + ", ".join(files) if files else "")
+    _print_result(world, result, as_json, text)
