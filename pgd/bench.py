@@ -167,3 +167,17 @@ def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
         cells.append([format(row[key], spec) if row.get(key) is not None else "-" for _, key, spec in columns])
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in cells)
+
+
+def child_environment(environ=os.environ) -> dict:
+    """The environment for runs launched by a benchmark: the BLAS thread variables that pgd set for
+    *this* process (one thread per core) are removed, so every launched rank picks its own share;
+    thread counts the user set explicitly are kept."""
+    from pgd.launch import _BLAS_VARS  # noqa: PLC0415
+
+    env = dict(environ)
+    resolved = env.pop("PGD_BLAS_THREADS_RESOLVED", "")
+    if resolved.endswith("(one per core available to the rank)"):
+        for name in _BLAS_VARS:
+            env.pop(name, None)
+    return env

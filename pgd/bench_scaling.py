@@ -112,8 +112,10 @@ def run_worker(ranks: int, data: str, result: str, settings: dict, worker_args: 
     for name, value in settings.items():
         command += [f"--{name.replace('_', '-')}", str(value)]
     command += shlex.split(worker_args)
+    from pgd.bench import child_environment  # noqa: PLC0415
+
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=child_environment())
     except subprocess.TimeoutExpired:
         raise PgdError(f"the {ranks}-rank run took longer than {timeout:g} s: {shlex.join(command)}") from None
     if done.returncode != 0:

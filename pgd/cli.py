@@ -298,3 +298,26 @@ def bench_comm(min_bytes, max_bytes, repeats, gpu, out, plot, as_json):
     files = _on_rank0(world, save) if out else []
     text = format_comm(result) + ("\nwrote " + ", ".join(files) if files else "")
     _print_result(world, result, as_json, text)
+
+
+@bench.command("peers")
+@option("--n", "n", type=click.IntRange(min=2), default=200_000, help="Rows.")
+@option("--d", "d", type=click.IntRange(min=1), default=100, help="Columns.")
+@option("--loss", type=click.Choice(["squared", "logistic"]), default="logistic", help="Loss.")
+@option("--l2", type=click.FloatRange(min=0.0), default=1e-3, help="L2 penalty λ, the same for every tool.")
+@option("--ranks", type=click.IntRange(min=1), default=2, help="MPI ranks / DDP processes / Spark cores.")
+@option("--max-iter", type=click.IntRange(min=1), default=500, help="Iteration budget of every tool.")
+@option("--target-rtol", type=click.FloatRange(min=0.0), default=1e-4,
+        help="Target loss = best exact loss × (1 + this).")
+@option("--tools", default="sklearn,torch,spark", help="Peers to run (each only when installed).")
+@option("--out", type=click.Path(file_okay=False), required=True, help="Results directory.")
+def bench_peers(n, d, loss, l2, ranks, max_iter, target_rtol, tools, out):
+    """pgd against scikit-learn, PyTorch DDP (gloo) and Spark MLlib on the same data and objective.
+
+    Run it as one process: it launches pgd with mpirun (srun inside SLURM). Peers: pip install 'pgd[peers]'.
+    """
+    from pgd.bench_peers import format_peers, run_peers  # noqa: PLC0415
+
+    result = run_peers(n=n, d=d, loss=loss, l2=l2, ranks=ranks, out=out, max_iter=max_iter,
+                       target_rtol=target_rtol, tools=[tool.strip() for tool in tools.split(",")], echo=click.echo)
+    click.echo(format_peers(result))
