@@ -188,7 +188,7 @@ def run_spark(X, y, *, ranks: int, loss: str, l2: float, max_iter: int) -> dict:
     from pyspark.sql import SparkSession  # noqa: PLC0415
 
     spark = (SparkSession.builder.master(f"local[{ranks}]").appName("pgd-bench-peers")
-             .config("spark.ui.enabled", "false").config("spark.driver.memory", "2g").getOrCreate())
+             .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").config("spark.driver.memory", "2g").getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     try:
         frame = spark.createDataFrame([(float(label), Vectors.dense(row)) for row, label in
