@@ -113,6 +113,9 @@ def comm_bench(world, *, min_bytes: int, max_bytes: int, repeats: int, gpu: bool
         methods.update(_gpu_methods(world, notes))
     rows, models = [], {}
     for name, make in methods.items():
+        warm = make(1)
+        for _ in range(200):  # connection set-up and first-touch costs stay out of the small sizes
+            warm()
         mine = []
         for nbytes in message_sizes(min_bytes, max_bytes):
             inner = 1 if nbytes >= 1 << 20 else 10
