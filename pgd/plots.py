@@ -35,13 +35,17 @@ def plot_scaling(rows: list[dict], kind: str, path: str) -> str:
         ``path``, written atomically.
     """
     plt = _pyplot()
+    from matplotlib.ticker import NullLocator  # noqa: PLC0415
+
     ranks = [row["ranks"] for row in rows]
     base_ranks, base_time = ranks[0], rows[0]["time_per_iter"] * 1e3
     ideal = [base_time * base_ranks / k if kind == "strong" else base_time for k in ranks]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
     left.plot(ranks, [row["time_per_iter"] * 1e3 for row in rows], "o-", label="total")
     left.plot(ranks, [row["compute"] * 1e3 for row in rows], "s--", label="compute")
-    left.plot(ranks, [max(row["communication"] * 1e3, 1e-4) for row in rows], "^--", label="communication")
+    talking = [row for row in rows if row["ranks"] > 1]  # one rank makes no MPI call: nothing to draw
+    left.plot([row["ranks"] for row in talking], [max(row["communication"] * 1e3, 1e-4) for row in talking],
+              "^--", label="communication")
     left.plot(ranks, ideal, "k:", label="ideal")
     left.set(xscale="log", yscale="log", xlabel="ranks", ylabel="ms per iteration",
              title=f"{kind} scaling: time")
@@ -53,6 +57,7 @@ def plot_scaling(rows: list[dict], kind: str, path: str) -> str:
     fig.suptitle(f"{first['loss']}, d = {first['d']}, n = {first['n']}{' per rank' if kind == 'weak' else ''}, "
                  f"{first['mode']}/{first['comm']}, {first['device']}", fontsize=9)
     for axes in (left, right):
+        axes.xaxis.set_minor_locator(NullLocator())
         axes.set_xticks(ranks, [str(k) for k in ranks])
         axes.grid(True, which="both", alpha=0.3)
         axes.legend(fontsize=8)

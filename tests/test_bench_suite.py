@@ -15,7 +15,7 @@ import pytest
 from conftest import needs_mpirun, run_pgd
 from pgd.bench import child_environment
 from pgd.bench_comm import fit_alpha_beta, message_sizes
-from pgd.bench_scaling import COLUMNS, add_speedup, parse_ranks
+from pgd.bench_scaling import COLUMNS, add_speedup, launcher_command, parse_ranks
 from pgd.errors import InputError
 
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -62,6 +62,7 @@ def test_units_without_mpi():
     assert "OMP_NUM_THREADS" not in env and "PGD_BLAS_THREADS_RESOLVED" not in env
     kept = child_environment({"OMP_NUM_THREADS": "3", "PGD_BLAS_THREADS_RESOLVED": "3 (OMP_NUM_THREADS)"})
     assert kept["OMP_NUM_THREADS"] == "3"
+    assert launcher_command(3, {"SLURM_JOB_ID": "42"}) == ["srun", "-n", "3"]
 
 
 @pytest.mark.mpi
