@@ -71,7 +71,8 @@ def test_units_without_mpi():
 def test_bench_scaling(tmp_path, kind):
     out = tmp_path / kind
     done = run_bench("scaling", "--kind", kind, "--ranks", "1,2", "--n", 600, "--d", 5, "--loss", "logistic",
-                     "--warmup", 1, "--repeats", 2, "--iters", 2, "--out", out)
+                     "--warmup", 1, "--repeats", 2, "--iters", 2, "--out", out,
+                     "--plot" if HAVE_MATPLOTLIB else "--no-plot")
     assert done.returncode == 0, done.stderr
     rows, document = read_outputs(out, "results")
     assert list(rows[0]) == COLUMNS and [int(row["ranks"]) for row in rows] == [1, 2]
@@ -100,7 +101,8 @@ def test_bench_scaling_reports_a_failed_run(tmp_path):
 
 @pytest.mark.mpi
 def test_bench_comm(tmp_path):
-    done = run_pgd(2, "bench", "comm", "--max-bytes", 4096, "--repeats", 2, "--no-gpu", "--out", tmp_path)
+    done = run_pgd(2, "bench", "comm", "--max-bytes", 4096, "--repeats", 2, "--no-gpu", "--out", tmp_path,
+                   "--plot" if HAVE_MATPLOTLIB else "--no-plot")
     assert done.returncode == 0, done.stderr
     rows, document = read_outputs(tmp_path, "comm")
     assert {row["method"] for row in rows} == {"allreduce", "reduce-bcast"}
@@ -130,3 +132,11 @@ def test_bench_peers(tmp_path):
         if row["tool"] in ("pgd", "pytorch"):  # same gradient descent, same step: both reach the target
             assert float(row["loss"]) <= target * (1 + 1e-6) and row["iters_to_target"]
         assert float(row["loss"]) > 0 and float(row["rel_gap"]) < 1e-2
+
+
+def test_plots_without_matplotlib_fail_in_one_line(monkeypatch):
+    from pgd.plots import plot_scaling
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(InputError, match=r"pip install 'pgd\[plot\]'"):
+        plot_scaling([{"ranks": 1, "time_per_iter": 1.0}], "strong", "unused.png")
