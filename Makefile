@@ -41,6 +41,10 @@ bench: $(VENV)/.installed
 	  --json > bench-results/gradient-$${np}rank.json || exit 1; \
 	  $(BIN)/python -c 'import json,sys; from pgd.bench import format_gradient_bench as f; \
 	  print(f(json.load(open(sys.argv[1]))))' bench-results/gradient-$${np}rank.json; done
+	$(BIN)/pgd bench scaling --kind strong --ranks 1,2 --n 400000 --d 100 --out bench-results/strong
+	$(BIN)/pgd bench scaling --kind weak --ranks 1,2 --n 200000 --d 100 --out bench-results/weak
+	mpirun $(MPIRUN_FLAGS) -n $(NP) $(BIN)/pgd bench comm --max-bytes 67108864 --repeats 10 --out bench-results/comm
+	$(BIN)/pgd bench peers --n 100000 --d 50 --loss logistic --ranks $(NP) --out bench-results/peers
 
 clean:
 	rm -rf $(VENV) bench-results data/demo*.h5 data/demo-metrics.jsonl .pytest_cache

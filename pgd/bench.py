@@ -100,3 +100,84 @@ def format_gradient_bench(result: dict) -> str:
         ratio = result.get(f"{key}_over_whole_gemv", 1.0)
         lines.append(f"  {label:<52} {result[key] * 1e3:9.2f} ms  {ratio:5.2f}x whole-X GEMV")
     return "\n".join(lines)
+
+
+def median_of(samples: list) -> list:
+    """Column-wise median of a list of equal-length sequences."""
+    return [statistics.median(column) for column in zip(*samples)]
+
+
+def git_commit() -> str:
+    """The git commit pgd was loaded from (``unknown`` outside a git checkout)."""
+    import subprocess  # noqa: PLC0415
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        done = subprocess.run(["git", "-C", here, "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip() or "unknown"
+
+
+def machine_facts() -> dict:
+    """Host, CPU model and core count, Python and NumPy versions, pgd version and git commit."""
+    import platform  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
+    import pgd  # noqa: PLC0415
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"pgd_version": pgd.__version__, "git_commit": git_commit(), "host": socket.gethostname(),
+            "cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__}
+
+
+def write_results(out_dir: str, stem: str, rows: list[dict], meta: dict) -> tuple[str, str]:
+    """Write ``rows`` to ``OUT_DIR/STEM.csv`` and ``{"meta": meta, "rows": rows}`` to ``STEM.json``.
+
+    Both files are written atomically; the CSV columns are the union of the rows' keys, in first-seen
+    order. Returns the two paths.
+    """
+    import csv  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    from pgd.fileio import atomic_path  # noqa: PLC0415
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    csv_path, json_path = (os.path.join(out_dir, f"{stem}.{ext}") for ext in ("csv", "json"))
+    with atomic_path(csv_path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    with atomic_path(json_path) as temporary, open(temporary, "w", encoding="utf-8") as handle:
+        json.dump({"meta": meta, "rows": rows}, handle, indent=2, default=str)
+    return csv_path, json_path
+
+
+def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """A fixed-width text table: ``columns`` are ``(header, key, format spec)``; missing values print '-'."""
+    cells = [[header for header, _, _ in columns]]
+    for row in rows:
+        cells.append([format(row[key], spec) if row.get(key) is not None else "-" for _, key, spec in columns])
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in cells)
+
+
+def child_environment(environ=os.environ) -> dict:
+    """The environment for runs launched by a benchmark: the BLAS thread variables that pgd set for
+    *this* process (one thread per core) are removed, so every launched rank picks its own share;
+    thread counts the user set explicitly are kept."""
+    from pgd.launch import _BLAS_VARS  # noqa: PLC0415
+
+    env = dict(environ)
+    resolved = env.pop("PGD_BLAS_THREADS_RESOLVED", "")
+    if resolved.endswith("(one per core available to the rank)"):
+        for name in _BLAS_VARS:
+            env.pop(name, None)
+    return env

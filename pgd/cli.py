@@ -274,3 +274,115 @@ def bench_modes(shapes, dtype, repeats, alpha, beta, as_json):
     world = _world()
     result = modes_bench(world, shapes=shapes, dtype=dtype, repeats=repeats, alpha=alpha, beta=beta)
     _print_result(world, result, as_json, format_modes_bench(result))
+
+
+@bench.command("scaling")
+@option("--kind", type=click.Choice(["strong", "weak"]), default="strong",
+        help="strong: --n rows in total; weak: --n rows per rank.")
+@option("--ranks", default="1,2,4", help="Comma-separated rank counts, one run each.")
+@option("--n", "n", type=click.IntRange(min=1), default=200_000, help="Rows (total: strong; per rank: weak).")
+@option("--d", "d", type=click.IntRange(min=1), default=100, help="Columns.")
+@option("--loss", type=click.Choice(["squared", "logistic"]), default="squared", help="Loss.")
+@option("--mode", default="data", help="Parallel strategy (as pgd train --mode).")
+@option("--comm", default="allreduce", help="Communicator (as pgd train --comm).")
+@option("--device", default="cpu", help="Device (as pgd train --device).")
+@option("--dtype", type=DTYPE, default="float32", help="Data type of the generated data.")
+@option("--warmup", type=click.IntRange(min=0), default=3, help="Untimed steps before timing.")
+@option("--repeats", type=click.IntRange(min=1), default=5, help="Timed groups (median).")
+@option("--iters", type=click.IntRange(min=1), default=10, help="Steps per timed group.")
+@option("--worker-args", default="", help="Extra `pgd train` options for every run, e.g. '--l2 1e-4'.")
+@option("--plot/--no-plot", default=True, help="Write the PNG plot (needs matplotlib).")
+@option("--out", type=click.Path(file_okay=False), required=True, help="Results directory.")
+def bench_scaling(kind, ranks, n, d, loss, mode, comm, device, dtype, warmup, repeats, iters, worker_args,
+                  plot, out):
+    """Strong or weak scaling: one mpirun (srun inside SLURM) per rank count; CSV, JSON and PNG into --out.
+
+    Run it as one process (not under mpirun): it launches the runs itself.
+    """
+    from pgd.bench_scaling import format_scaling, parse_ranks, run_scaling  # noqa: PLC0415
+
+    result = run_scaling(kind=kind, ranks=parse_ranks(ranks), n=n, d=d, loss=loss, out=out,
+                         settings={"mode": mode, "comm": comm, "device": device, "dtype": dtype},
+                         warmup=warmup, repeats=repeats, iters=iters, worker_args=worker_args, plot=plot,
+                         echo=click.echo)
+    click.echo(format_scaling(result))
+
+
+@bench.command("_worker", hidden=True)
+@click.argument("data", type=click.Path(dir_okay=False))
+@apply_options(TRAIN_OPTIONS)
+@click.option("--result", type=click.Path(dir_okay=False), required=True, help="JSON result file.")
+@click.option("--warmup", type=click.IntRange(min=0), default=3)
+@click.option("--repeats", type=click.IntRange(min=1), default=5)
+@click.option("--iters", type=click.IntRange(min=1), default=10)
+@click.pass_context
+def bench_worker(ctx, result, warmup, repeats, iters, **values):
+    """Internal: one timed scaling run (launched by `pgd bench scaling`)."""
+    from pgd.bench_scaling import scaling_worker  # noqa: PLC0415
+    from pgd.fileio import atomic_path  # noqa: PLC0415
+
+    world = _world()
+    timing = scaling_worker(resolve(ctx, values), world, warmup=warmup, repeats=repeats, iters=iters)
+
+    def write():
+        with atomic_path(result) as temporary, open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(timing, handle)
+
+    _on_rank0(world, write)
+
+
+@bench.command("comm")
+@option("--min-bytes", type=click.IntRange(min=8), default=8, help="Smallest message.")
+@option("--max-bytes", type=click.IntRange(min=8), default=64 << 20, help="Largest message (64 MiB).")
+@option("--repeats", type=click.IntRange(min=1), default=20, help="Timed repetitions (median).")
+@option("--gpu/--no-gpu", default=True, help="Also time device buffers (staged, NCCL) where a GPU exists.")
+@option("--out", type=click.Path(file_okay=False), default=None,
+        help="Directory for comm.csv, comm.json and comm.png.")
+@option("--plot/--no-plot", default=True, help="Write comm.png with --out (needs matplotlib).")
+@JSON_OPTION
+def bench_comm(min_bytes, max_bytes, repeats, gpu, out, plot, as_json):
+    """Allreduce vs Reduce+Bcast (and NCCL / staged device buffers) from 8 B to 64 MiB, with an α-β fit."""
+    from pgd.bench import machine_facts, write_results  # noqa: PLC0415
+    from pgd.bench_comm import comm_bench, format_comm  # noqa: PLC0415
+
+    world = _world()
+    result = comm_bench(world, min_bytes=min_bytes, max_bytes=max_bytes, repeats=repeats, gpu=gpu)
+
+    def save():
+        import os  # noqa: PLC0415
+
+        os.makedirs(out, exist_ok=True)
+        meta = dict(machine_facts(), models=result["models"], notes=result["notes"])
+        files = list(write_results(out, "comm", result["rows"], meta))
+        if plot:
+            from pgd.plots import plot_comm  # noqa: PLC0415
+
+            files.append(plot_comm(result["rows"], os.path.join(out, "comm.png")))
+        return files
+
+    files = _on_rank0(world, save) if out else []
+    text = format_comm(result) + ("\nwrote " + ", ".join(files) if files else "")
+    _print_result(world, result, as_json, text)
+
+
+@bench.command("peers")
+@option("--n", "n", type=click.IntRange(min=2), default=200_000, help="Rows.")
+@option("--d", "d", type=click.IntRange(min=1), default=100, help="Columns.")
+@option("--loss", type=click.Choice(["squared", "logistic"]), default="logistic", help="Loss.")
+@option("--l2", type=click.FloatRange(min=0.0), default=1e-3, help="L2 penalty λ, the same for every tool.")
+@option("--ranks", type=click.IntRange(min=1), default=2, help="MPI ranks / DDP processes / Spark cores.")
+@option("--max-iter", type=click.IntRange(min=1), default=500, help="Iteration budget of every tool.")
+@option("--target-rtol", type=click.FloatRange(min=0.0), default=1e-4,
+        help="Target loss = best exact loss × (1 + this).")
+@option("--tools", default="sklearn,torch,spark", help="Peers to run (each only when installed).")
+@option("--out", type=click.Path(file_okay=False), required=True, help="Results directory.")
+def bench_peers(n, d, loss, l2, ranks, max_iter, target_rtol, tools, out):
+    """pgd against scikit-learn, PyTorch DDP (gloo) and Spark MLlib on the same data and objective.
+
+    Run it as one process: it launches pgd with mpirun (srun inside SLURM). Peers: pip install 'pgd[peers]'.
+    """
+    from pgd.bench_peers import format_peers, run_peers  # noqa: PLC0415
+
+    result = run_peers(n=n, d=d, loss=loss, l2=l2, ranks=ranks, out=out, max_iter=max_iter,
+                       target_rtol=target_rtol, tools=[tool.strip() for tool in tools.split(",")], echo=click.echo)
+    click.echo(format_peers(result))

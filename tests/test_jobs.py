@@ -34,11 +34,12 @@ def _stand_ins(directory) -> dict:
         "sbatch": '#!/bin/bash\necho "sbatch $*" >> "$STANDIN_LOG"\n'
                   'export SLURM_JOB_ID=${SLURM_JOB_ID:-4242} SLURM_SUBMIT_DIR=$PWD '
                   'SLURM_NTASKS=${SLURM_NTASKS:-2}\nexec bash "$1"\n',
-        # srun [--options] CMD...: the step as mpirun -n SLURM_NTASKS CMD...
-        "srun": '#!/bin/bash\necho "srun $*" >> "$STANDIN_LOG"\n'
-                'while [[ "$1" == -* ]]; do shift; done\n'
-                'export SLURM_STEP_NUM_TASKS=$SLURM_NTASKS\n'
-                f'exec {shlex.quote(MPIRUN)} {" ".join(MPIRUN_FLAGS)} -n "$SLURM_NTASKS" "$@"\n',
+        # srun [--options] CMD...: the step as mpirun -n TASKS CMD... (-n/--ntasks, else SLURM_NTASKS)
+        "srun": '#!/bin/bash\necho "srun $*" >> "$STANDIN_LOG"\nn=$SLURM_NTASKS\n'
+                'while [[ "$1" == -* ]]; do case "$1" in -n|--ntasks) n=$2; shift 2;; '
+                '--ntasks=*) n=${1#*=}; shift;; *) shift;; esac; done\n'
+                'export SLURM_STEP_NUM_TASKS=$n\n'
+                f'exec {shlex.quote(MPIRUN)} {" ".join(MPIRUN_FLAGS)} -n "$n" "$@"\n',
         "scontrol": '#!/bin/bash\necho "scontrol $*" >> "$STANDIN_LOG"\n',
     }
     bin_dir = os.path.join(directory, "bin")
