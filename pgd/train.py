@@ -23,7 +23,7 @@ from pgd.fileio import atomic_path, check_writable
 from pgd.model_io import write_model
 from pgd.optim import make_optimizer
 from pgd.progress import Progress, format_summary
-from pgd.strategies import STRATEGIES
+from pgd.strategies import STRATEGIES, pick_runner
 
 #: Factories ``make_hook(cfg, world, optimizer) -> hook or None`` run by every training loop. A hook's
 #: ``after_step(iteration) -> str | None`` is called on every rank after each step, and must return the
@@ -96,6 +96,8 @@ def train(cfg, world=None) -> dict:
     backend = select_backend(cfg.device, local_rank)
     xp = backend.xp
     _check_outputs(world, cfg)
+    if (runner := pick_runner(cfg)) is not None:  # modes with loops of their own (async, shm, local SGD)
+        return runner(cfg, world, backend)
 
     objective, slab = STRATEGIES[cfg.mode](cfg, world, backend)
     d = slab.meta.d

@@ -13,4 +13,20 @@ from pgd.strategies.data_parallel import DataParallelObjective, build_data_paral
 
 STRATEGIES = {"data": build_data_parallel}
 
-__all__ = ["DataParallelObjective", "STRATEGIES", "build_data_parallel"]
+
+def pick_runner(cfg):
+    """The loop of a mode that does not use :func:`pgd.train.train`'s, or None.
+
+    ``async`` (parameter server), ``shm`` (Hogwild on node-shared memory) and ``data`` with
+    ``--sync-every k`` (local SGD) run ``runner(cfg, world, backend) -> summary`` instead.
+    """
+    from pgd.strategies.async_ps import run_async  # noqa: PLC0415 - loaded only when used
+    from pgd.strategies.local_sgd import run_local_sgd  # noqa: PLC0415
+    from pgd.strategies.shm import run_shm  # noqa: PLC0415
+
+    if cfg.mode == "data" and getattr(cfg, "sync_every", 0):
+        return run_local_sgd
+    return {"async": run_async, "shm": run_shm}.get(cfg.mode)
+
+
+__all__ = ["DataParallelObjective", "STRATEGIES", "build_data_parallel", "pick_runner"]
