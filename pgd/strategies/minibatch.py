@@ -227,6 +227,9 @@ def finish_run(cfg, world, objective, params: np.ndarray, facts: dict, monitor: 
                stats: dict) -> dict:
     """Exact final loss and gradient, the summary on every rank; rank 0 writes the model and prints.
 
+    Rank 0's summary also carries the loss ``history``; a configuration with ``silent`` set (the
+    benchmarks) prints nothing.
+
     Parameters
     ----------
     params : ndarray, (d + 1,)
@@ -272,6 +275,8 @@ def finish_run(cfg, world, objective, params: np.ndarray, facts: dict, monitor: 
             with atomic_path(cfg.metrics) as temporary, open(temporary, "w", encoding="utf-8") as handle:
                 for values in zip(*(history.get(key, []) for key in ("updates", "loss", "time"))):
                     handle.write(json.dumps(dict(zip(("updates", "loss", "time"), values))) + "\n")
-        print(format_summary(summary), flush=True)
+        if not getattr(cfg, "silent", False):
+            print(format_summary(summary), flush=True)
+        summary["history"] = history
     world.Barrier()
     return summary
