@@ -82,9 +82,10 @@ class Server:
         slowest = self._min_clock()
         for i in np.flatnonzero(self.waiting):
             gap = int(self.clocks[i]) - slowest
-            if not self.stop and self.bound != "none" and gap > self.bound:
-                continue
-            self.clock_gap_max = max(self.clock_gap_max, gap)
+            if not self.stop:  # a reply that says stop starts no more work: no bound to keep
+                if self.bound != "none" and gap > self.bound:
+                    continue
+                self.clock_gap_max = max(self.clock_gap_max, gap)
             self.waiting[i] = False
             self.sends[i].Wait()
             reply = self.outbox[i]
