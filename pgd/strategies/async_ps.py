@@ -55,6 +55,7 @@ class Server:
         self.workers = list(range(servers, world.Get_size()))
         count = shards.count(rank)
         self.shard = np.zeros(count)
+        self.scaled = np.zeros(count)
         self.version = 0
         self.stop = False
         self.stop_reason = f"update budget reached (--updates {budget})"
@@ -124,7 +125,7 @@ class Server:
                 staleness = self.version - int(message[2])
                 self.staleness_max = max(self.staleness_max, staleness)
                 self.staleness_sum += staleness
-                self.shard -= self.lr * message[HEADER:]
+                self.shard -= np.multiply(message[HEADER:], self.lr, out=self.scaled)
                 self.version += 1
                 self.clocks[i] += 1
             self._monitor(i, float(message[3]))

@@ -12,8 +12,9 @@ import numpy as np
 from mpi4py import MPI
 
 from pgd.comm import make_communicator
-from pgd.strategies.minibatch import (LossMonitor, MiniBatchStepper, eval_interval, finish_run,
-                                      global_objective, load_rows, run_facts, step_size, update_budget)
+from pgd.strategies.minibatch import (LossMonitor, MiniBatchStepper, eval_interval, exact_loss,
+                                      finish_run, global_objective, load_rows, run_facts, step_size,
+                                      update_budget)
 
 
 def run_local_sgd(cfg, world, backend) -> dict:
@@ -34,20 +35,20 @@ def run_local_sgd(cfg, world, backend) -> dict:
     evaluate_every = max(1, eval_interval(rows.n_global // size, stepper.batch) // every) * every
     monitor = LossMonitor(cfg.target_loss)
     params = np.zeros(rows.meta.d + 1)
-    gradient = np.zeros_like(params)
+    scaled = np.zeros_like(params)
     stop_reason = f"update budget reached (--updates {cfg.updates})"
     world.Barrier()
     monitor.started = started = MPI.Wtime()
     step = 0
     while step < steps:
-        params -= lr * stepper.gradient(params)
+        params -= np.multiply(stepper.gradient(params), lr, out=scaled)
         step += 1
         if step % every and step < steps:
             continue
         comm.allreduce(params)
         params /= size
         if step % evaluate_every == 0 or step == steps:
-            loss = objective.value_and_grad(params, gradient)
+            loss, _ = exact_loss(objective, params)
             if monitor.record(loss, step * size):
                 stop_reason = f"target loss reached (loss {loss:.6g} <= {cfg.target_loss:g})"
                 break

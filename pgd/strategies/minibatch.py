@@ -102,6 +102,15 @@ def global_objective(cfg, world, backend, rows: RowData):
                                  backend.xp, curvature=loss.curvature_bound)
 
 
+def exact_loss(objective, params: np.ndarray) -> tuple[float, float]:
+    """The global objective and its gradient norm at host ``params`` (a collective over ``objective``)."""
+    xp = objective.xp
+    point = xp.asarray(params)
+    gradient = xp.zeros_like(point)
+    loss = objective.value_and_grad(point, gradient)
+    return loss, math.sqrt(float(xp.dot(gradient, gradient)))
+
+
 def step_size(cfg, objective, writers: int = 1) -> tuple[float, float]:
     """``(lr, lipschitz)``: ``--lr``, or ``1/(L·writers)`` with L from power iterations (collective).
 
@@ -242,9 +251,7 @@ def finish_run(cfg, world, objective, params: np.ndarray, facts: dict, monitor: 
         over ranks here (collective).
     """
     rank = world.Get_rank()
-    grad = np.zeros_like(params)
-    final_loss = objective.value_and_grad(params, grad)
-    grad_norm = math.sqrt(float(grad @ grad))
+    final_loss, grad_norm = exact_loss(objective, params)
     if not math.isfinite(final_loss):
         raise TrainingError(f"diverged (final loss {final_loss}); use a smaller --lr", collective=True)
     wall = _stat(world, stats["wall"], MPI.MAX)

@@ -20,8 +20,9 @@ import os
 import numpy as np
 from mpi4py import MPI
 
-from pgd.strategies.minibatch import (LossMonitor, MiniBatchStepper, eval_interval, finish_run,
-                                      global_objective, load_rows, run_facts, step_size, update_budget)
+from pgd.strategies.minibatch import (LossMonitor, MiniBatchStepper, eval_interval, exact_loss,
+                                      finish_run, global_objective, load_rows, run_facts, step_size,
+                                      update_budget)
 
 
 def node_communicator(world):
@@ -92,7 +93,6 @@ def run_shm(cfg, world, backend) -> dict:
     monitor = LossMonitor(cfg.target_loss)
     snapshot = np.zeros(rows.meta.d + 1)
     scaled = np.zeros_like(snapshot)
-    gradient = np.zeros_like(snapshot)
     stop_reason = f"update budget reached (--updates {cfg.updates})"
     staleness_max, staleness_sum, wait = 0, 0.0, 0.0
     world.Barrier()
@@ -121,7 +121,7 @@ def run_shm(cfg, world, backend) -> dict:
         wait += MPI.Wtime() - waited
         if step % evaluate_every == 0 or step == steps:
             snapshot[:] = shared.params
-            loss = objective.value_and_grad(snapshot, gradient)
+            loss, _ = exact_loss(objective, snapshot)
             if monitor.record(loss, step * size):
                 stop_reason = f"target loss reached (loss {loss:.6g} <= {cfg.target_loss:g})"
                 break
