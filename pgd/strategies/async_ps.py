@@ -27,8 +27,8 @@ from mpi4py import MPI
 
 from pgd.data import block_range
 from pgd.errors import PgdError
-from pgd.strategies.minibatch import (LossMonitor, MiniBatchStepper, eval_interval, finish_run,
-                                      global_objective, load_rows, run_facts, step_size, update_budget)
+from pgd.strategies.minibatch import (LossMonitor, MiniBatchStepper, eval_interval, finish_run, prepare_run,
+                                      update_budget)
 
 TAG_PUSH, TAG_REPLY = 81, 82
 PULL, PUSH, DONE = 0.0, 1.0, 2.0
@@ -189,15 +189,10 @@ def run_async(cfg, world, backend) -> dict:
         raise PgdError(f"--mode async needs more ranks than --servers {servers} (got {size} rank(s)): "
                        f"run with at least {servers + 1}", collective=True)
     is_server = rank < servers
-    rows = load_rows(cfg, world, backend, holds_data=not is_server)
-    objective = global_objective(cfg, world, backend, rows)
-    lr, lipschitz = step_size(cfg, objective, writers=size - servers)
-    facts = run_facts(cfg, world, backend, rows, lr, lipschitz)
+    rows, objective, facts = prepare_run(cfg, world, backend, holds_data=not is_server, writers=size - servers,
+                                         plan=f"mode async, {servers} server(s), {size - servers} worker(s)")
     if cfg.dry_run:
-        if rank == 0:
-            print(f"pgd train --dry-run: mode async, {servers} server(s), {size - servers} worker(s), "
-                  f"{rows.n_global} x {rows.meta.d}, lr {lr:.6g}; nothing trained, nothing written")
-        return dict(facts, dry_run=True)
+        return facts
     shards = _Shards(rows.meta.d + 1, servers)
     budget = update_budget(cfg, rows.n_global)
     monitor = LossMonitor(cfg.target_loss) if rank == 0 else None

@@ -13,22 +13,16 @@ from mpi4py import MPI
 
 from pgd.comm import make_communicator
 from pgd.strategies.minibatch import (LossMonitor, MiniBatchStepper, eval_interval, exact_loss,
-                                      finish_run, global_objective, load_rows, run_facts, step_size,
-                                      update_budget)
+                                      finish_run, prepare_run, update_budget)
 
 
 def run_local_sgd(cfg, world, backend) -> dict:
     """Train by local SGD with averaging every ``--sync-every`` steps; returns the summary (every rank)."""
     rank, size, every = world.Get_rank(), world.Get_size(), int(cfg.sync_every)
-    rows = load_rows(cfg, world, backend, holds_data=True)
-    objective = global_objective(cfg, world, backend, rows)
-    lr, lipschitz = step_size(cfg, objective)
-    facts = run_facts(cfg, world, backend, rows, lr, lipschitz)
+    rows, objective, facts = prepare_run(cfg, world, backend,
+                                         plan=f"local SGD on {size} rank(s), average every {every} steps")
     if cfg.dry_run:
-        if rank == 0:
-            print(f"pgd train --dry-run: local SGD on {size} rank(s), average every {every} steps, "
-                  f"lr {lr:.6g}; nothing trained, nothing written")
-        return dict(facts, dry_run=True)
+        return facts
     stepper = MiniBatchStepper(objective, cfg, rank, backend)
     comm = make_communicator(cfg.comm, world)
     steps = math.ceil(update_budget(cfg, rows.n_global) / size)

@@ -228,6 +228,26 @@ def run_facts(cfg, world, backend, rows: RowData, lr: float, lipschitz: float) -
     }
 
 
+def prepare_run(cfg, world, backend, *, plan: str, holds_data: bool = True, writers: int = 1):
+    """Load the rows, build the exact objective, pick the step size; print the plan under ``--dry-run``.
+
+    Returns
+    -------
+    (rows, objective, facts)
+        ``facts["dry_run"]`` is True when nothing is to be trained.
+    """
+    rows = load_rows(cfg, world, backend, holds_data=holds_data)
+    objective = global_objective(cfg, world, backend, rows)
+    lr, lipschitz = step_size(cfg, objective, writers=writers)
+    facts = run_facts(cfg, world, backend, rows, lr, lipschitz)
+    if cfg.dry_run:
+        facts["dry_run"] = True
+        if world.Get_rank() == 0:
+            print(f"pgd train --dry-run: {plan}; data {cfg.data} ({rows.n_global} x {rows.meta.d}), "
+                  f"lr {lr:.6g}; nothing trained, nothing written", flush=True)
+    return rows, objective, facts
+
+
 def _stat(world, value: float, op) -> float:
     return float(world.allreduce(float(value), op=op))
 

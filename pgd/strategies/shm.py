@@ -21,8 +21,7 @@ import numpy as np
 from mpi4py import MPI
 
 from pgd.strategies.minibatch import (LossMonitor, MiniBatchStepper, eval_interval, exact_loss,
-                                      finish_run, global_objective, load_rows, run_facts, step_size,
-                                      update_budget)
+                                      finish_run, prepare_run, update_budget)
 
 
 def node_communicator(world):
@@ -70,21 +69,17 @@ class SharedWeights:
 def run_shm(cfg, world, backend) -> dict:
     """Train Hogwild-style on node-shared weights; returns the summary (every rank)."""
     rank, size = world.Get_rank(), world.Get_size()
-    rows = load_rows(cfg, world, backend, holds_data=True)
-    objective = global_objective(cfg, world, backend, rows)
     node = node_communicator(world)
-    lr, lipschitz = step_size(cfg, objective, writers=world.allreduce(node.Get_size(), op=MPI.MAX))
-    facts = run_facts(cfg, world, backend, rows, lr, lipschitz)
     leaders = world.Split(0 if node.Get_rank() == 0 else MPI.UNDEFINED, rank)
     nodes = world.bcast(leaders.Get_size() if rank == 0 else None, root=0)
+    writers = world.allreduce(node.Get_size(), op=MPI.MAX)
+    rows, objective, facts = prepare_run(cfg, world, backend, writers=writers,
+                                         plan=f"mode shm, {size} rank(s) on {nodes} node(s)")
     if cfg.dry_run:
-        if rank == 0:
-            print(f"pgd train --dry-run: mode shm, {size} rank(s) on {nodes} node(s), lr {lr:.6g}; "
-                  f"nothing trained, nothing written")
         node.Free()
         if leaders != MPI.COMM_NULL:
             leaders.Free()
-        return dict(facts, dry_run=True)
+        return facts
     shared = SharedWeights(node, rows.meta.d + 1)
     stepper = MiniBatchStepper(objective, cfg, rank, backend)
     steps = math.ceil(update_budget(cfg, rows.n_global) / size)
