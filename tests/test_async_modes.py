@@ -113,6 +113,14 @@ def test_async_needs_more_ranks_than_servers(exact_data):
     assert "needs more ranks than --servers 1" in result.stderr
 
 
+def test_local_sgd_dry_run_shows_the_plan(exact_data):
+    result = subprocess.run([sys.executable, "-m", "pgd", "train", exact_data, "--loss", "squared", "--sync-every",
+                             "4", "--dry-run"], capture_output=True, text=True, timeout=SHUTDOWN_SECONDS)
+    assert result.returncode == 0, result.stderr
+    assert "local SGD on 1 rank(s), average every 4 steps" in result.stdout
+    assert "nothing trained" in result.stdout
+
+
 @pytest.mark.parametrize("text, expected", [("1:4", (1, 4.0)), ("0:1.5", (0, 1.5))])
 def test_slow_rank_parses(text, expected):
     assert SlowRank().convert(text, None, None) == expected

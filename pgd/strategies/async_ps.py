@@ -193,6 +193,7 @@ def run_async(cfg, world, backend) -> dict:
                                          plan=f"mode async, {servers} server(s), {size - servers} worker(s)")
     if cfg.dry_run:
         return facts
+    lr = facts["lr"]
     shards = _Shards(rows.meta.d + 1, servers)
     budget = update_budget(cfg, rows.n_global)
     monitor = LossMonitor(cfg.target_loss) if rank == 0 else None

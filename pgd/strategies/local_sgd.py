@@ -23,6 +23,7 @@ def run_local_sgd(cfg, world, backend) -> dict:
                                          plan=f"local SGD on {size} rank(s), average every {every} steps")
     if cfg.dry_run:
         return facts
+    lr = facts["lr"]
     stepper = MiniBatchStepper(objective, cfg, rank, backend)
     comm = make_communicator(cfg.comm, world)
     steps = math.ceil(update_budget(cfg, rows.n_global) / size)

@@ -80,6 +80,7 @@ def run_shm(cfg, world, backend) -> dict:
         if leaders != MPI.COMM_NULL:
             leaders.Free()
         return facts
+    lr = facts["lr"]
     shared = SharedWeights(node, rows.meta.d + 1)
     stepper = MiniBatchStepper(objective, cfg, rank, backend)
     steps = math.ceil(update_budget(cfg, rows.n_global) / size)
