@@ -213,7 +213,7 @@ def run_async(cfg, world, backend) -> dict:
     params = np.zeros(rows.meta.d + 1)
     counts = [shards.count(s) if s < servers else 0 for s in range(size)]
     displacements = [shards.ranges[s][0] if s < servers else 0 for s in range(size)]
-    mine = role.shard if is_server else params[:0]
+    mine = role.shard if is_server else np.empty(0)
     world.Allgatherv(mine, [params, counts, displacements, MPI.DOUBLE])
     stop_reason = world.bcast(role.stop_reason if rank == 0 else None, root=0)
     stats = {"wall": wall, "compute": stepper.compute_seconds if stepper else 0.0,

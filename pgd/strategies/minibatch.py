@@ -300,8 +300,8 @@ def finish_run(cfg, world, objective, params: np.ndarray, facts: dict, monitor: 
             write_model(cfg.out, params[:-1], params[-1], attrs, history)
         if cfg.metrics:
             with atomic_path(cfg.metrics) as temporary, open(temporary, "w", encoding="utf-8") as handle:
-                for values in zip(*(history.get(key, []) for key in ("updates", "loss", "time"))):
-                    handle.write(json.dumps(dict(zip(("updates", "loss", "time"), values))) + "\n")
+                for updates, loss, seconds in zip(*(history.get(key, []) for key in ("updates", "loss", "time"))):
+                    handle.write(json.dumps({"updates": int(updates), "loss": loss, "time": seconds}) + "\n")
         if not getattr(cfg, "silent", False):
             print(format_summary(summary), flush=True)
         summary["history"] = history
