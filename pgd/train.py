@@ -24,12 +24,14 @@ from pgd.model_io import write_model
 from pgd.optim import make_optimizer
 from pgd.progress import Progress, format_summary
 from pgd.strategies import STRATEGIES, pick_runner
+from pgd.strategies.slow_rank import make_slow_rank_hook
 
 #: Factories ``make_hook(cfg, world, optimizer) -> hook or None`` run by every training loop. A hook's
 #: ``after_step(iteration) -> str | None`` is called on every rank after each step, and must return the
 #: same value on every rank (a reason to stop, or None). Later features (checkpoints, signals, time
 #: budgets) register here instead of editing the loop.
 LOOP_HOOKS: list = []
+LOOP_HOOKS.append(make_slow_rank_hook)  # --slow-rank R:FACTOR (experiments)
 
 
 def node_local_rank(world) -> tuple[int, int]:

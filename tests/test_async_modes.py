@@ -164,3 +164,22 @@ def test_summary_reports_updates_staleness_and_waiting():
     text = format_summary(summary)
     assert "async: 5 updates applied; staleness max 3, mean 1.50 updates; clock gap max 1 (bound 1)" in text
     assert "waiting 250.00 ms" in text
+
+
+def test_slow_rank_hook_stretches_only_the_named_rank():
+    from types import SimpleNamespace
+
+    from pgd.config import RunConfig
+    from pgd.strategies.slow_rank import make_slow_rank_hook
+
+    objective = SimpleNamespace(compute_seconds=0.0)
+    optimizer = SimpleNamespace(objective=objective)
+    cfg = RunConfig({"slow_rank": (1, 3.0)})
+    assert make_slow_rank_hook(cfg, SimpleNamespace(Get_rank=lambda: 0), optimizer) is None
+    hook = make_slow_rank_hook(cfg, SimpleNamespace(Get_rank=lambda: 1), optimizer)
+    objective.compute_seconds = 0.01
+    assert hook.after_step(1) is None
+    assert objective.compute_seconds == pytest.approx(0.03)
+    objective.compute_seconds += 0.01  # the next step's own compute
+    hook.after_step(2)
+    assert objective.compute_seconds == pytest.approx(0.06)
