@@ -193,24 +193,6 @@ def bench():
     """Benchmarks: per-iteration cost against its baselines, scaling, communication."""
 
 
-@bench.command("gradient")
-@option("--n", "n", type=click.IntRange(min=1), default=1_000_000, help="Rows (over all ranks).")
-@option("--d", "d", type=click.IntRange(min=1), default=100, help="Columns.")
-@option("--dtype", type=DTYPE, default="float32", help="Float type.")
-@option("--loss", type=click.Choice(["squared", "logistic"]), default="squared", help="Loss.")
-@option("--repeats", type=click.IntRange(min=1), default=20, help="Timed repetitions (median).")
-@option("--block-bytes", type=click.IntRange(min=1024), default=1 << 20, help="pgd's row-block size.")
-@JSON_OPTION
-def bench_gradient(n, d, dtype, loss, repeats, block_bytes, as_json):
-    """One training iteration of pgd against the naive X.T @ (X @ w - y) and a single GEMV over X."""
-    from pgd.bench import format_gradient_bench, gradient_bench  # noqa: PLC0415
-
-    world = _world()
-    result = gradient_bench(world, n=n, d=d, dtype=dtype, loss=loss, repeats=repeats,
-                            block_bytes=block_bytes)
-    _print_result(world, result, as_json, format_gradient_bench(result))
-
-
 @bench.command("straggler")
 @option("--n", "n", type=click.IntRange(min=8), default=6000, help="Rows of the generated data.")
 @option("--d", "d", type=click.IntRange(min=1), default=200, help="Columns.")
@@ -240,3 +222,22 @@ def bench_straggler(n, d, condition, bounds, slow_factor, repeats, fraction, loc
         result = dict(result, files=paths)
     text = format_straggler(result) + "\n" + "\n".join(f"wrote {path}" for path in paths) if result else ""
     _print_result(world, {key: value for key, value in (result or {}).items()}, as_json, text)
+
+
+@bench.command("gradient")
+@option("--n", "n", type=click.IntRange(min=1), default=1_000_000, help="Rows (over all ranks).")
+@option("--d", "d", type=click.IntRange(min=1), default=100, help="Columns.")
+@option("--dtype", type=DTYPE, default="float32", help="Float type.")
+@option("--loss", type=click.Choice(["squared", "logistic"]), default="squared", help="Loss.")
+@option("--repeats", type=click.IntRange(min=1), default=20, help="Timed repetitions (median).")
+@option("--block-bytes", type=click.IntRange(min=1024), default=1 << 20, help="pgd's row-block size.")
+@JSON_OPTION
+def bench_gradient(n, d, dtype, loss, repeats, block_bytes, as_json):
+    """One training iteration of pgd against the naive X.T @ (X @ w - y) and a single GEMV over X."""
+    from pgd.bench import format_gradient_bench, gradient_bench  # noqa: PLC0415
+
+    world = _world()
+    result = gradient_bench(world, n=n, d=d, dtype=dtype, loss=loss, repeats=repeats,
+                            block_bytes=block_bytes)
+    _print_result(world, result, as_json, format_gradient_bench(result))
+
