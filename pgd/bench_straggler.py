@@ -16,7 +16,9 @@ import json
 import os
 import statistics
 
-import numpy as np
+import click
+
+from pgd.config import option
 
 SUMMARY_KEYS = ("updates", "final_loss", "staleness_max", "staleness_mean", "clock_gap_max", "wait_seconds")
 
@@ -46,6 +48,7 @@ def _problem(path: str, n: int, d: int, seed: int, fraction: float, condition: f
     Columns are standard normal scaled from 1 down to ``1/sqrt(condition)``, so the Hessian's condition
     number is about ``condition`` and SGD needs many updates (a stand-in for real, badly scaled data).
     """
+    import numpy as np  # noqa: PLC0415 - keeps `pgd --help` fast
     from pgd.data.writer import atomic_h5_file, create_xy  # noqa: PLC0415
 
     rng = np.random.default_rng(seed)
@@ -130,6 +133,7 @@ def straggler_bench(world, *, n: int, d: int, bounds: list, slow_factor: float, 
 
 def plot_straggler(results: dict, path: str) -> str:
     """Plot the monitored loss minus f* against wall time for each configuration (PNG)."""
+    import numpy as np  # noqa: PLC0415 - keeps `pgd --help` fast
     import matplotlib  # noqa: PLC0415 - optional, imported only to plot
 
     matplotlib.use("Agg")
@@ -177,3 +181,34 @@ def write_results(results: dict, out_dir: str, plot: bool = True) -> list[str]:
     if plot:
         paths.append(plot_straggler(results, os.path.join(out_dir, "straggler.png")))
     return paths
+
+
+@click.command("straggler")
+@option("--n", "n", type=click.IntRange(min=8), default=6000, help="Rows of the generated data.")
+@option("--d", "d", type=click.IntRange(min=1), default=200, help="Columns.")
+@option("--condition", type=click.FloatRange(min=1.0), default=100.0, help="Condition number of the data.")
+@option("--bounds", default="0,1,4,none", help="Staleness bounds to compare (0 = sync, none = async).")
+@option("--slow-factor", type=click.FloatRange(min=1.0), default=4.0, help="The last rank is this much slower.")
+@option("--repeats", type=click.IntRange(min=1), default=3, help="Runs per configuration (median).")
+@option("--fraction", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=0.001,
+        help="Target loss f* + fraction * (f(0) - f*).")
+@option("--local-batch", type=click.IntRange(min=1), default=128, help="Rows per worker mini-batch.")
+@option("--updates", type=click.IntRange(min=1), default=20000, help="Update budget of each run.")
+@option("--out-dir", type=click.Path(file_okay=False), default="bench-results/straggler",
+        help="Where the data, straggler.json and straggler.png go.")
+@option("--plot/--no-plot", default=True, help="Write the PNG (needs matplotlib).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def bench_straggler(n, d, condition, bounds, slow_factor, repeats, fraction, local_batch, updates, out_dir, plot,
+                    as_json):
+    """Sync, SSP and fully async training with one slow rank: loss against time, time to a target."""
+    from pgd.cli import _on_rank0, _print_result, _world  # noqa: PLC0415 - the CLI's rank-0 helpers
+
+    world = _world()
+    result = straggler_bench(world, n=n, d=d, bounds=parse_bounds(bounds), slow_factor=slow_factor,
+                             repeats=repeats, fraction=fraction, local_batch=local_batch, updates=updates,
+                             out_dir=out_dir, condition=condition)
+    paths = _on_rank0(world, lambda: write_results(result, out_dir, plot=plot))
+    if world.Get_rank() == 0:
+        result = dict(result, files=paths)
+    text = format_straggler(result) + "\n" + "\n".join(f"wrote {path}" for path in paths) if result else ""
+    _print_result(world, {key: value for key, value in (result or {}).items()}, as_json, text)

@@ -193,35 +193,9 @@ def bench():
     """Benchmarks: per-iteration cost against its baselines, scaling, communication."""
 
 
-@bench.command("straggler")
-@option("--n", "n", type=click.IntRange(min=8), default=6000, help="Rows of the generated data.")
-@option("--d", "d", type=click.IntRange(min=1), default=200, help="Columns.")
-@option("--condition", type=click.FloatRange(min=1.0), default=100.0, help="Condition number of the data.")
-@option("--bounds", default="0,1,4,none", help="Staleness bounds to compare (0 = sync, none = async).")
-@option("--slow-factor", type=click.FloatRange(min=1.0), default=4.0, help="The last rank is this much slower.")
-@option("--repeats", type=click.IntRange(min=1), default=3, help="Runs per configuration (median).")
-@option("--fraction", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=0.001,
-        help="Target loss f* + fraction * (f(0) - f*).")
-@option("--local-batch", type=click.IntRange(min=1), default=128, help="Rows per worker mini-batch.")
-@option("--updates", type=click.IntRange(min=1), default=20000, help="Update budget of each run.")
-@option("--out-dir", type=click.Path(file_okay=False), default="bench-results/straggler",
-        help="Where the data, straggler.json and straggler.png go.")
-@option("--plot/--no-plot", default=True, help="Write the PNG (needs matplotlib).")
-@JSON_OPTION
-def bench_straggler(n, d, condition, bounds, slow_factor, repeats, fraction, local_batch, updates, out_dir, plot,
-                    as_json):
-    """Sync, SSP and fully async training with one slow rank: loss against time, time to a target."""
-    from pgd.bench_straggler import format_straggler, parse_bounds, straggler_bench, write_results  # noqa
+from pgd.bench_straggler import bench_straggler  # noqa: E402 - the command is defined with its benchmark
 
-    world = _world()
-    result = straggler_bench(world, n=n, d=d, bounds=parse_bounds(bounds), slow_factor=slow_factor,
-                             repeats=repeats, fraction=fraction, local_batch=local_batch, updates=updates,
-                             out_dir=out_dir, condition=condition)
-    paths = _on_rank0(world, lambda: write_results(result, out_dir, plot=plot))
-    if world.Get_rank() == 0:
-        result = dict(result, files=paths)
-    text = format_straggler(result) + "\n" + "\n".join(f"wrote {path}" for path in paths) if result else ""
-    _print_result(world, {key: value for key, value in (result or {}).items()}, as_json, text)
+bench.add_command(bench_straggler)
 
 
 @bench.command("gradient")
@@ -240,4 +214,3 @@ def bench_gradient(n, d, dtype, loss, repeats, block_bytes, as_json):
     result = gradient_bench(world, n=n, d=d, dtype=dtype, loss=loss, repeats=repeats,
                             block_bytes=block_bytes)
     _print_result(world, result, as_json, format_gradient_bench(result))
-
