@@ -212,6 +212,11 @@ def bench():
     """Benchmarks: per-iteration cost against its baselines, scaling, communication."""
 
 
+from pgd.bench_straggler import bench_straggler  # noqa: E402 - the command is defined with its benchmark
+
+bench.add_command(bench_straggler)
+
+
 @bench.command("gradient")
 @option("--n", "n", type=click.IntRange(min=1), default=1_000_000, help="Rows (over all ranks).")
 @option("--d", "d", type=click.IntRange(min=1), default=100, help="Columns.")

@@ -129,13 +129,68 @@ OPTIMIZER_OPTIONS = [
 ] + OPTIMIZER_METHOD_OPTIONS
 
 PARALLEL_OPTIONS = [
-    option("--mode", type=click.Choice(["data", "feature", "hybrid"]), default="data",
+    option("--mode", type=click.Choice(["data", "feature", "hybrid", "async", "shm"]), default="data",
            help="data: rows split over ranks, gradients summed every step; feature: columns split, "
-                "partial predictions summed; hybrid: a PxQ grid of row and column blocks."),
+                "partial predictions summed; hybrid: a PxQ grid of row and column blocks; async: parameter "
+                "server(s) and workers (--servers, --staleness); shm: Hogwild on a node-shared weight vector."),
     option("--grid", default=None, metavar="PxQ",
            help="hybrid: P row groups x Q column groups (P*Q = ranks); default MPI.Compute_dims."),
     option("--comm", type=click.Choice(["allreduce", "reduce-bcast", "nccl"]), default="allreduce",
            help="How ranks combine gradients (nccl: GPU only, one rank per GPU)."),
+]
+
+class SlowRank(click.ParamType):
+    """``R:FACTOR``: rank R's compute takes FACTOR (>= 1) times longer."""
+
+    name = "R:FACTOR"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, tuple):
+            return value
+        try:
+            rank_text, factor_text = str(value).split(":")
+            rank, factor = int(rank_text), float(factor_text)
+        except ValueError:
+            self.fail(f"{value!r} is not R:FACTOR (for example 1:4)", param, ctx)
+        if rank < 0 or not factor >= 1 or factor == float("inf"):
+            self.fail(f"{value!r}: R must be >= 0 and FACTOR a finite number >= 1", param, ctx)
+        return rank, factor
+
+
+class Staleness(click.ParamType):
+    """``none`` (fully asynchronous) or a bound s >= 0."""
+
+    name = "none|INT"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int) or value == "none":
+            return value
+        try:
+            bound = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither 'none' nor an integer", param, ctx)
+        if bound < 0:
+            self.fail(f"{value!r} must be >= 0", param, ctx)
+        return bound
+
+
+ASYNC_OPTIONS = [
+    option("--servers", type=click.IntRange(min=1), default=1,
+           help="async: server ranks (0..k-1) holding the weights in shards; the other ranks are workers."),
+    option("--staleness", type=Staleness(), default="none",
+           help="async: a worker may run at most s steps ahead of the slowest (SSP); 0 ~ synchronous, "
+                "none = fully asynchronous."),
+    option("--sync-every", type=click.IntRange(min=0), default=0,
+           help="data: local SGD, ranks step alone and average weights every k steps (0: off); "
+                "shm: average the node copies every k steps."),
+    option("--updates", type=click.IntRange(min=1), default=2000,
+           help="async/shm/local SGD: budget of mini-batch updates, summed over workers."),
+    option("--local-batch", type=click.IntRange(min=1), default=32,
+           help="async/shm/local SGD: rows of a worker's mini-batch."),
+    option("--target-loss", type=float, default=None,
+           help="async/shm/local SGD: stop once the (monitored) loss is at or below this value."),
+    option("--slow-rank", type=SlowRank(), default=None,
+           help="Experiments: rank R's compute takes FACTOR times longer (R:FACTOR)."),
 ]
 
 OUTPUT_OPTIONS = [
@@ -182,7 +237,7 @@ CHECKPOINT_OPTIONS = [
 ]
 
 TRAIN_OPTIONS = (DATA_OPTIONS + COMPUTE_OPTIONS + MODEL_OPTIONS + OPTIMIZER_OPTIONS + PARALLEL_OPTIONS
-                 + OUTPUT_OPTIONS + CHECKPOINT_OPTIONS)
+                 + ASYNC_OPTIONS + OUTPUT_OPTIONS + CHECKPOINT_OPTIONS)
 
 
 @dataclass

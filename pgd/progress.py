@@ -66,6 +66,16 @@ class Progress:
             self.stream.flush()
 
 
+def _updates_line(summary: dict) -> str:
+    """Mode ``async``/``shm``/local SGD: updates applied, staleness observed, time spent waiting."""
+    text = f"  {summary['mode']}: {summary['updates']} updates applied"
+    if "staleness_max" in summary:
+        text += f"; staleness max {summary['staleness_max']}, mean {summary['staleness_mean']:.2f} updates"
+    if "clock_gap_max" in summary:
+        text += f"; clock gap max {summary['clock_gap_max']} (bound {summary['staleness_bound']})"
+    return text + f"; waiting {_format_seconds(summary['wait_seconds'])} (max over ranks)"
+
+
 def format_summary(summary: dict) -> str:
     """The end-of-run report: what ran, why it stopped, where the time went (max over ranks)."""
     timing = summary["timing"]
@@ -87,6 +97,8 @@ def format_summary(summary: dict) -> str:
     if "epochs" in summary:
         lines.append(f"  sgd: {summary['epochs']:.4g} epochs of {summary['steps_per_epoch']} steps, global batch "
                      f"{summary['batch_size']}, schedule {summary['schedule']}; full loss evaluated per epoch")
+    if "updates" in summary:
+        lines.append(_updates_line(summary))
     if summary.get("out"):
         lines.append(f"  model written to {summary['out']}")
     if summary.get("metrics"):

@@ -27,13 +27,14 @@ from pgd.preempt import make_resilience_hook
 from pgd.gram import select_solver
 from pgd.optim import OPTIMIZERS, make_optimizer
 from pgd.progress import Progress, format_summary
-from pgd.strategies import STRATEGIES
+from pgd.strategies import STRATEGIES, pick_runner
+from pgd.strategies.slow_rank import make_slow_rank_hook
 
 #: Factories ``make_hook(cfg, world, optimizer) -> hook or None`` run by every training loop. A hook's
 #: ``after_step(iteration) -> str | None`` is called on every rank after each step, and must return the
 #: same value on every rank (a reason to stop, or None). Later features (checkpoints, signals, time
 #: budgets) register here instead of editing the loop.
-LOOP_HOOKS: list = [make_resilience_hook]
+LOOP_HOOKS: list = [make_resilience_hook, make_slow_rank_hook]  # --slow-rank R:FACTOR (experiments)
 
 
 def node_local_rank(world) -> tuple[int, int]:
@@ -102,6 +103,8 @@ def train(cfg, world=None) -> dict:
     backend = select_backend(cfg.device, local_rank)
     xp = backend.xp
     _check_outputs(world, cfg)
+    if (runner := pick_runner(cfg)) is not None:  # modes with loops of their own (async, shm, local SGD)
+        return runner(cfg, world, backend)
 
     objective, slab = STRATEGIES[cfg.mode](cfg, world, backend)
     if os.environ.get("PGD_TEST_FAULT_RANK") == str(rank):  # tests: an unexpected failure on one rank

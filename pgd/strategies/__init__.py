@@ -15,10 +15,25 @@ Each strategy builds an *objective* for the optimizers of :mod:`pgd.optim`:
 """
 
 from pgd.strategies.data_parallel import DataParallelObjective, build_data_parallel
+from pgd.strategies.grid import GridObjective, build_grid
 
-from pgd.strategies.grid import GridObjective, build_grid  # noqa: E402
+STRATEGIES = {"data": build_data_parallel, "feature": build_grid, "hybrid": build_grid}
 
-STRATEGIES = {"data": build_data_parallel}
-STRATEGIES.update(feature=build_grid, hybrid=build_grid)
 
-__all__ = ["DataParallelObjective", "GridObjective", "STRATEGIES", "build_data_parallel", "build_grid"]
+def pick_runner(cfg):
+    """The loop of a mode that does not use :func:`pgd.train.train`'s, or None.
+
+    ``async`` (parameter server), ``shm`` (Hogwild on node-shared memory) and ``data`` with
+    ``--sync-every k`` (local SGD) run ``runner(cfg, world, backend) -> summary`` instead.
+    """
+    from pgd.strategies.async_ps import run_async  # noqa: PLC0415 - loaded only when used
+    from pgd.strategies.local_sgd import run_local_sgd  # noqa: PLC0415
+    from pgd.strategies.shm import run_shm  # noqa: PLC0415
+
+    if cfg.mode == "data" and getattr(cfg, "sync_every", 0):
+        return run_local_sgd
+    return {"async": run_async, "shm": run_shm}.get(cfg.mode)
+
+
+__all__ = ["DataParallelObjective", "GridObjective", "STRATEGIES", "build_data_parallel", "build_grid",
+           "pick_runner"]

@@ -1,0 +1,54 @@
+"""``--mode data --sync-every k``: local SGD. Ranks take mini-batch SGD steps on their own rows with their
+own copy of the weights, and average the copies (one Allreduce) every ``k`` steps, so they communicate
+``k`` times less than synchronous SGD. The loss is evaluated on the averaged weights about four times per
+pass over the rows; every rank holds the same weights after each average.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from mpi4py import MPI
+
+from pgd.comm import make_communicator
+from pgd.strategies.minibatch import (LossMonitor, MiniBatchStepper, eval_interval, exact_loss,
+                                      finish_run, prepare_run, update_budget)
+
+
+def run_local_sgd(cfg, world, backend) -> dict:
+    """Train by local SGD with averaging every ``--sync-every`` steps; returns the summary (every rank)."""
+    rank, size, every = world.Get_rank(), world.Get_size(), int(cfg.sync_every)
+    rows, objective, facts = prepare_run(cfg, world, backend,
+                                         plan=f"local SGD on {size} rank(s), average every {every} steps")
+    if cfg.dry_run:
+        return facts
+    lr = facts["lr"]
+    stepper = MiniBatchStepper(objective, cfg, rank, backend)
+    comm = make_communicator(cfg.comm, world)
+    steps = math.ceil(update_budget(cfg, rows.n_global) / size)
+    evaluate_every = max(1, eval_interval(rows.n_global // size, stepper.batch) // every) * every
+    monitor = LossMonitor(cfg.target_loss)
+    params = np.zeros(rows.meta.d + 1)
+    scaled = np.zeros_like(params)
+    stop_reason = f"update budget reached (--updates {cfg.updates})"
+    world.Barrier()
+    monitor.started = started = MPI.Wtime()
+    step = 0
+    while step < steps:
+        params -= np.multiply(stepper.gradient(params), lr, out=scaled)
+        step += 1
+        if step % every and step < steps:
+            continue
+        comm.allreduce(params)
+        params /= size
+        if step % evaluate_every == 0 or step == steps:
+            loss, _ = exact_loss(objective, params)
+            if monitor.record(loss, step * size):
+                stop_reason = f"target loss reached (loss {loss:.6g} <= {cfg.target_loss:g})"
+                break
+    wall = MPI.Wtime() - started
+    stats = {"wall": wall, "compute": stepper.compute_seconds, "wait": comm.seconds, "updates": step * size,
+             "stop_reason": stop_reason, "communicator": f"local SGD ({cfg.comm} every {every} steps)",
+             "bytes_per_update": params.nbytes // every}
+    return finish_run(cfg, world, objective, params, facts, monitor if rank == 0 else None, stats)

@@ -1,0 +1,309 @@
+"""What the asynchronous modes share: a plain-SGD mini-batch worker step, the loss monitor, the run's end.
+
+The modes ``async`` (:mod:`pgd.strategies.async_ps`), ``shm`` (:mod:`pgd.strategies.shm`) and local SGD
+(:mod:`pgd.strategies.local_sgd`) run their own loops instead of :func:`pgd.train.train`'s; each builds a
+:class:`MiniBatchStepper` on the rows it holds, and ends with :func:`finish_run`, which computes the exact
+final loss and gradient over all ranks, writes the model (rank 0) and prints the usual summary.
+
+Conventions
+-----------
+- Parameters ``params = [w, b]`` are host float64 vectors of length ``d + 1`` (message buffers).
+- A mini-batch gradient is the *mean* over the batch rows plus the penalty ``λ w``; the monitored
+  objective is the full ``(1/n) Σ loss_i + (λ/2)‖w‖²``.
+- Update budget: ``--updates`` mini-batch updates summed over workers, capped by ``--epochs`` when that
+  option exists and was given (``epochs · n / local_batch`` updates).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+import pgd
+from pgd.comm import make_communicator, raise_if_any
+from pgd.errors import PgdError, TrainingError
+from pgd.fileio import atomic_path
+from pgd.loader import load_row_slab
+from pgd.losses import LocalLinearGradient, get_loss
+from pgd.model_io import write_model
+from pgd.progress import format_summary
+from pgd.strategies.data_parallel import DataParallelObjective
+
+
+def update_budget(cfg, n_global: int) -> int:
+    """Mini-batch updates to run in total (``--updates``, capped by a given ``--epochs``)."""
+    budget = int(cfg.updates)
+    epochs = getattr(cfg, "epochs", None)
+    if epochs and cfg.sources.get("epochs") in ("flag", "env"):
+        budget = min(budget, max(1, math.ceil(float(epochs) * n_global / cfg.local_batch)))
+    return budget
+
+
+def eval_interval(n_local: int, batch: int) -> int:
+    """Steps between two full-loss evaluations of one rank: about four per pass over its rows."""
+    return max(1, math.ceil(n_local / max(batch, 1)) // 4)
+
+
+def slow_factor(cfg, rank: int) -> float:
+    """How many times longer this rank's compute takes (``--slow-rank R:FACTOR``)."""
+    slow = cfg.slow_rank
+    return float(slow[1]) if slow and int(slow[0]) == rank else 1.0
+
+
+class RowData:
+    """This rank's rows (possibly none) and the dataset facts every rank knows."""
+
+    def __init__(self, X, y, meta, dtype, start: int):
+        self.X, self.y, self.meta, self.dtype, self.start = X, y, meta, np.dtype(dtype), start
+
+    @property
+    def n_global(self) -> int:
+        """Rows of the whole dataset."""
+        return self.meta.n
+
+
+def load_rows(cfg, world, backend, holds_data: bool) -> RowData:
+    """Load the rows of the ranks with ``holds_data`` (block partition over them); others get none.
+
+    Errors are agreed over ``world``, so ranks without data never wait on ranks that failed.
+    """
+    rank = world.Get_rank()
+    data_comm = world.Split(0 if holds_data else 1, rank)
+    slab, error = None, None
+    try:
+        if holds_data:
+            slab = load_row_slab(data_comm, cfg.data, backend=backend, dtype=cfg.dtype, x_key=cfg.x_key,
+                                 y_key=cfg.y_key, locking=cfg.hdf5_locking, loss=cfg.loss)
+    except PgdError as caught:
+        error = caught
+    finally:
+        data_comm.Free()
+    raise_if_any(world, error)
+    holders = world.allgather(holds_data)
+    root = holders.index(True)
+    meta, dtype = world.bcast((slab.meta, str(slab.dtype)) if rank == root else None, root=root)
+    if slab is not None:
+        return RowData(slab.X, slab.y, meta, dtype, slab.start)
+    xp = backend.xp
+    return RowData(xp.zeros((0, meta.d), dtype=dtype), xp.zeros(0, dtype=dtype), meta, dtype, 0)
+
+
+def global_objective(cfg, world, backend, rows: RowData):
+    """The exact objective over every rank's rows (a rank without rows contributes zeros)."""
+    loss = get_loss(cfg.loss)
+    local = LocalLinearGradient(rows.X, rows.y, loss, fit_intercept=cfg.fit_intercept, xp=backend.xp,
+                                block_bytes=cfg.block_bytes)
+    return DataParallelObjective(local, make_communicator("allreduce", world), rows.n_global, cfg.l2,
+                                 backend.xp, curvature=loss.curvature_bound)
+
+
+def exact_loss(objective, params: np.ndarray) -> tuple[float, float]:
+    """The global objective and its gradient norm at host ``params`` (a collective over ``objective``)."""
+    xp = objective.xp
+    point = xp.asarray(params)
+    gradient = xp.zeros_like(point)
+    loss = objective.value_and_grad(point, gradient)
+    return loss, math.sqrt(float(xp.dot(gradient, gradient)))
+
+
+def step_size(cfg, objective, writers: int = 1) -> tuple[float, float]:
+    """``(lr, lipschitz)``: ``--lr``, or ``1/(L·writers)`` with L from power iterations (collective).
+
+    ``writers`` ranks updating the same weights concurrently make each gradient up to about
+    ``writers - 1`` updates stale; shrinking the automatic step by that factor keeps SGD stable.
+    """
+    if cfg.lr != "auto":
+        return float(cfg.lr), math.nan
+    lipschitz = objective.lipschitz(cfg.power_iters, cfg.seed)
+    if not lipschitz > 0:
+        raise TrainingError("cannot pick a step size: the data matrix is zero; pass --lr", collective=True)
+    return 1.0 / (lipschitz * max(writers, 1)), lipschitz
+
+
+class MiniBatchStepper:
+    """Mini-batch gradients of one rank's rows (plain SGD worker step), with a simulated slowdown.
+
+    Parameters
+    ----------
+    objective : DataParallelObjective
+        Its ``local`` kernel holds this rank's rows.
+    cfg : RunConfig
+        ``local_batch``, ``l2``, ``seed`` and ``slow_rank`` are used.
+    rank : int
+        This rank (seeds its own shuffles; picks the slowdown).
+    backend : pgd.backend.Backend
+        Where the rows live.
+    """
+
+    def __init__(self, objective, cfg, rank: int, backend):
+        self.local = objective.local
+        self.backend = backend
+        xp = backend.xp
+        self.d = self.local.d
+        self.l2 = float(cfg.l2)
+        self.n_local = self.local.n_local
+        self.batch = min(int(cfg.local_batch), self.n_local)
+        self.factor = slow_factor(cfg, rank)
+        self.rng = np.random.default_rng([int(cfg.seed) & 0xFFFFFFFF, rank])
+        self.order = xp.asarray(self.rng.permutation(self.n_local))
+        self.cursor = 0
+        self.sums = xp.zeros(self.d + 2, dtype=xp.float64)
+        self.w = xp.zeros(self.d, dtype=self.local.dtype)
+        self.grad = np.zeros(self.d + 1)
+        self.compute_seconds = 0.0
+
+    def _next_rows(self):
+        if self.cursor + self.batch > self.n_local:
+            self.order = self.backend.xp.asarray(self.rng.permutation(self.n_local))
+            self.cursor = 0
+        rows = self.order[self.cursor: self.cursor + self.batch]
+        self.cursor += self.batch
+        return rows
+
+    def _timed(self, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        if self.factor > 1.0:
+            time.sleep(elapsed * (self.factor - 1.0))
+        self.compute_seconds += time.perf_counter() - started
+
+    def gradient(self, params: np.ndarray) -> np.ndarray:
+        """Mean mini-batch gradient at ``params`` (plus ``λ w``) into :attr:`grad`, which is returned."""
+        started = time.perf_counter()
+        if self.batch == 0:
+            self.grad[:] = 0.0
+        else:
+            self.w[...] = self.backend.xp.asarray(params[: self.d])
+            self.local.loss_gradient(self.w, float(params[self.d]), self.sums, rows=self._next_rows())
+            self.grad[:] = self.backend.to_host(self.sums[: self.d + 1])
+            self.grad /= self.batch
+        if self.l2:
+            self.grad[: self.d] += self.l2 * params[: self.d]
+        self._timed(started)
+        return self.grad
+
+    def objective_share(self, params: np.ndarray, n_global: int) -> float:
+        """This rank's share of the full objective at ``params``: shares sum to the objective over ranks."""
+        started = time.perf_counter()
+        total = 0.0
+        if self.n_local:
+            self.w[...] = self.backend.xp.asarray(params[: self.d])
+            self.local.loss_gradient(self.w, float(params[self.d]), self.sums)
+            total = float(self.sums[self.d + 1])
+        w = params[: self.d]
+        share = total / n_global + 0.5 * self.l2 * float(w @ w) * self.n_local / n_global
+        self._timed(started)
+        return share
+
+
+class LossMonitor:
+    """History of the monitored loss (rank 0 keeps it) and the ``--target-loss`` test."""
+
+    def __init__(self, target: float | None):
+        self.target = target
+        self.started = MPI.Wtime()
+        self.history = {"loss": [], "updates": [], "time": []}
+
+    def record(self, loss: float, updates: int) -> bool:
+        """Keep one point; True when the target loss is reached."""
+        self.history["loss"].append(float(loss))
+        self.history["updates"].append(float(updates))
+        self.history["time"].append(MPI.Wtime() - self.started)
+        return self.target is not None and loss <= self.target
+
+
+def run_facts(cfg, world, backend, rows: RowData, lr: float, lipschitz: float) -> dict:
+    """The facts of a run that the summary and the model file report."""
+    return {
+        "pgd_version": pgd.__version__, "data": os.path.abspath(cfg.data), "n": rows.n_global,
+        "d": rows.meta.d, "loss": cfg.loss, "l2": cfg.l2, "fit_intercept": cfg.fit_intercept,
+        "optimizer": f"sgd (mini-batch {cfg.local_batch})", "lr": lr, "lr_auto": False,
+        "lr_rule": "1/(L * concurrent writers)" if cfg.lr == "auto" else "--lr",
+        "lipschitz": lipschitz, "ranks": world.Get_size(), "device": f"{backend.device} ({backend.name})",
+        "dtype": str(rows.dtype), "mode": cfg.mode,
+    }
+
+
+def prepare_run(cfg, world, backend, *, plan: str, holds_data: bool = True, writers: int = 1):
+    """Load the rows, build the exact objective, pick the step size; print the plan under ``--dry-run``.
+
+    Returns
+    -------
+    (rows, objective, facts)
+        ``facts["dry_run"]`` is True when nothing is to be trained.
+    """
+    rows = load_rows(cfg, world, backend, holds_data=holds_data)
+    objective = global_objective(cfg, world, backend, rows)
+    lr, lipschitz = step_size(cfg, objective, writers=writers)
+    facts = run_facts(cfg, world, backend, rows, lr, lipschitz)
+    if cfg.dry_run:
+        facts["dry_run"] = True
+        if world.Get_rank() == 0:
+            print(f"pgd train --dry-run: {plan}; data {cfg.data} ({rows.n_global} x {rows.meta.d}), "
+                  f"lr {lr:.6g}; nothing trained, nothing written", flush=True)
+    return rows, objective, facts
+
+
+def _stat(world, value: float, op) -> float:
+    return float(world.allreduce(float(value), op=op))
+
+
+def finish_run(cfg, world, objective, params: np.ndarray, facts: dict, monitor: LossMonitor | None,
+               stats: dict) -> dict:
+    """Exact final loss and gradient, the summary on every rank; rank 0 writes the model and prints.
+
+    Rank 0's summary also carries the loss ``history``; a configuration with ``silent`` set (the
+    benchmarks) prints nothing.
+
+    Parameters
+    ----------
+    params : ndarray, (d + 1,)
+        Final weights, identical on every rank.
+    monitor : LossMonitor or None
+        Rank 0's monitor (its history goes to the model file and ``--metrics``).
+    stats : dict
+        This rank's ``updates``, ``wall``, ``compute``, ``wait``, ``stop_reason``, ``communicator``, and
+        optionally ``staleness_max``/``staleness_sum``/``staleness_count``/``clock_gap_max``; combined
+        over ranks here (collective).
+    """
+    rank = world.Get_rank()
+    final_loss, grad_norm = exact_loss(objective, params)
+    if not math.isfinite(final_loss):
+        raise TrainingError(f"diverged (final loss {final_loss}); use a smaller --lr", collective=True)
+    wall = _stat(world, stats["wall"], MPI.MAX)
+    compute = _stat(world, stats["compute"], MPI.MAX)
+    wait = _stat(world, stats["wait"], MPI.MAX)
+    updates = int(_stat(world, stats["updates"], MPI.MAX))
+    summary = dict(
+        facts, iterations=updates, updates=updates, final_loss=final_loss, grad_norm=grad_norm,
+        converged=stats["stop_reason"].startswith("target"), stop_reason=stats["stop_reason"],
+        communicator=stats["communicator"], wait_seconds=wait, out=cfg.out, metrics=cfg.metrics,
+        comm_bytes_per_iteration=int(stats.get("bytes_per_update", 0)),
+        timing={"wall": wall, "compute": compute, "comm": wait, "other": max(wall - compute - wait, 0.0),
+                "per_iteration": wall / max(updates, 1)})
+    if "staleness_count" in stats:
+        count = _stat(world, stats["staleness_count"], MPI.SUM)
+        summary["staleness_max"] = int(_stat(world, stats["staleness_max"], MPI.MAX))
+        summary["staleness_mean"] = _stat(world, stats["staleness_sum"], MPI.SUM) / max(count, 1.0)
+    if "clock_gap_max" in stats:
+        summary["clock_gap_max"] = int(_stat(world, stats["clock_gap_max"], MPI.MAX))
+        summary["staleness_bound"] = cfg.staleness
+    if rank == 0:
+        history = monitor.history if monitor is not None else {}
+        if cfg.out:
+            attrs = {key: value for key, value in summary.items() if key not in ("out", "metrics")}
+            attrs["config"] = cfg.to_json()
+            write_model(cfg.out, params[:-1], params[-1], attrs, history)
+        if cfg.metrics:
+            with atomic_path(cfg.metrics) as temporary, open(temporary, "w", encoding="utf-8") as handle:
+                for updates, loss, seconds in zip(*(history.get(key, []) for key in ("updates", "loss", "time"))):
+                    handle.write(json.dumps({"updates": int(updates), "loss": loss, "time": seconds}) + "\n")
+        if not getattr(cfg, "silent", False):
+            print(format_summary(summary), flush=True)
+        summary["history"] = history
+    world.Barrier()
+    return summary
