@@ -116,7 +116,7 @@ OPTIMIZER_METHOD_OPTIONS = [
 
 OPTIMIZER_OPTIONS = [
     option("--optimizer", type=click.Choice(["gd", "momentum", "nesterov", "adam", "sgd", "lbfgs"]),
-           default="gd", help="Optimisation method (see docs/issue5.md)."),
+           default="gd", help="Optimisation method (see docs/optimizers.md)."),
     option("--lr", type=LearningRate(), default="auto",
            help="Step size; auto = 1/L with L from distributed power iterations."),
     option("--max-iter", type=click.IntRange(min=0), default=1000, help="Iteration budget."),
