@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from contextlib import ExitStack
 
 import numpy as np
@@ -21,11 +20,10 @@ from pgd.checkpoint import check_checkpoint_options
 from pgd.comm import collectively
 from pgd.errors import TrainingError
 from pgd.fileio import atomic_path, check_writable
-from pgd.model_io import write_model
-from pgd.optim import make_optimizer
-from pgd.preempt import make_resilience_hook
 from pgd.gram import select_solver
+from pgd.model_io import write_model
 from pgd.optim import OPTIMIZERS, make_optimizer
+from pgd.preempt import make_resilience_hook
 from pgd.progress import Progress, format_summary
 from pgd.strategies import STRATEGIES, pick_runner
 from pgd.strategies.slow_rank import make_slow_rank_hook
@@ -177,7 +175,7 @@ def train(cfg, world=None) -> dict:
         stop_reason, converged = f"iteration budget reached (--max-iter {cfg.max_iter})", False
         if budget != cfg.max_iter:
             stop_reason = f"step budget reached ({budget} steps)"
-        previous = optimizer.loss
+        previous, first_iteration = optimizer.loss, iteration
         while True:
             if optimizer.fresh and grad_norm <= cfg.tol:
                 stop_reason, converged = f"gradient norm {grad_norm:.3e} <= tol {cfg.tol:g}", True
@@ -218,10 +216,11 @@ def train(cfg, world=None) -> dict:
             final_loss=optimizer.loss,
             grad_norm=grad_norm, converged=converged, stop_reason=stop_reason,
             replicas_identical=identical,
-            replicas_checked="every iteration" if check_every_step else "at the end", out=cfg.out, metrics=cfg.metrics,
+            replicas_checked="every iteration" if check_every_step else "at the end", out=cfg.out,
+            metrics=cfg.metrics,
             comm_bytes_per_iteration=objective.comm.bytes // max(optimizer.evaluations, 1),
             timing={"wall": wall_max, "compute": compute_max, "comm": comm_max, "other": other_max,
-                    "per_iteration": wall_max / max(optimizer.evaluations, 1)})
+                    "per_iteration": wall_max / max(iteration - first_iteration, 1)})
         if rank == 0 and cfg.out:
             attrs = {key: value for key, value in summary.items() if key not in ("out", "metrics")}
             attrs["config"] = cfg.to_json()
