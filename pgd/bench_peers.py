@@ -9,7 +9,7 @@ and the loss reached.
 
 Peers, each only when installed (``pip install 'pgd[peers]'``): scikit-learn (LinearRegression or Ridge
 and SGDRegressor for squared loss, LogisticRegression for logistic), PyTorch DistributedDataParallel with
-gloo on CPU running the same full-batch gradient descent with pgd's step size, and Spark MLlib in local
+gloo on CPU (NCCL on GPUs) running the same full-batch gradient descent with pgd's step size, and Spark MLlib in local
 mode. Data loading and process start-up are not timed for any tool.
 """
 
@@ -126,16 +126,20 @@ def _torch_worker(rank: int, size: int, spec: dict) -> None:
     from pgd.data import block_range  # noqa: PLC0415
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
-    dist.init_process_group("gloo", init_method=spec["rendezvous"], rank=rank, world_size=size)
+    on_gpu = spec["backend"] == "nccl"  # one GPU per process, picked like pgd: rank % device count
+    device = torch.device("cuda", rank % torch.cuda.device_count()) if on_gpu else torch.device("cpu")
+    if on_gpu:
+        torch.cuda.set_device(device)
+    dist.init_process_group(spec["backend"], init_method=spec["rendezvous"], rank=rank, world_size=size)
     start, stop = block_range(spec["n"], size, rank)
-    X, y = (torch.from_numpy(array) for array in load_xy(spec["data"], start, stop))
-    model = torch.nn.Linear(X.shape[1], 1)
+    X, y = (torch.from_numpy(array).to(device) for array in load_xy(spec["data"], start, stop))
+    model = torch.nn.Linear(X.shape[1], 1).to(device)
     torch.nn.init.zeros_(model.weight)
     torch.nn.init.zeros_(model.bias)
-    ddp = DistributedDataParallel(model)
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if on_gpu else None)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=spec["lr"])
     n, l2, logistic = spec["n"], spec["l2"], spec["loss"] == "logistic"
-    losses, times, total = [], [], torch.zeros(1, dtype=torch.float64)
+    losses, times, total = [], [], torch.zeros(1, dtype=torch.float64, device=device)
     dist.barrier()
     started = time.perf_counter()
     for _ in range(spec["max_iter"] + 1):
@@ -162,19 +166,23 @@ def _torch_worker(rank: int, size: int, spec: dict) -> None:
 
 def run_torch(data: str, out: str, *, ranks: int, n: int, loss: str, l2: float, lr: float, target: float,
               max_iter: int) -> dict:
-    """PyTorch DDP (gloo, CPU) on ``ranks`` processes with pgd's step size, until the target loss."""
+    """PyTorch DDP on ``ranks`` processes with pgd's step size, until the target loss: NCCL with one GPU per
+    process where CUDA is available, gloo on the CPU otherwise."""
+    import torch  # noqa: PLC0415
     import torch.multiprocessing as mp  # noqa: PLC0415
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
 
     rendezvous = os.path.join(os.path.abspath(out), f".torch-rendezvous-{os.getpid()}")
     if os.path.exists(rendezvous):
         os.unlink(rendezvous)
     spec = {"data": data, "n": n, "loss": loss, "l2": l2, "lr": lr, "target": target, "max_iter": max_iter,
-            "rendezvous": f"file://{rendezvous}", "result": os.path.join(out, f"peers-torch-{ranks}.json")}
+            "rendezvous": f"file://{rendezvous}", "backend": backend, "result": os.path.join(out, f"peers-torch-{ranks}.json")}
     mp.spawn(_torch_worker, args=(ranks, spec), nprocs=ranks, join=True)
     with open(spec["result"], encoding="utf-8") as handle:
         result = json.load(handle)
     iterations = len(result["losses"]) - 1
-    return {"tool": "pytorch", "method": f"DDP gloo, {ranks} process(es), gd", "w": np.array(result["w"]),
+    return {"tool": "pytorch", "method": f"DDP {backend}, {ranks} process(es), gd", "w": np.array(result["w"]),
             "b": result["b"], "iterations": iterations, "wall_s": result["wall"],
             "history": {"loss": result["losses"], "time": result["times"]},
             "ms_per_iter": result["wall"] / max(iterations, 1) * 1e3}
