@@ -61,6 +61,28 @@ class SignalFlag:
         self._previous.clear()
 
 
+_EARLY_FLAG: SignalFlag | None = None
+
+
+def catch_signals_early() -> None:
+    """Start turning stop signals into the flag before the data loads, so one sent during start-up is kept
+    (the loop acts on it at its first agreement) instead of killing the rank the default way."""
+    global _EARLY_FLAG
+    if _EARLY_FLAG is None:
+        _EARLY_FLAG = SignalFlag()
+        _EARLY_FLAG.install()
+
+
+def adopt_signal_flag() -> SignalFlag:
+    """The flag installed by :func:`catch_signals_early` (with any signal it caught), else a new one."""
+    global _EARLY_FLAG
+    flag, _EARLY_FLAG = _EARLY_FLAG, None
+    if flag is None:
+        flag = SignalFlag()
+        flag.install()
+    return flag
+
+
 def parse_duration(text) -> float:
     """Seconds from ``S``, ``MM:SS``, ``HH:MM:SS`` or ``D-HH:MM:SS`` (SLURM's time format)."""
     text = str(text).strip()
@@ -93,8 +115,7 @@ class ResilienceHook:
     def __init__(self, cfg, world, optimizer):
         self.cfg, self.world, self.optimizer = cfg, world, optimizer
         self.history = None
-        self.flag = SignalFlag()
-        self.flag.install()
+        self.flag = adopt_signal_flag()
         self.max_time = cfg.max_time
         self._agreed = np.zeros(2, dtype=np.float64)  # [signal number, elapsed seconds], MAX over ranks
         self._last_checkpoint_time = 0.0

@@ -23,7 +23,7 @@ from pgd.fileio import atomic_path, check_writable
 from pgd.gram import select_solver
 from pgd.model_io import write_model
 from pgd.optim import OPTIMIZERS, make_optimizer
-from pgd.preempt import make_resilience_hook
+from pgd.preempt import adopt_signal_flag, catch_signals_early, make_resilience_hook
 from pgd.progress import Progress, format_summary
 from pgd.strategies import STRATEGIES, pick_runner
 from pgd.strategies.slow_rank import make_slow_rank_hook
@@ -103,6 +103,7 @@ def train(cfg, world=None) -> dict:
     _check_outputs(world, cfg)
     if (runner := pick_runner(cfg)) is not None:  # modes with loops of their own (async, shm, local SGD)
         return runner(cfg, world, backend)
+    catch_signals_early()  # a SIGTERM/SIGUSR1 while the data loads stops the run at its first step
 
     objective, slab = STRATEGIES[cfg.mode](cfg, world, backend)
     if os.environ.get("PGD_TEST_FAULT_RANK") == str(rank):  # tests: an unexpected failure on one rank
@@ -127,6 +128,7 @@ def train(cfg, world=None) -> dict:
         "mpi_library": MPI.Get_library_version().replace("\x00", "").splitlines()[0].strip(),
     }
     if cfg.dry_run:
+        adopt_signal_flag().restore()
         rows = world.gather(slab.n_local)
         if rank == 0:
             print(f"pgd train --dry-run: data {cfg.data} ({slab.n_global} x {d}, {slab.meta.dtype}) is valid; "

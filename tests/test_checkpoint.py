@@ -190,3 +190,16 @@ def test_per_rank_state_is_stored_per_rank(tmp_path):
     back = read_checkpoint(str(tmp_path / "ck.h5"))
     assert back["sharded"] == 1 and back["iteration"] == 4
     np.testing.assert_array_equal(back["optimizer"]["rank_1"]["params"], np.arange(3.0) + 1)
+
+
+def test_a_stop_signal_during_start_up_is_kept_for_the_loop():
+    import signal
+
+    from pgd import preempt
+
+    preempt.catch_signals_early()
+    os.kill(os.getpid(), signal.SIGUSR1)  # the default action would kill the process
+    flag = preempt.adopt_signal_flag()  # what the loop's hook takes over
+    flag.restore()
+    assert flag.signum == signal.SIGUSR1
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
