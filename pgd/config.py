@@ -185,7 +185,7 @@ ASYNC_OPTIONS = [
                 "shm: average the node copies every k steps."),
     option("--updates", type=click.IntRange(min=1), default=2000,
            help="async/shm/local SGD: budget of mini-batch updates, summed over workers."),
-    option("--local-batch", type=click.IntRange(min=1), default=32,
+    option("--local-batch", type=click.IntRange(min=1), default=256,
            help="async/shm/local SGD: rows of a worker's mini-batch."),
     option("--target-loss", type=float, default=None,
            help="async/shm/local SGD: stop once the (monitored) loss is at or below this value."),
