@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for the lent GPU machine (see docs/issue4.md): install pgd, run the GPU tests, benchmark.
+# One command for the lent GPU machine (see docs/gpu.md): install pgd, run the GPU tests, benchmark.
 #   bash benchmarks/gpu_run.sh [OUTDIR]
 # Results (test log, JSON and text tables) go to OUTDIR (default: $OUT if set, else ./gpu-results).
 set -u
