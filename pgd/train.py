@@ -106,8 +106,6 @@ def train(cfg, world=None) -> dict:
     catch_signals_early()  # a SIGTERM/SIGUSR1 while the data loads stops the run at its first step
 
     objective, slab = STRATEGIES[cfg.mode](cfg, world, backend)
-    if os.environ.get("PGD_TEST_FAULT_RANK") == str(rank):  # tests: an unexpected failure on one rank
-        raise RuntimeError("fault injected by PGD_TEST_FAULT_RANK")
     objective, solver = select_solver(cfg, objective, world)
     d = slab.meta.d
     lr_auto = cfg.lr == "auto" and OPTIMIZERS[cfg.optimizer].needs_lr

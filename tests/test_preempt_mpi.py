@@ -132,6 +132,7 @@ def test_unexpected_exception_on_one_rank_aborts_the_job(tmp_path, data_path):
     result = run_python(2, script, "train", data_path, *TRAIN, "--max-iter", 50, timeout=60)
     assert result.returncode == 1, result.stderr
     assert "internal error on rank 1: RuntimeError: injected failure" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_bad_rows_on_one_rank_fail_all_ranks_together(tmp_path):
