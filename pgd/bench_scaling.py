@@ -45,7 +45,8 @@ def scaling_worker(cfg, world, *, warmup: int, repeats: int, iters: int) -> dict
     from pgd.bench import median_of  # noqa: PLC0415
     from pgd.optim import make_optimizer  # noqa: PLC0415
     from pgd.strategies import STRATEGIES  # noqa: PLC0415
-    from pgd.train import _max_over_ranks, node_local_rank  # noqa: PLC0415
+    from pgd.comm import max_over_ranks  # noqa: PLC0415
+    from pgd.train import node_local_rank  # noqa: PLC0415
 
     backend = select_backend(cfg.device, node_local_rank(world)[0])
     objective, slab = STRATEGIES[cfg.mode](cfg, world, backend)
@@ -67,7 +68,7 @@ def scaling_worker(cfg, world, *, warmup: int, repeats: int, iters: int) -> dict
         wall = MPI.Wtime() - started
         compute, comm = objective.compute_seconds, objective.comm.seconds
         parts = [wall, compute, comm, wall - compute - comm]
-        samples.append([value / iters for value in _max_over_ranks(world, parts)])
+        samples.append([value / iters for value in max_over_ranks(world, parts)])
     time_per_iter, compute, comm, other = median_of(samples)
     return {
         "ranks": world.Get_size(), "n": slab.n_global, "d": slab.meta.d, "loss": cfg.loss, "mode": cfg.mode,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import numpy as np
 from mpi4py import MPI
 
 from pgd.errors import PgdError
@@ -113,6 +114,13 @@ def make_communicator(name: str, mpi_comm) -> Communicator:
     except KeyError:
         raise PgdError(f"unknown communicator {name!r}; choose from {', '.join(COMMUNICATORS)}",
                        collective=True) from None
+
+
+def max_over_ranks(mpi_comm, values: list[float]) -> list[float]:
+    """Element-wise maximum of ``values`` over the ranks of ``mpi_comm`` (one buffer Allreduce)."""
+    buf = np.array(values, dtype=np.float64)
+    mpi_comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.MAX)
+    return buf.tolist()
 
 
 def raise_if_any(mpi_comm, error: PgdError | None) -> None:

@@ -204,6 +204,7 @@ OUTPUT_OPTIONS = [
            help="Validate data and options, show the plan, train nothing."),
 ]
 
+
 class Duration(click.ParamType):
     """Seconds as ``S``, ``MM:SS``, ``HH:MM:SS`` or ``D-HH:MM:SS`` (SLURM's format); positive."""
 

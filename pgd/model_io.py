@@ -58,6 +58,14 @@ def write_model(path: str, w: np.ndarray, b: float, attrs: dict, history: dict |
             handle.create_dataset(f"history/{key}", data=np.asarray(values, dtype=np.float64))
 
 
+def save_run_model(cfg, params, summary: dict, history: dict) -> None:
+    """Write the model of a finished run: ``params = [w, b]``, the summary (less the output paths) and the
+    resolved configuration as attributes, and the history."""
+    attrs = {key: value for key, value in summary.items() if key not in ("out", "metrics")}
+    attrs["config"] = cfg.to_json()
+    write_model(cfg.out, params[:-1], params[-1], attrs, history)
+
+
 def read_model(path: str) -> Model:
     """Read a model file, with one-line errors for anything that is not one."""
     with open_h5(path, what="model file") as handle:

@@ -17,11 +17,11 @@ from mpi4py import MPI
 import pgd
 from pgd.backend import select_backend
 from pgd.checkpoint import check_checkpoint_options
-from pgd.comm import collectively
+from pgd.comm import collectively, max_over_ranks
 from pgd.errors import TrainingError
 from pgd.fileio import atomic_path, check_writable
 from pgd.gram import select_solver
-from pgd.model_io import write_model
+from pgd.model_io import save_run_model
 from pgd.optim import OPTIMIZERS, make_optimizer
 from pgd.preempt import adopt_signal_flag, catch_signals_early, make_resilience_hook
 from pgd.progress import Progress, format_summary
@@ -53,12 +53,6 @@ def _check_outputs(world, cfg) -> None:
                                (cfg.checkpoint, "checkpoint")):
                 if path:
                     check_writable(path, what)
-
-
-def _max_over_ranks(world, values: list[float]) -> list[float]:
-    buf = np.array(values, dtype=np.float64)
-    world.Allreduce(MPI.IN_PLACE, buf, op=MPI.MAX)
-    return buf.tolist()
 
 
 def _replicas_identical(world, params_host: np.ndarray) -> bool:
@@ -207,7 +201,7 @@ def train(cfg, world=None) -> dict:
         progress.close()
         wall = MPI.Wtime() - started
         compute, comm_seconds = objective.compute_seconds, objective.comm.seconds
-        wall_max, compute_max, comm_max, other_max = _max_over_ranks(
+        wall_max, compute_max, comm_max, other_max = max_over_ranks(
             world, [wall, compute, comm_seconds, wall - compute - comm_seconds])
         params = objective.full_params(optimizer.params)
         identical = _replicas_identical(world, params)
@@ -222,9 +216,7 @@ def train(cfg, world=None) -> dict:
             timing={"wall": wall_max, "compute": compute_max, "comm": comm_max, "other": other_max,
                     "per_iteration": wall_max / max(iteration - first_iteration, 1)})
         if rank == 0 and cfg.out:
-            attrs = {key: value for key, value in summary.items() if key not in ("out", "metrics")}
-            attrs["config"] = cfg.to_json()
-            write_model(cfg.out, params[:d], params[d], attrs, history)
+            save_run_model(cfg, params, summary, history)
     if rank == 0:
         print(format_summary(summary), flush=True)
         if not identical:

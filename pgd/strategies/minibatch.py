@@ -25,12 +25,12 @@ import numpy as np
 from mpi4py import MPI
 
 import pgd
-from pgd.comm import make_communicator, raise_if_any
-from pgd.errors import PgdError, TrainingError
+from pgd.comm import collectively, make_communicator, max_over_ranks
+from pgd.errors import TrainingError
 from pgd.fileio import atomic_path
 from pgd.loader import load_row_slab
 from pgd.losses import LocalLinearGradient, get_loss
-from pgd.model_io import write_model
+from pgd.model_io import save_run_model
 from pgd.progress import format_summary
 from pgd.strategies.data_parallel import DataParallelObjective
 
@@ -74,16 +74,14 @@ def load_rows(cfg, world, backend, holds_data: bool) -> RowData:
     """
     rank = world.Get_rank()
     data_comm = world.Split(0 if holds_data else 1, rank)
-    slab, error = None, None
-    try:
-        if holds_data:
-            slab = load_row_slab(data_comm, cfg.data, backend=backend, dtype=cfg.dtype, x_key=cfg.x_key,
-                                 y_key=cfg.y_key, locking=cfg.hdf5_locking, loss=cfg.loss)
-    except PgdError as caught:
-        error = caught
-    finally:
-        data_comm.Free()
-    raise_if_any(world, error)
+    slab = None
+    with collectively(world):
+        try:
+            if holds_data:
+                slab = load_row_slab(data_comm, cfg.data, backend=backend, dtype=cfg.dtype, x_key=cfg.x_key,
+                                     y_key=cfg.y_key, locking=cfg.hdf5_locking, loss=cfg.loss)
+        finally:
+            data_comm.Free()
     holders = world.allgather(holds_data)
     root = holders.index(True)
     meta, dtype = world.bcast((slab.meta, str(slab.dtype)) if rank == root else None, root=root)
@@ -274,10 +272,9 @@ def finish_run(cfg, world, objective, params: np.ndarray, facts: dict, monitor: 
     final_loss, grad_norm = exact_loss(objective, params)
     if not math.isfinite(final_loss):
         raise TrainingError(f"diverged (final loss {final_loss}); use a smaller --lr", collective=True)
-    wall = _stat(world, stats["wall"], MPI.MAX)
-    compute = _stat(world, stats["compute"], MPI.MAX)
-    wait = _stat(world, stats["wait"], MPI.MAX)
-    updates = int(_stat(world, stats["updates"], MPI.MAX))
+    wall, compute, wait, updates = max_over_ranks(
+        world, [stats["wall"], stats["compute"], stats["wait"], stats["updates"]])
+    updates = int(updates)
     summary = dict(
         facts, iterations=updates, updates=updates, final_loss=final_loss, grad_norm=grad_norm,
         converged=stats["stop_reason"].startswith("target"), stop_reason=stats["stop_reason"],
@@ -295,9 +292,7 @@ def finish_run(cfg, world, objective, params: np.ndarray, facts: dict, monitor: 
     if rank == 0:
         history = monitor.history if monitor is not None else {}
         if cfg.out:
-            attrs = {key: value for key, value in summary.items() if key not in ("out", "metrics")}
-            attrs["config"] = cfg.to_json()
-            write_model(cfg.out, params[:-1], params[-1], attrs, history)
+            save_run_model(cfg, params, summary, history)
         if cfg.metrics:
             with atomic_path(cfg.metrics) as temporary, open(temporary, "w", encoding="utf-8") as handle:
                 for updates, loss, seconds in zip(*(history.get(key, []) for key in ("updates", "loss", "time"))):
