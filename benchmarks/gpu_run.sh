@@ -28,3 +28,11 @@ timeout 120 $MPIRUN -n 2 $PY -m pgd bench kernels --d 64 --elements 1048576 --st
   --step-rows 16777216 > "$OUTDIR/steps-2ranks.txt" 2>&1; tail -3 "$OUTDIR/steps-2ranks.txt"
 timeout 120 $MPIRUN -n 1 $PY -m pgd bench kernels --d 64 --elements 1048576 --comm nccl \
   > "$OUTDIR/steps-nccl.txt" 2>&1; tail -3 "$OUTDIR/steps-nccl.txt"
+# the whole training loop (progress, stop tests, hooks) on one GPU: per-iteration time from the summary
+$PY -m pgd data generate "$OUTDIR/train-100k.h5" --n 100000 --d 64 --seed 1 > /dev/null 2>&1
+$PY -m pgd data generate "$OUTDIR/train-4m.h5" --n 4194304 --d 64 --seed 1 > /dev/null 2>&1
+for data in train-100k train-4m; do
+  timeout 240 $MPIRUN -n 1 $PY -m pgd train "$OUTDIR/$data.h5" --device gpu --loss squared --max-iter 2000 \
+    --tol 0 --rtol 0 --quiet > "$OUTDIR/loop-$data.txt" 2>&1; grep -E "gradient:|wall" "$OUTDIR/loop-$data.txt"
+  rm -f "$OUTDIR/$data.h5"
+done

@@ -238,8 +238,8 @@ def bench_gradient(n, d, dtype, loss, repeats, block_bytes, as_json):
 @bench.command("kernels")
 @option("--elements", type=click.IntRange(min=1), default=1 << 28,
         help="Entries of X per case (rows = elements // d); 2**28 float32 = 1 GiB.")
-@option("--d", "ds", type=click.IntRange(min=1), multiple=True, default=(16, 64, 256, 1024, 1000, 1030, 4000),
-        help="Columns (repeat the option for several).")
+@option("--d", "ds", type=click.IntRange(min=1), multiple=True,
+        default=(16, 64, 256, 1024, 2048, 100, 1000, 1030, 4000), help="Columns (repeat the option for several).")
 @option("--dtype", "dtypes", type=DTYPE, multiple=True, default=("float32",), help="Float types (repeatable).")
 @option("--loss", "losses", type=click.Choice(["squared", "logistic"]), multiple=True, default=("squared",),
         help="Losses (repeatable).")

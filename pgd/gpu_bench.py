@@ -37,6 +37,7 @@ def kernel_bench(cupy, *, n: int, d: int, dtype: str, loss: str, repeats: int) -
     X = rng.standard_normal((n, d), dtype=cupy.float32).astype(dtype)
     w = (rng.standard_normal(d, dtype=cupy.float32) / np.sqrt(d)).astype(dtype)
     y = (X @ w > 0).astype(dtype)
+    params = cupy.concatenate([w.astype(cupy.float64), cupy.zeros(1)])   # [w, b] as the optimizers hold it
     copy = cupy.empty_like(X)
     out = cupy.zeros(d + 2, dtype=cupy.float64)
     pointwise = get_loss(loss)
@@ -49,7 +50,7 @@ def kernel_bench(cupy, *, n: int, d: int, dtype: str, loss: str, repeats: int) -
     nbytes = X.nbytes
     t_copy = time_device(cupy, lambda: cupy.copyto(copy, X), repeats)
     t_two = time_device(cupy, two_pass, repeats)
-    t_fused = time_device(cupy, lambda: fused(w, 0.0, loss, out), repeats)
+    t_fused = time_device(cupy, lambda: fused(params, loss, out), repeats)
     copy_bw = 2 * nbytes / t_copy
     result = {"n": n, "d": d, "dtype": dtype, "loss": loss, "X_bytes": nbytes, "copy_seconds": t_copy,
               "copy_TBps": copy_bw / 1e12, "two_pass_seconds": t_two, "fused_seconds": t_fused}
@@ -67,8 +68,8 @@ def step_bench(world, backend, *, n: int, d: int, dtype: str, loss: str, repeats
     from pgd.data import block_range  # noqa: PLC0415
     from pgd.gpu_comm import make_device_communicator  # noqa: PLC0415
     from pgd.losses import LocalLinearGradient, get_loss  # noqa: PLC0415
-    from pgd.optim import GradientDescent  # noqa: PLC0415
-    from pgd.strategies.data_parallel import DataParallelObjective  # noqa: PLC0415
+    from pgd.optim import make_optimizer  # noqa: PLC0415
+    from pgd.strategies.data_parallel import DataParallelObjective, device_finish  # noqa: PLC0415
 
     cupy = backend.xp
     start, stop = block_range(n, world.Get_size(), world.Get_rank())
@@ -78,17 +79,18 @@ def step_bench(world, backend, *, n: int, d: int, dtype: str, loss: str, repeats
     pointwise = get_loss(loss)
     local = LocalLinearGradient(X, y, pointwise, fit_intercept=True, xp=cupy, block_bytes=X.nbytes + 1)
     communicator = make_device_communicator(comm, world, backend, cuda_aware)
-    objective = DataParallelObjective(local, communicator, n, 0.0, cupy, curvature=pointwise.curvature_bound)
-    optimizer = GradientDescent(objective, xp=cupy, lr=0.01)
+    objective = DataParallelObjective(local, communicator, n, 0.0, cupy, curvature=pointwise.curvature_bound,
+                                      finish=device_finish(backend))
+    optimizer = make_optimizer("gd", objective, xp=cupy, lr=0.01)   # what pgd train runs by default
     optimizer.start(cupy.zeros(d + 1))
 
-    def step():
+    def step():   # a step ends with the loss and |grad| on the host, as the training loop needs them
         optimizer.step()
-        cupy.cuda.get_current_stream().synchronize()
+        optimizer.grad_norm()
 
     seconds = time_collective(world, step, repeats)
     return {"n": n, "d": d, "ranks": world.Get_size(), "comm": communicator.name,
-            "cuda_aware": communicator.cuda_aware, "step_seconds": seconds}
+            "cuda_aware": communicator.cuda_aware, "step_seconds": seconds, "kernel": local.kernel}
 
 
 def format_kernel_bench(results: list[dict], steps: list[dict]) -> str:

@@ -255,7 +255,9 @@ class LocalLinearGradient:
             stop = min(start + self.block_rows, self.n_local)
             rows = stop - start
             self._blocks.append((X[start:stop], y[start:stop], self._z[:rows], self._work[:rows]))
-        self._fused = _fused_kernel(X, y, xp, self.fit_intercept)  # one-pass GPU kernel, None on the host
+        self._params_w = xp.empty(self.d, dtype=self.dtype)   # w of a [w, b] vector, in the data dtype
+        # the one-pass GPU kernel (None on the host, or when it failed its start-up check) and what runs
+        self._fused, self.kernel = _fused_kernel(X, y, xp, self.fit_intercept, loss.name)
 
     def _check_weights(self, w) -> None:
         if w.shape != (self.d,) or w.dtype != self.dtype:
@@ -326,10 +328,10 @@ class LocalLinearGradient:
         rows : slice or int array, optional
             Local rows to sum over (mini-batches); all rows when omitted.
         """
-        offset = float(b) if self.fit_intercept else 0.0
         if self._fused is not None and (rows is None or isinstance(rows, slice)):
             self._check_weights(w)
-            return self._fused(w, offset, self.loss.name, out, rows)
+            return self._fused(self._as_params(w, b), self.loss.name, out, rows)
+        offset = float(b) if self.fit_intercept else 0.0
         xp, loss = self.xp, self.loss
         self._sweep(w, offset, lambda y_b, z_b, work_b: loss.sum_and_derivative(y_b, z_b, work_b, xp), out,
                     rows)
@@ -349,12 +351,33 @@ class LocalLinearGradient:
         out : array, (d + 2,), float64
             Receives the result.
         """
-        offset = float(vb) if self.fit_intercept else 0.0
         if self._fused is not None:
             self._check_weights(v)
-            return self._fused(v, offset, "gram", out)
+            return self._fused(self._as_params(v, vb), "gram", out)
+        offset = float(vb) if self.fit_intercept else 0.0
         xp = self.xp
         self._sweep(v, offset, lambda y_b, z_b, work_b: float(xp.dot(z_b, z_b)), out)
+
+    def sums_at(self, params, out, *, gram: bool = False, rows=None) -> None:
+        """Local sums at a float64 parameter vector ``params = [w, b]`` (length d + 1, the optimizers'
+        layout): :meth:`loss_gradient` over ``rows``, or :meth:`gram_matvec` with ``gram``.
+
+        On the GPU the fused kernel reads ``params`` where it lies: no copy of ``w`` and no host
+        synchronisation for ``b``.  Elsewhere ``w`` is cast into a reused buffer of the data dtype.
+        """
+        if self._fused is not None and (gram or rows is None or isinstance(rows, slice)):
+            return self._fused(params, "gram" if gram else self.loss.name, out, None if gram else rows)
+        self._params_w[...] = params[: self.d]
+        if gram:
+            return self.gram_matvec(self._params_w, float(params[self.d]), out)
+        return self.loss_gradient(self._params_w, float(params[self.d]), out, rows)
+
+    def _as_params(self, w, b: float):
+        """``[w, b]`` as a new float64 vector (the fused kernel's input) for the ``(w, b)`` entry points."""
+        params = self.xp.empty(self.d + 1, dtype=self.xp.float64)
+        params[: self.d] = w
+        params[self.d] = float(b) if self.fit_intercept else 0.0
+        return params
 
     def predict_raw(self, w, b: float, out) -> None:
         """Write the raw predictions ``X w + b`` into ``out`` (``(n_local,)``, data dtype)."""
@@ -364,10 +387,15 @@ class LocalLinearGradient:
             self.xp.add(out, float(b), out=out)
 
 
-def _fused_kernel(X, y, xp, fit_intercept: bool):
-    """The fused one-pass kernel (:mod:`pgd.gpu_kernels`) when ``xp`` is CuPy, else None."""
+def _fused_kernel(X, y, xp, fit_intercept: bool, loss: str):
+    """The fused one-pass kernel (:mod:`pgd.gpu_kernels`) when ``xp`` is CuPy and it passes its start-up
+    check on this slab, else None; and a description of the gradient computation that will run."""
     if getattr(xp, "__name__", "") != "cupy":
-        return None
-    from pgd.gpu_kernels import FusedGradient  # noqa: PLC0415 - GPU only
+        return None, "blocked two-pass (NumPy/BLAS)"
+    from pgd.gpu_kernels import FusedGradient, self_check  # noqa: PLC0415 - GPU only
 
-    return FusedGradient(xp, X, y, fit_intercept=fit_intercept)
+    fused = FusedGradient(xp, X, y, fit_intercept=fit_intercept)
+    problem = self_check(fused, (loss, "gram"))
+    if problem:
+        return None, f"two-pass CuPy/cuBLAS ({problem}; fused kernel not used)"
+    return fused, "fused one-pass kernel"

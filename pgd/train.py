@@ -117,6 +117,8 @@ def train(cfg, world=None) -> dict:
         "communicator": objective.comm.name, "dtype": str(slab.dtype),
         "blas_threads": os.environ.get("PGD_BLAS_THREADS_RESOLVED", "unknown"),
         "cuda_aware": getattr(objective.comm, "cuda_aware", "no GPU" if not backend.is_gpu else "host staging"),
+        "gradient_kernel": getattr(getattr(objective, "local", None), "kernel",
+                                   "array expressions (no fused kernel for this mode or solver)"),
         "mpi_library": MPI.Get_library_version().replace("\x00", "").splitlines()[0].strip(),
     }
     if cfg.dry_run:

@@ -38,7 +38,8 @@ def _reference(X, y, w, offset, loss, fit_intercept=True):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("loss", ["squared", "logistic", "gram"])
 @pytest.mark.parametrize("n, d", [(1, 1), (1000, 7), (5000, 16), (3001, 64), (2000, 100), (777, 256),
-                                  (600, 1024), (500, 1030), (300, 2100), (0, 8)])
+                                  (600, 1024), (500, 1030), (300, 2100), (0, 8), (4099, 4), (2001, 2),
+                                  (1500, 12), (999, 24), (333, 2048), (100_003, 64)])
 def test_fused_kernel_against_float64(dtype, loss, n, d):
     from pgd.gpu_kernels import FusedGradient
 
@@ -46,10 +47,11 @@ def test_fused_kernel_against_float64(dtype, loss, n, d):
     X = rng.standard_normal((n, d)).astype(dtype)
     y = (rng.random(n) < 0.5).astype(dtype) if loss == "logistic" else rng.standard_normal(n).astype(dtype)
     w = (rng.standard_normal(d) / np.sqrt(d)).astype(dtype)
+    offset = float(np.asarray(0.2, dtype=dtype))   # the kernel casts the intercept to the data type
     fused = FusedGradient(cupy, cupy.asarray(X), cupy.asarray(y), fit_intercept=True)
     out = cupy.full(d + 2, cupy.nan)          # poisoned: the kernel must overwrite every entry
-    fused(cupy.asarray(w), 0.2, loss, out)
-    got, expected = cupy.asnumpy(out), _reference(X, y, w, 0.2, loss)
+    fused(cupy.asarray(np.append(w.astype(np.float64), 0.2)), loss, out)
+    got, expected = cupy.asnumpy(out), _reference(X, y, w, offset, loss)
     scale = np.maximum(np.abs(expected), np.linalg.norm(expected[:d]) + 1.0)
     assert np.all(np.abs(got - expected) <= TOL[dtype] * scale), np.max(np.abs(got - expected) / scale)
 
@@ -65,9 +67,35 @@ def test_fused_kernel_on_a_misaligned_row_slice(dtype):
     # rows 1..80 of a slab whose rows are 48/96 bytes: the slice of a float32 slab starts 48 bytes in
     fused = FusedGradient(cupy, cupy.asarray(X), cupy.asarray(y), fit_intercept=False)
     out = cupy.full(14, cupy.nan)
-    fused(cupy.asarray(w), 0.0, "squared", out, rows=slice(1, 81))
+    fused(cupy.asarray(np.append(w.astype(np.float64), 0.0)), "squared", out, rows=slice(1, 81))
     expected = _reference(X[1:81], y[1:81], w, 0.0, "squared", fit_intercept=False)
     np.testing.assert_allclose(cupy.asnumpy(out), expected, rtol=TOL[dtype] * 10, atol=TOL[dtype] * 10)
+
+
+@pytest.mark.parametrize("d, l2", [(1, 0.0), (64, 0.1), (5000, 0.01)])
+def test_finish_kernel_against_its_numpy_model(d, l2):
+    from pgd.device_ops import CupyOps
+    from pgd.gpu_kernels import FinishKernel, simulate_finish
+
+    rng = np.random.default_rng(d)
+    sums, params = rng.standard_normal(d + 2), rng.standard_normal(d + 1)
+    grad = cupy.full(d + 1, cupy.nan)
+    loss, norm_sq = FinishKernel(cupy, CupyOps(cupy))(cupy.asarray(sums), cupy.asarray(params), grad, 777.0, l2)
+    expected_grad = np.empty(d + 1)
+    expected = simulate_finish(sums, params, expected_grad, 777.0, l2)
+    np.testing.assert_allclose(cupy.asnumpy(grad), expected_grad, rtol=1e-13, atol=1e-15)  # FMA rounding
+    np.testing.assert_allclose((loss, norm_sq), expected, rtol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_fused_kernel_passes_its_self_check(dtype):
+    from pgd.gpu_kernels import FusedGradient, self_check
+
+    rng = np.random.default_rng(11)
+    X = cupy.asarray(rng.standard_normal((9000, 64)).astype(dtype))
+    y = cupy.asarray((rng.random(9000) < 0.5).astype(dtype))
+    fused = FusedGradient(cupy, X, y, fit_intercept=True)
+    assert self_check(fused, ("squared", "logistic", "gram")) is None
 
 
 def test_cupy_ops_and_blocked_loader(tmp_path):
@@ -115,6 +143,7 @@ def test_gpu_training_matches_cpu(tmp_path, datasets, loss, dtype):
     gpu, attrs, stdout = _train(tmp_path, 1, "gpu", datasets[loss], loss, dtype, "--device", "gpu")
     np.testing.assert_allclose(gpu, cpu, rtol=TOL[dtype], atol=TOL[dtype] * np.abs(cpu).max())
     assert "gpu (cupy)" in attrs["device"] and "MPI on device buffers: host staging" in stdout
+    assert attrs["gradient_kernel"] == "fused one-pass kernel" and "gradient: fused one-pass kernel" in stdout
 
 
 @pytest.mark.mpi

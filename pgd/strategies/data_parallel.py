@@ -54,42 +54,60 @@ class DataParallelObjective(ReplicatedParameters):
         Array module of ``local``.
     """
 
-    def __init__(self, local, comm, n_global: int, l2: float, xp, curvature: float):
+    def __init__(self, local, comm, n_global: int, l2: float, xp, curvature: float, finish=None):
         self.local = local
         self.comm = comm
         self.n_global = int(n_global)
         self.l2 = float(l2)
         self.xp = xp
         self.curvature = float(curvature)
+        self.finish = finish
         self.d = local.d
         self.compute_seconds = 0.0
         self.row_range = (0, local.n_local)  # this rank's global rows [start, stop)
         self._sums = xp.zeros(self.d + 2, dtype=xp.float64)
-        self._w = xp.zeros(self.d, dtype=local.dtype)
+        self._norm_sq = (None, 0.0)   # (gradient buffer, its squared norm) from the finishing kernel
 
-    def _reduced_sums(self, kernel, params, rows=None, count=None):
-        """Run ``kernel(w, b, out)`` locally (on ``rows`` if given), time it, sum over ranks, divide by
-        ``count`` (n by default)."""
+    def _summed(self, params, *, gram: bool = False, rows=None):
+        """The local sums at ``params`` (on ``rows`` if given; the Gram product with ``gram``), timed, then
+        summed over ranks (not yet normalised)."""
+        self._norm_sq = (None, 0.0)
         started = time.perf_counter()
-        self._w[...] = params[: self.d]
-        if rows is None:
-            kernel(self._w, float(params[self.d]), self._sums)
-        else:
-            kernel(self._w, float(params[self.d]), self._sums, rows=rows)
+        self.local.sums_at(params, self._sums, gram=gram, rows=rows)
         self.compute_seconds += time.perf_counter() - started
         self.comm.allreduce(self._sums)
-        self._sums /= self.n_global if count is None else count
         return self._sums
 
+    def _reduced_sums(self, params, *, gram: bool = False, rows=None, count=None):
+        """:meth:`_summed` divided by ``count`` (n by default)."""
+        sums = self._summed(params, gram=gram, rows=rows)
+        sums /= self.n_global if count is None else count
+        return sums
+
     def value_and_grad(self, params, grad_out) -> float:
-        """Global loss at ``params``; the gradient goes to ``grad_out`` (length d + 1)."""
-        return self._penalised(self._reduced_sums(self.local.loss_gradient, params), params, grad_out)
+        """Global loss at ``params``; the gradient goes to ``grad_out`` (length d + 1).
+
+        With a device ``finish`` kernel (GPU runs) normalisation, penalty, loss and ``|grad|^2`` take one
+        launch and one host synchronisation; :meth:`dot` then answers ``dot(grad_out, grad_out)`` from it.
+        """
+        if self.finish is None:
+            return self._penalised(self._reduced_sums(params), params, grad_out)
+        loss, norm_sq = self.finish(self._summed(params), params, grad_out, self.n_global, self.l2)
+        self._norm_sq = (grad_out, norm_sq)
+        return loss
 
     def value_and_grad_batch(self, params, grad_out, local_rows, batch_size: int) -> float:
         """Mini-batch objective: this rank's ``local_rows`` (index array, local numbering) belong to a
         global batch of ``batch_size`` rows; one Allreduce, one division by ``batch_size``."""
-        sums = self._reduced_sums(self.local.loss_gradient, params, rows=local_rows, count=batch_size)
+        sums = self._reduced_sums(params, rows=local_rows, count=batch_size)
         return self._penalised(sums, params, grad_out)
+
+    def dot(self, a, b) -> float:
+        """Inner product of two replicated parameter vectors; the squared norm of the gradient just
+        evaluated comes from the finishing kernel (optimizers never modify a gradient in place)."""
+        if a is b and a is self._norm_sq[0]:
+            return self._norm_sq[1]
+        return super().dot(a, b)
 
     def _penalised(self, sums, params, grad_out) -> float:
         """Copy the normalised sums into ``grad_out`` and add the L2 penalty; returns the loss."""
@@ -112,8 +130,18 @@ class DataParallelObjective(ReplicatedParameters):
         if not self.local.fit_intercept:
             vector[self.d] = 0.0
         eigenvalue = power_iteration(
-            vector, lambda v: self._reduced_sums(self.local.gram_matvec, v)[: self.d + 1], self.dot, power_iters)
+            vector, lambda v: self._reduced_sums(v, gram=True)[: self.d + 1], self.dot, power_iters)
         return self.curvature * eigenvalue + self.l2
+
+
+def device_finish(backend):
+    """The finishing kernel of :class:`DataParallelObjective` on a GPU backend, None on the host."""
+    if not backend.is_gpu:
+        return None
+    from pgd.device_ops import CupyOps  # noqa: PLC0415 - GPU only
+    from pgd.gpu_kernels import FinishKernel  # noqa: PLC0415
+
+    return FinishKernel(backend.xp, CupyOps(backend.xp))
 
 
 def build_data_parallel(cfg, world, backend):
@@ -132,6 +160,6 @@ def build_data_parallel(cfg, world, backend):
                                 block_bytes=cfg.block_bytes)
     comm = make_device_communicator(cfg.comm, world, backend, getattr(cfg, "cuda_aware", "auto"))
     objective = DataParallelObjective(local, comm, slab.n_global, cfg.l2, backend.xp,
-                                      curvature=loss.curvature_bound)
+                                      curvature=loss.curvature_bound, finish=device_finish(backend))
     objective.row_range = (slab.start, slab.stop)
     return objective, slab
