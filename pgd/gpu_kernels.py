@@ -486,7 +486,7 @@ class FusedGradient:
         Whether ``out[d]`` receives the residual sum and ``params[d]`` is added to ``X w``.
     """
 
-    _modules: dict = {}   # (device, instantiation line) -> compiled RawModule, shared by all instances
+    _modules: dict = {}   # (cupy, device, instantiation line) -> compiled RawModule, shared by all instances
 
     def __init__(self, cupy, X, y, *, fit_intercept: bool):
         self.cupy, self.X, self.y = cupy, X, y
@@ -499,7 +499,7 @@ class FusedGradient:
     def _kernel(self, loss: str, plan: LaunchPlan):
         """The compiled kernel for ``(dtype, loss, plan)``: one small module per variant, built on first use."""
         line = instantiation(CTYPES[self.dtype], loss, plan)
-        key = (self.cupy.cuda.Device().id, line)
+        key = (self.cupy, self.cupy.cuda.Device().id, line)
         if key not in self._modules:
             self._modules[key] = self.cupy.RawModule(code=module_source([line]), options=("--std=c++17",))
         return self._modules[key].get_function(kernel_name(CTYPES[self.dtype], loss, plan))
@@ -600,7 +600,7 @@ class FinishKernel:
 
     def __init__(self, cupy, ops):
         self.cupy, self.ops = cupy, ops
-        key = cupy.cuda.Device().id
+        key = (cupy, cupy.cuda.Device().id)
         if key not in self._modules:
             self._modules[key] = cupy.RawModule(code=FINISH_SOURCE, options=("--std=c++17",))
         self._kernel = self._modules[key].get_function("pgd_finish")

@@ -85,3 +85,110 @@ class FakeMPIComm:
 
     def Barrier(self):
         self.calls.append("Barrier")
+
+
+class FakeCupyArray(np.ndarray):
+    """A NumPy array posing as a CuPy array: ``.data.ptr``, ``get`` and ``set`` like CuPy's."""
+
+    @property
+    def data(self):
+        return _Pointer(self.ctypes.data)
+
+    def get(self, out=None, stream=None, blocking=True):
+        out[...] = self.view(np.ndarray)
+        return out
+
+    def set(self, host, stream=None):
+        self.view(np.ndarray)[...] = host
+
+
+class _Pointer:
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+
+class FakeKernel:
+    """A compiled kernel of :mod:`pgd.gpu_kernels` run by its NumPy model.
+
+    Checks what CuPy would pass to CUDA: the argument count and the exact NumPy scalar types of the C
+    signature, and that the grid matches the launch plan the name encodes; then runs ``simulate_fused``
+    or ``simulate_finish``.
+    """
+
+    num_regs = 64
+
+    def __init__(self, name: str, launches: list):
+        self.name, self.launches = name, launches
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        from pgd.gpu_kernels import LaunchPlan, simulate_finish, simulate_fused
+
+        self.launches.append(self.name)
+        if self.name == "pgd_finish":
+            sums, params, grad, stats, d, count, l2 = args
+            assert (type(d), type(count), type(l2)) == (np.int64, np.float64, np.float64)
+            assert grid == (1,) and grad.shape == (int(d) + 1,) and isinstance(stats, FakeCupyArray)
+            stats[...] = simulate_finish(sums, params, grad, float(count), float(l2))
+            return
+        X, y, params, n, d, fit_intercept, out = args
+        assert (type(n), type(d), type(fit_intercept)) == (np.int64, np.int64, np.int32)
+        assert X.shape == (int(n), int(d)) and params.dtype == np.float64 and params.shape == (int(d) + 1,)
+        _, _, ctype, loss, path, shape = self.name.split("_")
+        assert X.dtype == {"float": np.float32, "double": np.float64}[ctype]
+        vectorised = path == "vec"
+        lanes, chunks, unroll = (int(v) for v in shape.split("x")) if vectorised else (32, int(shape), 1)
+        plan = LaunchPlan(vectorised, 16 // X.itemsize if vectorised else 1, lanes, chunks, unroll, grid[1],
+                          grid[0], block[0], shared_mem)
+        assert shared_mem == 8 * (int(d) if vectorised else 32 * chunks)
+        w = params[: int(d)].astype(X.dtype)
+        offset = float(X.dtype.type(params[int(d)])) if fit_intercept else 0.0
+        out += simulate_fused(X, y, w, offset, loss, bool(fit_intercept), plan)
+
+
+class FakeCupy:
+    """Just enough of the ``cupy`` module for the GPU path's host code, on NumPy.
+
+    Array constructors return :class:`FakeCupyArray`; ``RawModule`` returns :class:`FakeKernel` objects;
+    ``launches`` lists every kernel launched, ``memsets`` counts asynchronous memsets.
+    """
+
+    __name__ = "cupy"
+
+    def __init__(self):
+        self.launches, self.memsets, self.modules = [], 0, 0
+        fake = self
+
+        class RawModule:
+            def __init__(self, code, options=()):
+                fake.modules += 1
+                self.code = code
+
+            def get_function(self, name):
+                assert name in self.code
+                return FakeKernel(name, fake.launches)
+
+        def memset_async(ptr, value, size, stream):
+            import ctypes
+
+            fake.memsets += 1
+            ctypes.memset(ptr, value, size)
+
+        stream = type("Stream", (), {"ptr": 0, "synchronize": lambda self: None})()
+        device = type("Device", (), {"id": 0, "attributes": {"MultiProcessorCount": 2}})()
+        runtime = type("Runtime", (), {"memsetAsync": staticmethod(memset_async)})()
+        self.RawModule = RawModule
+        self.cuda = type("Cuda", (), {
+            "Device": staticmethod(lambda *a: device), "runtime": runtime,
+            "get_current_stream": staticmethod(lambda: stream),
+            "alloc_pinned_memory": staticmethod(lambda nbytes: bytearray(nbytes))})()
+
+    def __getattr__(self, name):
+        value = getattr(np, name)
+        if callable(value) and name in ("empty", "zeros", "full", "array", "asarray", "empty_like",
+                                        "zeros_like", "concatenate"):
+            return lambda *args, **kwargs: np.asarray(value(*args, **kwargs)).view(FakeCupyArray)
+        return value
+
+    @staticmethod
+    def asnumpy(array):
+        return np.asarray(array).view(np.ndarray)

@@ -192,3 +192,46 @@ def test_self_check_accepts_a_correct_kernel_and_rejects_a_wrong_one(dtype):
     problem = self_check(FakeFused(X, y, corrupt=1e-2), ("squared",))
     assert problem.startswith("the fused squared kernel differs from the two-pass result by")
     assert self_check(FakeFused(X[:0], y[:0]), ("squared",)) is None
+
+
+@pytest.mark.parametrize("name, options", [("gd", {}), ("lbfgs", {"memory": 3}), ("gd", {"l2": 0.1})])
+@pytest.mark.parametrize("dtype, d", [("float64", 6), ("float32", 16), ("float32", 5)])
+def test_the_gpu_objective_host_code_on_a_fake_cupy(name, options, dtype, d):
+    """FusedGradient, the self-check, FinishKernel and DataParallelObjective's device branch, with every
+    launch checked for argument types and grid and run by the kernels' NumPy models."""
+    from gpu_fakes import FakeCupy
+    from pgd.device_ops import CupyOps
+    from pgd.gpu_kernels import FinishKernel
+    from pgd.strategies import DataParallelObjective
+    from tests.test_optimizers import SumComm
+
+    options = dict(options)
+    l2 = options.pop("l2", 0.0)
+    rng = np.random.default_rng(d)
+    X = rng.standard_normal((45, d)).astype(dtype)
+    y = (X @ rng.standard_normal(d) + 0.2 + 0.1 * rng.standard_normal(45)).astype(dtype)
+    fake = FakeCupy()
+    objectives = []
+    for xp in (np, fake):
+        X_dev, y_dev = (np.asarray(a).view(type(xp.asarray(a))) for a in (X.copy(), y.copy()))
+        local = LocalLinearGradient(X_dev, y_dev, get_loss("squared"), fit_intercept=True, xp=xp)
+        finish = FinishKernel(fake, CupyOps(fake)) if xp is fake else None
+        objectives.append(DataParallelObjective(local, SumComm(), 45, l2, xp, curvature=1.0, finish=finish))
+    assert objectives[1].local.kernel == "fused one-pass kernel"
+    assert fake.launches.count(next(n for n in fake.launches if "squared" in n)) == 1   # the self-check
+    traces = []
+    for objective in objectives:
+        optimizer = _build(name, dict(options, lr=0.05) if name == "gd" else options, objective)
+        optimizer.start(np.asarray(np.zeros(d + 1)).view(type(objective.xp.asarray(np.zeros(1)))))
+        trace = [objective.lipschitz(5, seed=1), optimizer.grad_norm()]
+        for _ in range(6):
+            optimizer.step()
+            trace.append(optimizer.grad_norm())
+        traces.append(np.array(trace + [optimizer.loss] + list(np.asarray(optimizer.params))))
+    tolerance = 1e-12 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(traces[1], traces[0], rtol=tolerance, atol=tolerance)
+    evaluations = fake.launches.count("pgd_finish")
+    fused = [launch for launch in fake.launches if launch.startswith("pgd_fused_")]
+    assert evaluations >= 7 and fake.memsets == len(fused) == len(fake.launches) - evaluations
+    assert sum("_gram_" in launch for launch in fused) == 1 + 5   # self-check + power iterations
+    assert sum("_squared_" in launch for launch in fused) == 1 + evaluations
