@@ -49,6 +49,9 @@ VECTORS_IN_FLIGHT = 4
 GENERIC_CHUNKS = (1, 2, 4, 8, 16, 32)
 #: A launch gives every warp at least this many iterations (fewer blocks, fewer atomics on small n).
 MIN_ITERATIONS_PER_WARP = 4
+#: The fused kernel is used while it reads ``X`` at most this often (column tiles of the generic path);
+#: wider rows take the two-pass CuPy/cuBLAS path, which reads ``X`` twice.
+MAX_READS_OF_X = 2
 #: Loss codes compiled into the kernel (``gram`` is ``r = z``, scalar ``z^2``, for the power iteration).
 LOSS_CODES = {"squared": 0, "logistic": 1, "gram": 2}
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -496,6 +499,13 @@ class FusedGradient:
         self.sms = int(cupy.cuda.Device().attributes["MultiProcessorCount"])
         self._launches = {}
 
+    def plan(self, n: int | None = None, *, aligned: bool | None = None) -> LaunchPlan:
+        """The kernel variant for ``n`` rows (all by default) of this slab, before occupancy is known;
+        ``plan().tiles`` is how many times a pass reads ``X``."""
+        aligned = self.X.data.ptr % 16 == 0 if aligned is None else aligned
+        return plan_launch(self.n if n is None else n, self.d, self.dtype.itemsize, aligned=aligned,
+                           max_blocks=self.sms * 8)
+
     def _kernel(self, loss: str, plan: LaunchPlan):
         """The compiled kernel for ``(dtype, loss, plan)``: one small module per variant, built on first use."""
         line = instantiation(CTYPES[self.dtype], loss, plan)
@@ -519,7 +529,7 @@ class FusedGradient:
             return
         key = (n, X.data.ptr % 16 == 0, loss)
         if key not in self._launches:   # plan and kernel looked up once per shape (launch overhead)
-            plan = plan_launch(n, self.d, self.dtype.itemsize, aligned=key[1], max_blocks=self.sms * 8)
+            plan = self.plan(n, aligned=key[1])
             kernel = self._kernel(loss, plan)
             resident = self.sms * resident_blocks(getattr(kernel, "num_regs", 0), plan.shared_bytes)
             plan = plan_launch(n, self.d, self.dtype.itemsize, aligned=key[1], max_blocks=resident)
@@ -554,7 +564,11 @@ def self_check(fused: FusedGradient, losses=("squared",), sample_rows: int = 409
     offset = float(params[d].astype(fused.dtype)) if fused.fit_intercept else 0.0
     got = cupy.empty(d + 2, dtype=cupy.float64)
     for loss in losses:
-        fused(params, loss, got, rows=slice(0, rows))
+        try:
+            fused(params, loss, got, rows=slice(0, rows))
+        except Exception as error:   # NVRTC missing or failing, launch errors: fall back, say why
+            first_line = (str(error).strip().splitlines() or [""])[0][:160]
+            return f"the fused {loss} kernel could not run ({type(error).__name__}: {first_line})"
         z = X @ w + offset
         if loss == "gram":
             scalar = float(z @ z)

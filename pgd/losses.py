@@ -392,9 +392,12 @@ def _fused_kernel(X, y, xp, fit_intercept: bool, loss: str):
     check on this slab, else None; and a description of the gradient computation that will run."""
     if getattr(xp, "__name__", "") != "cupy":
         return None, "blocked two-pass (NumPy/BLAS)"
-    from pgd.gpu_kernels import FusedGradient, self_check  # noqa: PLC0415 - GPU only
+    from pgd.gpu_kernels import MAX_READS_OF_X, FusedGradient, self_check  # noqa: PLC0415 - GPU only
 
     fused = FusedGradient(xp, X, y, fit_intercept=fit_intercept)
+    reads = fused.plan().tiles
+    if reads > MAX_READS_OF_X:
+        return None, f"two-pass CuPy/cuBLAS (for d = {X.shape[1]} the fused kernel would read X {reads} times)"
     problem = self_check(fused, (loss, "gram"))
     if problem:
         return None, f"two-pass CuPy/cuBLAS ({problem}; fused kernel not used)"

@@ -154,7 +154,7 @@ class FakeCupy:
 
     __name__ = "cupy"
 
-    def __init__(self):
+    def __init__(self, compile_error: str | None = None):
         self.launches, self.memsets, self.modules = [], 0, 0
         fake = self
 
@@ -162,6 +162,8 @@ class FakeCupy:
             def __init__(self, code, options=()):
                 fake.modules += 1
                 self.code = code
+                if compile_error and "pgd_fused" in code:
+                    raise RuntimeError(compile_error)
 
             def get_function(self, name):
                 assert name in self.code

@@ -235,3 +235,22 @@ def test_the_gpu_objective_host_code_on_a_fake_cupy(name, options, dtype, d):
     assert evaluations >= 7 and fake.memsets == len(fused) == len(fake.launches) - evaluations
     assert sum("_gram_" in launch for launch in fused) == 1 + 5   # self-check + power iterations
     assert sum("_squared_" in launch for launch in fused) == 1 + evaluations
+
+
+@pytest.mark.parametrize("d, compile_error, expected", [
+    (5000, None, "two-pass CuPy/cuBLAS (for d = 5000 the fused kernel would read X 5 times)"),
+    (8, "NVRTC_ERROR_COMPILATION (6)\nlong log", "two-pass CuPy/cuBLAS (the fused squared kernel could not run "
+                                                "(RuntimeError: NVRTC_ERROR_COMPILATION (6)); fused kernel not used)"),
+])
+def test_the_two_pass_path_serves_wide_rows_and_kernels_that_cannot_run(d, compile_error, expected):
+    from gpu_fakes import FakeCupy
+
+    fake = FakeCupy(compile_error=compile_error)
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((30, d)).astype(np.float32), rng.standard_normal(30).astype(np.float32)
+    local = LocalLinearGradient(fake.asarray(X), fake.asarray(y), get_loss("squared"), fit_intercept=True, xp=fake)
+    assert local.kernel == expected and not any(name.startswith("pgd_fused") for name in fake.launches)
+    got, reference = np.full(d + 2, np.nan), np.full(d + 2, np.nan)
+    local.sums_at(fake.asarray(np.full(d + 1, 0.01)), got)
+    LocalLinearGradient(X, y, get_loss("squared"), fit_intercept=True, xp=np).sums_at(np.full(d + 1, 0.01), reference)
+    np.testing.assert_allclose(got, reference, rtol=1e-6, atol=1e-5)
