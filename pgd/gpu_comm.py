@@ -125,8 +125,11 @@ class NcclCommunicator(Communicator):
     def __init__(self, mpi_comm, cupy, gpu_uuid: str):
         super().__init__(mpi_comm)
         self.cupy = cupy
-        from cupy.cuda import nccl  # noqa: PLC0415 - lazy, GPU only
-
+        try:
+            from cupy.cuda import nccl  # noqa: PLC0415 - lazy, GPU only
+        except ImportError as error:
+            raise PgdError(f"--comm nccl needs NCCL through CuPy, but cupy.cuda.nccl cannot be imported ({error}); "
+                           f"use --comm allreduce", collective=True) from None
         self._nccl = nccl
         entries = mpi_comm.allgather((socket.gethostname(), gpu_uuid))
         message = shared_gpu_message(entries)

@@ -58,7 +58,7 @@ def check_fits(*, rank: int, n_local: int, d: int, dtype, free: int, device_id, 
         raise InputError(
             f"rank {rank}: its {n_local} x {d} {np.dtype(dtype).name} slice needs {_size(need)} on GPU "
             f"{device_id} but only {_size(free)} is free; use about {more} ranks (more GPUs or nodes), "
-            f"--dtype float32, or --device cpu")
+            f"{'--dtype float32, ' if itemsize > 4 else ''}or --device cpu")
 
 
 def load_to_device(meta, start: int, stop: int, dtype, *, ops, locking: str,

@@ -176,8 +176,14 @@ class FakeCupy:
             ctypes.memset(ptr, value, size)
 
         stream = type("Stream", (), {"ptr": 0, "synchronize": lambda self: None})()
-        device = type("Device", (), {"id": 0, "attributes": {"MultiProcessorCount": 2}})()
-        runtime = type("Runtime", (), {"memsetAsync": staticmethod(memset_async)})()
+        device = type("Device", (), {"id": 0, "attributes": {"MultiProcessorCount": 2},
+                                     "use": lambda self: None, "pci_bus_id": "0000:01:00.0"})()
+        runtime = type("Runtime", (), {
+            "memsetAsync": staticmethod(memset_async), "getDeviceCount": staticmethod(lambda: 1),
+            "getDeviceProperties": staticmethod(lambda device_id: {"name": b"Fake GPU (NumPy)"}),
+            "memGetInfo": staticmethod(lambda: (8 << 30, 16 << 30))})()
+        pool = type("Pool", (), {"total_bytes": lambda self: 0, "used_bytes": lambda self: 0})()
+        self.get_default_memory_pool = lambda: pool
         self.RawModule = RawModule
         self.cuda = type("Cuda", (), {
             "Device": staticmethod(lambda *a: device), "runtime": runtime,

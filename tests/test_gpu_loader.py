@@ -23,7 +23,9 @@ def test_check_fits_message():
     assert "\n" not in message
     assert message.startswith("rank 3: its 50000000 x 1024 float64 slice needs 382.")
     assert "GPU 1 but only 80.0 GiB is free" in message
-    assert "use about 20 ranks" in message and "--device cpu" in message
+    assert "use about 20 ranks" in message and "--dtype float32, or --device cpu" in message
+    with pytest.raises(InputError, match=r"use about 2 ranks \(more GPUs or nodes\), or --device cpu$"):
+        check_fits(rank=0, n_local=10 ** 9, d=10, dtype="float32", free=30 << 30, device_id=0, ranks=1)
 
 
 @pytest.mark.parametrize("block_bytes", [10 ** 9, 3 * 7 * 8, 7 * 8])

@@ -1,0 +1,77 @@
+"""``pgd train --device gpu`` end to end on a fake CuPy (``tests/fake_cupy``): the GPU path's host code
+(backend binding, pinned blocked loader, host staging and CUDA-aware hand-off, fused and finishing kernels,
+checkpoints) under real MPI, with every kernel launch checked and run by its NumPy model.
+
+What only a real GPU can show (the CUDA code itself, timings, NCCL) is in tests/test_gpu.py.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from conftest import read_weights, run_pgd, write_dataset
+
+pytestmark = pytest.mark.mpi
+
+FAKE_CUPY = {"PYTHONPATH": os.pathsep.join(filter(None, [os.path.join(os.path.dirname(__file__), "fake_cupy"),
+                                                         os.environ.get("PYTHONPATH")]))}
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fakegpu")
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((67, 8))
+    true = rng.standard_normal(8)
+    return {"squared": write_dataset(path / "reg.h5", X, X @ true + 0.3 + 0.1 * rng.standard_normal(67)),
+            "logistic": write_dataset(path / "bin.h5", X, (X @ true + rng.logistic(size=67) > 0).astype(float))}
+
+
+def _train(tmp_path, ranks, name, data, *options, fake=True):
+    out = tmp_path / f"{name}.h5"
+    result = run_pgd(ranks, "train", data, "--max-iter", "12", "--tol", "0", "--rtol", "0", "--out", out,
+                     "--device", "gpu" if fake else "cpu", *options, env=FAKE_CUPY if fake else None, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    w, b, attrs = read_weights(out)
+    return np.append(w, b), attrs, result.stdout
+
+
+@pytest.mark.parametrize("ranks, loss, options", [
+    (1, "squared", ("--dtype", "float64")),
+    (2, "logistic", ("--dtype", "float64", "--optimizer", "lbfgs", "--l2", "0.1")),
+    (3, "squared", ("--dtype", "float32", "--optimizer", "nesterov", "--cuda-aware", "on")),
+])
+def test_fake_gpu_training_equals_cpu_training(tmp_path, datasets, ranks, loss, options):
+    cpu, _, _ = _train(tmp_path, ranks, "cpu", datasets[loss], "--loss", loss, *options, fake=False)
+    gpu, attrs, stdout = _train(tmp_path, ranks, "gpu", datasets[loss], "--loss", loss, *options)
+    tolerance = 1e-10 if "float64" in options else 1e-5
+    np.testing.assert_allclose(gpu, cpu, rtol=tolerance, atol=tolerance * np.abs(cpu).max())
+    assert attrs["gradient_kernel"] == "fused one-pass kernel" and "gradient: fused one-pass kernel" in stdout
+    assert attrs["device"] == "gpu (cupy)" and attrs["replicas_identical"]
+    staged = "--cuda-aware" not in options or ranks == 1
+    assert attrs["cuda_aware"].startswith("host staging" if staged else "cuda-aware (--cuda-aware on; confirmed")
+
+
+def test_fake_gpu_checkpoint_resume_is_exact(tmp_path, datasets):
+    data, ck = datasets["squared"], str(tmp_path / "ck.h5")
+    whole, _, _ = _train(tmp_path, 2, "whole", data, "--loss", "squared", "--max-iter", "12")
+    _train(tmp_path, 2, "part", data, "--loss", "squared", "--max-iter", "7", "--checkpoint", ck)
+    resumed, _, stdout = _train(tmp_path, 2, "resumed", data, "--loss", "squared", "--max-iter", "12",
+                                "--checkpoint", ck, "--resume")
+    assert "resum" in stdout.lower()
+    np.testing.assert_array_equal(resumed, whole)
+
+
+@pytest.mark.parametrize("options, env, message", [
+    (("--dtype", "float64"), {"PGD_GPU_RESERVE_BYTES": str(1 << 50)},
+     "pgd: error: rank 0: its 34 x 8 float64 slice needs 1048576.0 GiB on GPU 0 but only 8.0 GiB is free; use "
+     "about 262145 ranks (more GPUs or nodes), --dtype float32, or --device cpu"),
+    (("--comm", "nccl"), {}, "pgd: error: --comm nccl needs NCCL through CuPy, but cupy.cuda.nccl cannot be imported"),
+])
+def test_fake_gpu_errors_are_one_line_on_every_rank_together(datasets, options, env, message):
+    result = run_pgd(2, "train", datasets["squared"], "--loss", "squared", "--device", "gpu", *options,
+                     env=dict(FAKE_CUPY, **env), timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("pgd")]
+    assert len(lines) == 1 and lines[0].startswith(message) and "Traceback" not in result.stderr
