@@ -55,3 +55,20 @@ def read_weights(path):
     """``(w, b, attrs)`` of a model file."""
     with h5py.File(path, "r") as handle:
         return handle["w"][...], float(handle["b"][()]), dict(handle.attrs)
+
+
+def write_loss_datasets(path, n: int, d: int, seed: int, intercept: float = 0.0) -> dict:
+    """A regression and a binary dataset on one random ``X`` (n x d): ``{"squared": path, "logistic": path}``."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    true = rng.standard_normal(d)
+    return {"squared": write_dataset(path / "reg.h5", X, X @ true + intercept + 0.1 * rng.standard_normal(n)),
+            "logistic": write_dataset(path / "bin.h5", X, (X @ true + rng.logistic(size=n) > 0).astype(float))}
+
+
+def train_params(ranks: int, out, *args, env: dict | None = None, timeout: float = 300):
+    """Run ``pgd train ARGS --out OUT`` (must succeed); returns ``([w, b], model attributes, stdout)``."""
+    result = run_pgd(ranks, "train", *args, "--out", out, env=env, timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    w, b, attrs = read_weights(out)
+    return np.append(w, b), attrs, result.stdout

@@ -8,7 +8,7 @@ sharing one GPU; NCCL with one rank, and its refusal of two ranks on one GPU.
 import numpy as np
 import pytest
 
-from conftest import read_weights, run_pgd, write_dataset
+from conftest import run_pgd, train_params, write_dataset, write_loss_datasets
 
 cupy = pytest.importorskip("cupy")
 from pgd.backend import load_cupy  # noqa: E402
@@ -116,23 +116,13 @@ def test_cupy_ops_and_blocked_loader(tmp_path):
 
 
 def _train(tmp_path, ranks, name, data, loss, dtype, *extra):
-    out = tmp_path / f"{name}.h5"
-    result = run_pgd(ranks, "train", data, "--loss", loss, "--dtype", dtype, "--max-iter", "200", "--tol", "0",
-                     "--rtol", "0", "--lr", "0.05", "--out", out, *extra, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    w, b, attrs = read_weights(out)
-    return np.append(w, b), attrs, result.stdout
+    return train_params(ranks, tmp_path / f"{name}.h5", data, "--loss", loss, "--dtype", dtype, "--max-iter", "200",
+                        "--tol", "0", "--rtol", "0", "--lr", "0.05", *extra)
 
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gpu")
-    rng = np.random.default_rng(7)
-    X = rng.standard_normal((4001, 33))
-    true = rng.standard_normal(33)
-    regression = write_dataset(path / "reg.h5", X, X @ true + 0.1 * rng.standard_normal(4001))
-    binary = write_dataset(path / "bin.h5", X, (X @ true + rng.logistic(size=4001) > 0).astype(float))
-    return {"squared": regression, "logistic": binary}
+    return write_loss_datasets(tmp_path_factory.mktemp("gpu"), 4001, 33, seed=7)
 
 
 @pytest.mark.mpi

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import read_weights, run_pgd, write_dataset
+from conftest import run_pgd, train_params, write_loss_datasets
 
 pytestmark = pytest.mark.mpi
 
@@ -20,21 +20,13 @@ FAKE_CUPY = {"PYTHONPATH": os.pathsep.join(filter(None, [os.path.join(os.path.di
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
-    path = tmp_path_factory.mktemp("fakegpu")
-    rng = np.random.default_rng(3)
-    X = rng.standard_normal((67, 8))
-    true = rng.standard_normal(8)
-    return {"squared": write_dataset(path / "reg.h5", X, X @ true + 0.3 + 0.1 * rng.standard_normal(67)),
-            "logistic": write_dataset(path / "bin.h5", X, (X @ true + rng.logistic(size=67) > 0).astype(float))}
+    return write_loss_datasets(tmp_path_factory.mktemp("fakegpu"), 67, 8, seed=3, intercept=0.3)
 
 
 def _train(tmp_path, ranks, name, data, *options, fake=True):
-    out = tmp_path / f"{name}.h5"
-    result = run_pgd(ranks, "train", data, "--max-iter", "12", "--tol", "0", "--rtol", "0", "--out", out,
-                     "--device", "gpu" if fake else "cpu", *options, env=FAKE_CUPY if fake else None, timeout=240)
-    assert result.returncode == 0, result.stdout + result.stderr
-    w, b, attrs = read_weights(out)
-    return np.append(w, b), attrs, result.stdout
+    return train_params(ranks, tmp_path / f"{name}.h5", data, "--max-iter", "12", "--tol", "0", "--rtol", "0",
+                        "--device", "gpu" if fake else "cpu", *options, env=FAKE_CUPY if fake else None,
+                        timeout=240)
 
 
 @pytest.mark.parametrize("ranks, loss, options", [
