@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by train.sbatch and train_gpu.sbatch: run one pgd job step that survives preemption.
 #
 # run_resumable CMD...   runs `srun $SRUN_ARGS CMD...` in the background and forwards USR1/TERM to it.

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by every script in jobs/: the environment pgd's srun steps start in.
 #
 # pgd_step_env   exports (each only where the user has not set it):
