@@ -65,9 +65,12 @@ install_packages() {
         || refuse "Slurm is not installed and there is no apt-get to install it (${PACKAGES[*]})"
     say "installing ${PACKAGES[*]} with apt-get"
     local log=$DIR/apt-get.log
-    local apt=(apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold "${PACKAGES[@]}")
+    # no endless waits: for an unreachable mirror, or for another apt-get holding the lock
+    local options=(-q -o Acquire::http::Timeout=30 -o Acquire::https::Timeout=30 -o DPkg::Lock::Timeout=60)
+    local apt=(apt-get install -y "${options[@]}" --no-install-recommends -o Dpkg::Options::=--force-confold
+               "${PACKAGES[@]}")
     if ! DEBIAN_FRONTEND=noninteractive "${apt[@]}" >"$log" 2>&1; then  # package lists missing or stale
-        DEBIAN_FRONTEND=noninteractive apt-get update -q >>"$log" 2>&1
+        DEBIAN_FRONTEND=noninteractive apt-get update "${options[@]}" >>"$log" 2>&1
         DEBIAN_FRONTEND=noninteractive "${apt[@]}" >>"$log" 2>&1 || fail "apt-get failed, see $log"
     fi
     installed >/dev/null 2>&1 || fail "apt-get installed ${PACKAGES[*]}, but slurmctld, slurmd, sbatch, munged or libpmix.so is missing"
