@@ -10,7 +10,8 @@
 #   pgd's own --max-time;
 # - after a preemption in its grace time (PreemptTime set; SLURM signals the steps, not the batch shell)
 #   on a partition whose PreemptMode is REQUEUE: SLURM requeues only a job it has to kill at the end of
-#   the grace time, not one that ended in time.
+#   the grace time, not one that ended in time. (With PreemptParameters=send_user_signal the preemption
+#   sends the --signal USR1 instead of TERM; the same rule applies.)
 # Never after TERM to the batch shell: `scancel` (the job is cancelled: the checkpoint stays, nothing is
 # requeued), `scontrol requeue` (SLURM requeues the job itself) or the time limit (TIMEOUT).
 # A step that ends any other way (a rank killed, an error) ends the job with that exit code.
