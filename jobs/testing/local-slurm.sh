@@ -37,9 +37,16 @@ say() { echo "local-slurm: $*"; }
 refuse() { echo "local-slurm: cannot run a local Slurm here: $*" >&2; exit "$EXIT_REFUSED"; }
 fail() { echo "local-slurm: error: $*" >&2; exit "$EXIT_FAILED"; }
 
+alive() {  # alive PID: a running process, not a zombie that init has yet to reap
+    local stat
+    read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
+    stat=${stat##*) }
+    [[ ${stat%% *} != Z ]]
+}
+
 pid_alive() {  # pid_alive FILE: the pid written in FILE is a running process
     local pid
-    [[ -r $1 ]] && read -r pid <"$1" 2>/dev/null && [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null
+    [[ -r $1 ]] && read -r pid <"$1" 2>/dev/null && [[ -n $pid ]] && alive "$pid"
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -178,10 +185,10 @@ stop_daemons() {  # stop_daemons quiet|loud: cancel the jobs, stop slurmd, slurm
         read -r pid <"$DIR/$name.pid"
         kill -TERM "$pid" 2>/dev/null
         for (( waited = 0; waited < 100; waited++ )); do
-            kill -0 "$pid" 2>/dev/null || break
+            alive "$pid" || break
             sleep 0.1
         done
-        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+        alive "$pid" && kill -KILL "$pid"
         rm -f "$DIR/$name.pid"
         [[ $1 == quiet ]] || say "stopped $name"
     done
