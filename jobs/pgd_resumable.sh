@@ -44,7 +44,8 @@ run_resumable() {
     # a signal is forwarded to the step; one that comes before the step has started, when it has
     trap 'echo "pgd job: USR1 (time limit near): asking pgd to checkpoint and stop"
           pending=USR1; [[ -n $step ]] && kill -USR1 "$step"' USR1
-    trap 'got_term=1; echo "pgd job: TERM (scancel, scontrol requeue or the time limit): asking pgd to checkpoint and stop"
+    trap 'got_term=1
+          echo "pgd job: TERM (scancel, scontrol requeue or the time limit): asking pgd to checkpoint and stop"
           pending=TERM; [[ -n $step ]] && kill -TERM "$step"' TERM
     # shellcheck disable=SC2086  # SRUN_ARGS is a list of options
     srun $SRUN_ARGS "$@" &
@@ -70,8 +71,9 @@ run_resumable() {
         if [[ -n $why ]]; then
             echo "pgd job: stopped with a checkpoint; not requeued: $why"
         elif (( restarts < MAX_RESTARTS )); then
-            echo "pgd job: stopped with a checkpoint$([[ $standing == preempted-requeue ]] && echo " (preempted)");" \
-                 "requeueing (restart $((restarts + 1)))"
+            local preempted=""
+            [[ $standing == preempted-requeue ]] && preempted=" (preempted)"
+            echo "pgd job: stopped with a checkpoint$preempted; requeueing (restart $((restarts + 1)))"
             scontrol requeue "$SLURM_JOB_ID"
         else
             echo "pgd job: stopped with a checkpoint, but MAX_RESTARTS=$MAX_RESTARTS is reached" >&2

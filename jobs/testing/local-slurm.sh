@@ -51,7 +51,9 @@ pid_alive() {  # pid_alive FILE: the pid written in FILE is a running process
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-munge_answers() { timeout 5 munge -n -S "$MUNGE_SOCKET" 2>/dev/null | timeout 5 unmunge -S "$MUNGE_SOCKET" >/dev/null 2>&1; }
+munge_answers() {  # a munged at MUNGE_SOCKET encodes and decodes a credential
+    timeout 5 munge -n -S "$MUNGE_SOCKET" 2>/dev/null | timeout 5 unmunge -S "$MUNGE_SOCKET" >/dev/null 2>&1
+}
 
 node_up() {  # the controller answers and the node takes jobs
     local state
@@ -80,13 +82,15 @@ install_packages() {
         DEBIAN_FRONTEND=noninteractive apt-get update "${options[@]}" >>"$log" 2>&1
         DEBIAN_FRONTEND=noninteractive "${apt[@]}" >>"$log" 2>&1 || fail "apt-get failed, see $log"
     fi
-    installed >/dev/null 2>&1 || fail "apt-get installed ${PACKAGES[*]}, but slurmctld, slurmd, sbatch, munged or libpmix.so is missing"
+    installed >/dev/null 2>&1 \
+        || fail "apt-get installed ${PACKAGES[*]}, but slurmctld, slurmd, sbatch, munged or libpmix.so is missing"
 }
 
 write_config() {
     local cpus
     cpus=$(nproc)
-    (( cpus < 2 )) && cpus=2  # two ranks at least: SlurmdParameters=config_overrides accepts more CPUs than there are
+    # two ranks at least (SlurmdParameters=config_overrides accepts more CPUs than there are)
+    (( cpus < 2 )) && cpus=2
     mkdir -p "$DIR/ctld" "$DIR/spool"
     : >"$DIR/plugstack.conf"  # none of the system's SPANK plugins
     cat >"$CONF" <<EOF
@@ -124,7 +128,7 @@ KillWait=15
 MinJobAge=600
 InactiveLimit=0
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
-PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=15
+PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=15
 PartitionName=urgent Nodes=$NODE MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 EOF
 }
