@@ -16,7 +16,7 @@
 #   default; preempted jobs are requeued after a 15 s grace time) and `urgent` (a higher priority tier:
 #   a job there preempts `debug` jobs); MpiDefault=none (jobs say --mpi=pmix); KillWait=15; finished
 #   jobs stay visible to `scontrol show job` for 10 minutes; no cgroups, no accounting.
-# - Installs with apt-get (Debian, Ubuntu): slurmctld, slurmd, slurm-client, munge and libpmix-dev
+# - Installs with apt-get (tried on Debian 12): slurmctld, slurmd, slurm-client, munge and libpmix-dev
 #   (SLURM's mpi/pmix plugin dlopens .../pmix2/lib/libpmix.so, a name only the -dev package provides).
 # - Idempotent: `start` on a running cluster and `stop` on a stopped one change nothing.
 # - Exit codes: 0 done (`status`: running); 1 failed, naming the log to read (`status`: not running);
