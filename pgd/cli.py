@@ -12,7 +12,8 @@ import json
 import click
 
 from pgd import __version__
-from pgd.config import (CUDA_AWARE_OPTION, DATA_OPTIONS, DTYPE, TRAIN_OPTIONS, apply_options, option, resolve)
+from pgd.config import (CUDA_AWARE_OPTION, DATA_OPTIONS, DTYPE, TRAIN_OPTIONS, WEIGHT_OPTION, apply_options, option,
+                        resolve)
 
 
 def _world():
@@ -181,15 +182,17 @@ def train(ctx, **values):
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("data", type=click.Path(dir_okay=False))
-@apply_options(DATA_OPTIONS)
+@apply_options(DATA_OPTIONS + [WEIGHT_OPTION])
 @JSON_OPTION
-def evaluate(model, data, x_key, y_key, hdf5_locking, as_json):
-    """Metrics of MODEL on DATA: MSE, RMSE, MAE, R² (squared); log-loss, accuracy, ROC AUC (logistic)."""
+def evaluate(model, data, x_key, y_key, hdf5_locking, weight_key, as_json):
+    """Metrics of MODEL on DATA: MSE, RMSE, MAE, R² (squared); log-loss, accuracy, ROC AUC (logistic).
+    Weighted when DATA has sample weights."""
     from pgd.evaluate import evaluate_model  # noqa: PLC0415
     from pgd.info import format_fields  # noqa: PLC0415
 
     world = _world()
-    result = evaluate_model(world, model, data, x_key=x_key, y_key=y_key, locking=hdf5_locking)
+    result = evaluate_model(world, model, data, x_key=x_key, y_key=y_key, locking=hdf5_locking,
+                            weight_key=weight_key)
     _print_result(world, result, as_json, format_fields(result))
 
 

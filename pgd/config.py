@@ -69,6 +69,10 @@ DATA_OPTIONS = [
            help="HDF5 file locking; 'false' on NFS/Lustre without lock support."),
 ]
 
+#: Sample weights (train and evaluate).
+WEIGHT_OPTION = option("--weight-key", default="sample_weight",
+                       help="HDF5 dataset of per-row sample weights, used when the file has it ('' to ignore).")
+
 COMPUTE_OPTIONS = [
     option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
            help="Where the data and the arithmetic live; auto takes a GPU when CuPy finds one."),
@@ -88,8 +92,16 @@ MODEL_OPTIONS = [
     option("--l2", type=NONNEG_FLOAT, default=0.0, help="L2 penalty λ in (λ/2)‖w‖²."),
     option("--l1", type=NONNEG_FLOAT, default=0.0,
            help="L1 penalty α in α‖w‖₁ (with --l2: elastic net); proximal steps with gd (ISTA), nesterov "
-                "(FISTA) or sgd."),
+                "(FISTA), sgd, lbfgs (OWL-QN) or coordinate descent (--solver gram)."),
     option("--fit-intercept/--no-fit-intercept", default=True, help="Fit an unpenalised intercept."),
+    option("--standardize/--no-standardize", default=True,
+           help="Optimise in standardised coordinates (column means and scales from one pass; the data is "
+                "not copied). Changes how fast pgd reaches the optimum, not which one."),
+    option("--penalty-scale", type=click.Choice(["original", "standardized"]), default="original",
+           help="Coefficients the penalties apply to: original w (the objective as documented) or the "
+                "standardised ones (glmnet/Spark convention; changes the optimum)."),
+    option("--class-weight", default=None, metavar="balanced|W0,W1",
+           help="logistic: weight rows of class 0 and 1 (balanced: n / (2 n_class)), times any sample weights."),
 ]
 
 #: Options of the individual optimizers (pgd.optim.methods, pgd.optim.sgd) and of the Gram solver.
@@ -110,19 +122,24 @@ OPTIMIZER_METHOD_OPTIONS = [
     option("--schedule", type=click.Choice(["constant", "inverse-time", "cosine"]), default="constant",
            help="sgd: step size per step t: lr, lr/(1+t/steps_per_epoch), or lr·½(1+cos(πt/T))."),
     option("--memory", type=click.IntRange(min=1), default=10, help="lbfgs: curvature pairs kept."),
-    option("--solver", type=click.Choice(["iterative", "gram", "auto"]), default="iterative",
-           help="squared loss: gram reduces XᵀX once and iterates in O(d²); auto picks it when cheaper."),
+    option("--solver", type=click.Choice(["iterative", "gram", "auto"]), default="auto",
+           help="squared loss: gram reduces XᵀX once and solves the normal equations (Cholesky; coordinate "
+                "descent with --l1); auto takes it when it is cheaper than iterating."),
 ]
 
 OPTIMIZER_OPTIONS = [
-    option("--optimizer", type=click.Choice(["gd", "momentum", "nesterov", "adam", "sgd", "lbfgs"]),
-           default="gd", help="Optimisation method (see docs/optimizers.md)."),
+    option("--optimizer", type=click.Choice(["auto", "gd", "momentum", "nesterov", "adam", "sgd", "lbfgs"]),
+           default="auto", help="Optimisation method (see docs/optimizers.md); auto: lbfgs (OWL-QN with --l1)."),
     option("--lr", type=LearningRate(), default="auto",
            help="Step size; auto = 1/L with L from distributed power iterations."),
     option("--max-iter", type=click.IntRange(min=0), default=1000, help="Iteration budget."),
-    option("--tol", type=NONNEG_FLOAT, default=1e-6, help="Stop when ‖∇f‖ ≤ tol."),
+    option("--tol", type=NONNEG_FLOAT, default=1e-6,
+           help="Converged when ‖∇F‖∞ ≤ tol·max(1, ‖∇F(start)‖∞) in the optimizer's coordinates "
+                "(never below the data dtype's rounding floor)."),
     option("--rtol", type=NONNEG_FLOAT, default=1e-12,
-           help="Stop when |f_k − f_(k−1)| ≤ rtol·|f_k| (0 disables)."),
+           help="Stop when |f_k − f_(k−1)| ≤ rtol·|f_k| (0 disables); a stop, not a claim of convergence."),
+    option("--require-convergence", is_flag=True, default=False,
+           help="Exit with status 3 (and write no model) when the run ends unconverged."),
     option("--power-iters", type=click.IntRange(min=1), default=30,
            help="Power iterations used to estimate L for --lr auto."),
     option("--seed", type=int, default=0, help="Seed for every random choice of the run."),
@@ -237,7 +254,7 @@ CHECKPOINT_OPTIONS = [
            help="Wall-clock budget: checkpoint and stop (exit 75) before it runs out."),
 ]
 
-TRAIN_OPTIONS = (DATA_OPTIONS + COMPUTE_OPTIONS + MODEL_OPTIONS + OPTIMIZER_OPTIONS + PARALLEL_OPTIONS
+TRAIN_OPTIONS = (DATA_OPTIONS + [WEIGHT_OPTION] + COMPUTE_OPTIONS + MODEL_OPTIONS + OPTIMIZER_OPTIONS + PARALLEL_OPTIONS
                  + ASYNC_OPTIONS + OUTPUT_OPTIONS + CHECKPOINT_OPTIONS)
 
 

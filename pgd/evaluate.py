@@ -21,13 +21,13 @@ from pgd.metrics import classification_metrics, regression_metrics
 from pgd.model_io import read_model
 
 
-def _model_and_scores(world, model_path, data_path, *, x_key, y_key, locking, require_y):
+def _model_and_scores(world, model_path, data_path, *, x_key, y_key, locking, require_y, weight_key=None):
     """Read the model, this rank's rows (on the host: one pass needs no GPU), and ``z = X w + b``."""
     model = None
     with collectively(world):
         model = read_model(model_path)
     slab = load_row_slab(world, data_path, backend=cpu_backend(), dtype="float64", x_key=x_key, y_key=y_key,
-                         locking=locking, require_y=require_y)
+                         locking=locking, require_y=require_y, weight_key=weight_key)
     if model.d != slab.meta.d:
         raise InputError(f"model {model_path} has {model.d} features but {data_path} has {slab.meta.d} "
                          f"columns", collective=True)
@@ -36,22 +36,23 @@ def _model_and_scores(world, model_path, data_path, *, x_key, y_key, locking, re
 
 
 def evaluate_model(world, model_path: str, data_path: str, *, x_key="X", y_key="y",
-                   locking="best-effort") -> dict:
-    """Metrics of a model on a dataset (same dict on every rank).
+                   locking="best-effort", weight_key: str | None = "sample_weight") -> dict:
+    """Metrics of a model on a dataset (same dict on every rank); weighted when the data file has sample
+    weights (``weight_key``).
 
     Squared loss: mse, rmse, mae, r2. Logistic loss: log_loss, accuracy, roc_auc.
     """
     model, slab, scores = _model_and_scores(world, model_path, data_path, x_key=x_key, y_key=y_key,
-                                            locking=locking, require_y=True)
+                                            locking=locking, require_y=True, weight_key=weight_key)
     if model.loss == "logistic":
         with collectively(world):
             if np.any((slab.y != 0) & (slab.y != 1)):
                 raise InputError(f"{data_path}: labels must be 0 or 1 to evaluate a logistic model")
-        metrics = classification_metrics(slab.y, scores, world)
+        metrics = classification_metrics(slab.y, scores, world, weight=slab.weight)
     else:
-        metrics = regression_metrics(slab.y, scores, world)
+        metrics = regression_metrics(slab.y, scores, world, weight=slab.weight)
     return {"model": model_path, "data": data_path, "loss": model.loss, "ranks": world.Get_size(),
-            **metrics}
+            "weights": slab.weight_source, **metrics}
 
 
 def predict_model(world, model_path: str, data_path: str, out: str, *, x_key="X", y_key="y",

@@ -2,6 +2,16 @@
 
 Every rank runs this function; only rank 0 writes files and prints. All decisions that end the loop
 (convergence, divergence) are taken from globally reduced numbers, so every rank takes them together.
+
+Convergence
+-----------
+One optimality test decides ``converged``: ``‖∇F(p)‖∞ ≤ tol · max(1, ‖∇F(p₀)‖∞)`` in the optimizer's
+coordinates (standardised unless ``--no-standardize``; ``∇F`` is the minimum-norm subgradient with
+``--l1``), with ``tol`` never below the data dtype's rounding floor (:func:`effective_tol`).  Other stops
+(the iteration budget, ``--rtol``, a line search at rounding level) end the run without claiming
+convergence; an unconverged run prints one warning line (and fails with ``--require-convergence``).
+A fixed-step method whose objective becomes non-finite or rises far above its start has diverged: the run
+fails and writes no model.
 """
 
 from __future__ import annotations
@@ -9,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from contextlib import ExitStack
 
 import numpy as np
@@ -18,15 +29,23 @@ import pgd
 from pgd.backend import select_backend
 from pgd.checkpoint import check_checkpoint_options
 from pgd.comm import collectively, max_over_ranks
-from pgd.errors import TrainingError
+from pgd.errors import DivergedError, NotConvergedError, TrainingError
 from pgd.fileio import atomic_path, check_writable
-from pgd.gram import select_solver
+from pgd.gram import reduce_gram, select_solver
 from pgd.model_io import save_run_model
 from pgd.optim import OPTIMIZERS, make_optimizer
 from pgd.preempt import adopt_signal_flag, catch_signals_early, make_resilience_hook
 from pgd.progress import Progress, format_summary
 from pgd.strategies import STRATEGIES, pick_runner
 from pgd.strategies.slow_rank import make_slow_rank_hook
+from pgd.strategies.standardize import StandardizedObjective, describe, penalty_factors, scaling_for
+
+#: The optimality test never asks for less than this many rounding units of the data dtype (relative to
+#: the start): below it the gradient of float32 data is rounding noise.
+ROUNDING_FLOOR_ULPS = 8
+
+#: A fixed-step method has diverged when its objective exceeds the starting value by this factor.
+DIVERGENCE_FACTOR = 1e3
 
 #: Factories ``make_hook(cfg, world, optimizer) -> hook or None`` run by every training loop. A hook's
 #: ``after_step(iteration) -> str | None`` is called on every rank after each step, and must return the
@@ -65,6 +84,87 @@ def _replicas_identical(world, params_host: np.ndarray) -> bool:
     return bool(same[0])
 
 
+def effective_tol(tol: float, dtype) -> float:
+    """``tol``, but at least :data:`ROUNDING_FLOOR_ULPS` units of the data dtype's rounding."""
+    return max(float(tol), ROUNDING_FLOOR_ULPS * float(np.finfo(dtype).eps))
+
+
+def build_objective(cfg, world, backend):
+    """The run's objective in the optimizer's coordinates, and the method that minimises it.
+
+    Loads this rank's data (``--mode``), computes the standardisation (one pass, collective) and applies
+    ``--solver``: the Gram objective solved directly, or the (standardised) objective for ``--optimizer``.
+
+    Returns
+    -------
+    (objective, slab, facts, method)
+        ``facts`` describe the standardisation, weights and solver for the summary.
+    """
+    objective, slab = STRATEGIES[cfg.mode](cfg, world, backend)
+    scaling = scaling_for(objective, standardize=cfg.standardize, fit_intercept=cfg.fit_intercept, l2=cfg.l2,
+                          penalty_scale=cfg.penalty_scale)
+    use_gram, solver = select_solver(cfg, objective, world)
+    if use_gram:
+        started = MPI.Wtime()
+        factors = penalty_factors(scaling, cfg.penalty_scale)
+        objective = reduce_gram(objective, scaling, l2_diagonal=backend.xp.asarray(cfg.l2 * factors ** 2),
+                                l1_weights=backend.xp.asarray(factors))
+        solver += f"; XᵀX reduced once in {MPI.Wtime() - started:.3g} s"
+        method = "cd" if cfg.l1 else "cholesky"
+    else:
+        if not scaling.is_identity:
+            objective = StandardizedObjective(objective, scaling, l2=cfg.l2, penalty_scale=cfg.penalty_scale)
+        method = "lbfgs" if cfg.optimizer in ("auto", None) else cfg.optimizer
+    facts = {"standardize": describe(scaling, cfg.penalty_scale), "penalty_scale": cfg.penalty_scale,
+             "sample_weight": slab.weight_source, "total_weight": slab.total_weight, "solver": solver}
+    return objective, slab, facts, method
+
+
+def _advice(cfg, method: str, stop_reason: str, dtype, standardized: bool) -> str:
+    """The concrete next step for a run that ended unconverged."""
+    steps = []
+    if "budget" in stop_reason:
+        steps.append(f"raise --max-iter (now {cfg.max_iter})")
+    if method not in ("lbfgs", "cholesky", "cd"):
+        steps.append("use --optimizer lbfgs")
+    if not standardized and cfg.mode not in ("async", "shm"):
+        steps.append("drop --no-standardize")
+    if np.dtype(dtype) == np.float32 and "budget" not in stop_reason:
+        steps.append("use --dtype float64")
+    if not steps:
+        steps.append("loosen --tol")
+    return " or ".join(steps)
+
+
+class _Recorder:
+    """The history of evaluated iterates: model file, ``--metrics`` lines and the progress display."""
+
+    def __init__(self, optimizer, metrics, progress, started: float):
+        self.optimizer, self.metrics, self.progress, self.started = optimizer, metrics, progress, started
+        self.history = {"loss": [], "grad_norm": [], "optimality": [], "time": []}
+        self.time_offset = 0.0  # a resumed run's history continues the time of the runs before
+
+    def resumed(self) -> None:
+        """The history was restored from a checkpoint: continue its clock (and its optimality record)."""
+        self.history.setdefault("optimality", [])
+        if len(self.history["optimality"]) < len(self.history["loss"]):
+            self.history["optimality"] = [math.nan] * len(self.history["loss"])
+        self.time_offset = self.history["time"][-1] if self.history["time"] else 0.0
+
+    def __call__(self, iteration: int) -> tuple[float, float]:
+        """Record the current iterate; returns its ``(grad_norm, optimality)``."""
+        optimizer = self.optimizer
+        grad_norm, optimality = optimizer.grad_norm(), optimizer.optimality()
+        elapsed = MPI.Wtime() - self.started + self.time_offset
+        for key, value in (("loss", optimizer.loss), ("grad_norm", grad_norm), ("optimality", optimality),
+                           ("time", elapsed)):
+            self.history[key].append(value)
+        self.metrics.write({"iter": iteration, "loss": optimizer.loss, "grad_norm": grad_norm,
+                            "optimality": optimality, "time": elapsed})
+        self.progress.update(iteration, optimizer.loss, grad_norm)
+        return grad_norm, optimality
+
+
 class _MetricsWriter:
     """One JSON object per iterate, written by rank 0 to a temporary file renamed on success."""
 
@@ -99,20 +199,20 @@ def train(cfg, world=None) -> dict:
         return runner(cfg, world, backend)
     catch_signals_early()  # a SIGTERM/SIGUSR1 while the data loads stops the run at its first step
 
-    objective, slab = STRATEGIES[cfg.mode](cfg, world, backend)
-    objective, solver = select_solver(cfg, objective, world)
+    objective, slab, setup_facts, method = build_objective(cfg, world, backend)
     d = slab.meta.d
-    lr_auto = cfg.lr == "auto" and OPTIMIZERS[cfg.optimizer].needs_lr
+    lr_auto = cfg.lr == "auto" and OPTIMIZERS[method].needs_lr
     lipschitz = objective.lipschitz(cfg.power_iters, cfg.seed) if lr_auto else math.nan
     if lr_auto and not lipschitz > 0:
         raise TrainingError("cannot pick a step size: the data matrix is zero; pass --lr", collective=True)
     lr = 1.0 / lipschitz if lr_auto else float(1.0 if cfg.lr == "auto" else cfg.lr)
+    tol = effective_tol(cfg.tol, slab.dtype)
 
     facts = {
         "pgd_version": pgd.__version__, "data": os.path.abspath(cfg.data), "n": slab.n_global, "d": d,
-        "loss": cfg.loss, "l2": cfg.l2, "fit_intercept": cfg.fit_intercept, "optimizer": cfg.optimizer,
-        "lr": lr, "lr_auto": lr_auto, "lipschitz": lipschitz, "ranks": size, "solver": solver,
-        "l1": cfg.l1,
+        "loss": cfg.loss, "l2": cfg.l2, "fit_intercept": cfg.fit_intercept, "optimizer": method,
+        "lr": lr, "lr_auto": lr_auto, "lipschitz": lipschitz, "ranks": size, "l1": cfg.l1, **setup_facts,
+        "tol": cfg.tol, "tol_effective": tol,
         "ranks_per_node": local_size, "device": f"{backend.device} ({backend.name})",
         "communicator": objective.comm.name, "dtype": str(slab.dtype),
         "blas_threads": os.environ.get("PGD_BLAS_THREADS_RESOLVED", "unknown"),
@@ -126,15 +226,15 @@ def train(cfg, world=None) -> dict:
         rows = world.gather(slab.n_local)
         if rank == 0:
             print(f"pgd train --dry-run: data {cfg.data} ({slab.n_global} x {d}, {slab.meta.dtype}) is valid; "
-                  f"rows per rank {rows}; {cfg.loss} loss, lr {lr:.6g}; nothing trained, nothing written")
+                  f"rows per rank {rows}; {cfg.loss} loss, {method}, lr {lr:.6g}; nothing trained, nothing "
+                  f"written", flush=True)
         return dict(facts, dry_run=True)
 
-    optimizer = make_optimizer(cfg.optimizer, objective, xp=xp, lr=lr, cfg=cfg)
+    optimizer = make_optimizer(method, objective, xp=xp, lr=lr, cfg=cfg)
     budget = optimizer.budget(cfg.max_iter)
     hooks = [hook for make_hook in LOOP_HOOKS if (hook := make_hook(cfg, world, optimizer)) is not None]
     show = rank == 0 and not cfg.quiet
     progress = Progress(budget, enabled=show, log_every=cfg.log_every)
-    history = {"loss": [], "grad_norm": [], "time": []}
     check_every_step = bool(os.environ.get("PGD_CHECK_REPLICAS"))  # tests: bitwise replica check per step
     with ExitStack() as outputs:
         metrics = _MetricsWriter(outputs, cfg.metrics, rank == 0)
@@ -145,36 +245,29 @@ def train(cfg, world=None) -> dict:
         objective.compute_seconds = 0.0
         world.Barrier()
         started = MPI.Wtime()
-
-        time_offset = 0.0  # a resumed run's history continues the time of the runs before
-
-        def record(iteration: int) -> float:
-            grad_norm = optimizer.grad_norm()
-            elapsed = MPI.Wtime() - started + time_offset
-            history["loss"].append(optimizer.loss)
-            history["grad_norm"].append(grad_norm)
-            history["time"].append(elapsed)
-            metrics.write({"iter": iteration, "loss": optimizer.loss, "grad_norm": grad_norm,
-                           "time": elapsed})
-            progress.update(iteration, optimizer.loss, grad_norm)
-            return grad_norm
+        record = _Recorder(optimizer, metrics, progress, started)
+        history = record.history
 
         # hooks with resume(history) may continue a checkpointed run (pgd.preempt, pgd.checkpoint)
         resumed = [it for hook in hooks
                    if hasattr(hook, "resume") and (it := hook.resume(history)) is not None]
         if resumed:
-            iteration, grad_norm = resumed[0], optimizer.grad_norm()
-            time_offset = history["time"][-1] if history["time"] else 0.0
+            record.resumed()
+            iteration, grad_norm, optimality = resumed[0], optimizer.grad_norm(), optimizer.optimality()
         else:
             optimizer.start(objective.zeros())
-            iteration, grad_norm = 0, record(0)
-        stop_reason, converged = f"iteration budget reached (--max-iter {cfg.max_iter})", False
+            iteration = 0
+            grad_norm, optimality = record(0)
+        start_loss = history["loss"][0]
+        reference = max(1.0, history["optimality"][0]) if math.isfinite(history["optimality"][0]) else 1.0
+        target = tol * reference
+        stop_reason = f"iteration budget reached (--max-iter {cfg.max_iter})"
         if budget != cfg.max_iter:
             stop_reason = f"step budget reached ({budget} steps)"
         previous, first_iteration = optimizer.loss, iteration
         while True:
-            if optimizer.fresh and grad_norm <= cfg.tol:
-                stop_reason, converged = f"gradient norm {grad_norm:.3e} <= tol {cfg.tol:g}", True
+            if optimizer.fresh and optimality <= target:
+                stop_reason = f"optimality {optimality:.3e} <= tol {tol:g} x {reference:.3g}"
                 break
             if iteration >= budget:
                 break
@@ -187,12 +280,10 @@ def train(cfg, world=None) -> dict:
                 raise TrainingError(f"ranks hold different weights after iteration {iteration}",
                                     collective=True)
             if optimizer.fresh:  # the full objective was evaluated at the new iterate (see pgd.optim)
-                grad_norm = record(iteration)
-                if not math.isfinite(optimizer.loss) or not math.isfinite(grad_norm):
-                    raise TrainingError(f"diverged at iteration {iteration} (loss {optimizer.loss}); "
-                                        f"use a smaller --lr or --lr auto", collective=True)
+                grad_norm, optimality = record(iteration)
+                _check_divergence(optimizer, start_loss, iteration, grad_norm)
                 if cfg.rtol and abs(previous - optimizer.loss) <= cfg.rtol * abs(optimizer.loss):
-                    stop_reason, converged = f"relative loss change <= rtol {cfg.rtol:g}", True
+                    stop_reason = f"relative loss change <= rtol {cfg.rtol:g}"
                     break
                 previous = optimizer.loss
             hook_stop = next((reason for hook in hooks if (reason := hook.after_step(iteration))), None)
@@ -201,6 +292,11 @@ def train(cfg, world=None) -> dict:
                 break
         progress.update(iteration, optimizer.loss, grad_norm, force=True)
         progress.close()
+        if optimizer.fixed_step and optimizer.loss > start_loss:
+            raise DivergedError(f"the objective rose from {start_loss:.6g} to {optimizer.loss:.6g} in "
+                                f"{iteration} iterations: --lr {lr:.3g} is too large (use --lr auto or "
+                                f"--optimizer lbfgs); no model written", collective=True)
+        converged = bool(optimizer.fresh and optimality <= target)
         wall = MPI.Wtime() - started
         compute, comm_seconds = objective.compute_seconds, objective.comm.seconds
         wall_max, compute_max, comm_max, other_max = max_over_ranks(
@@ -209,19 +305,43 @@ def train(cfg, world=None) -> dict:
         identical = _replicas_identical(world, params)
         summary = dict(
             facts, **optimizer.summary(), iterations=iteration, evaluations=optimizer.evaluations,
-            final_loss=optimizer.loss,
-            grad_norm=grad_norm, converged=converged, stop_reason=stop_reason,
+            final_loss=optimizer.loss, grad_norm=grad_norm, optimality=optimality,
+            optimality_target=target, converged=converged, stop_reason=stop_reason,
             replicas_identical=identical,
             replicas_checked="every iteration" if check_every_step else "at the end", out=cfg.out,
             metrics=cfg.metrics,
             comm_bytes_per_iteration=objective.comm.bytes // max(optimizer.evaluations, 1),
             timing={"wall": wall_max, "compute": compute_max, "comm": comm_max, "other": other_max,
                     "per_iteration": wall_max / max(iteration - first_iteration, 1)})
-        if rank == 0 and cfg.out:
+        warnings = [getattr(optimizer, "collinear", None)]
+        if not converged:
+            advice = _advice(cfg, method, stop_reason, slab.dtype, facts["standardize"] != "off")
+            warnings.append(f"not converged: optimality {optimality:.3e} > {target:.3e} (tol {tol:g} x "
+                            f"{reference:.3g}) after {iteration} iterations ({stop_reason}); {advice}")
+        summary["warnings"] = [text for text in warnings if text]
+        if rank == 0 and cfg.out and (converged or not cfg.require_convergence):
             save_run_model(cfg, params, summary, history)
     if rank == 0:
         print(format_summary(summary), flush=True)
+        for text in summary["warnings"]:
+            print(f"pgd: warning: {text}", file=sys.stderr, flush=True)
         if not identical:
             print("pgd: warning: ranks ended with different weights (non-deterministic reduction)",
                   flush=True)
+    if cfg.require_convergence and not converged:
+        raise NotConvergedError(f"not converged (--require-convergence): optimality {optimality:.3e} > "
+                                f"{target:.3e}; {'no model written' if cfg.out else 'nothing written'}",
+                                collective=True)
     return summary
+
+
+def _check_divergence(optimizer, start_loss: float, iteration: int, grad_norm: float) -> None:
+    """Raise :class:`DivergedError` (on every rank: the numbers are global) when the objective is no longer
+    finite, or a fixed-step method has taken it :data:`DIVERGENCE_FACTOR` times above its start."""
+    loss = optimizer.loss
+    blown_up = optimizer.fixed_step and loss - start_loss > DIVERGENCE_FACTOR * max(abs(start_loss), 1e-300)
+    if math.isfinite(loss) and math.isfinite(grad_norm) and not blown_up:
+        return
+    hint = "use a smaller --lr, --lr auto or --optimizer lbfgs" if optimizer.fixed_step else "use --dtype float64"
+    raise DivergedError(f"diverged at iteration {iteration} (loss {loss:.6g}, started at {start_loss:.6g}); "
+                        f"{hint}; no model written", collective=True)

@@ -108,6 +108,33 @@ def read_rows(meta: DatasetMeta, start: int, stop: int, dtype, *, x_out=None, y_
     return x_out, y_out
 
 
+def read_weights(path: str, key: str | None, n: int, start: int, stop: int, dtype, *,
+                 locking: str = "best-effort") -> np.ndarray | None:
+    """Rows ``[start, stop)`` of the sample-weight dataset ``key`` as ``dtype``, or None when the file has
+    no such dataset (or ``key`` is None).
+
+    Raises
+    ------
+    InputError
+        When the dataset is not a numeric vector of ``n`` values (``(n, 1)`` is accepted).
+    """
+    if not key:
+        return None
+    with open_h5(path, locking) as h5:
+        if key not in h5:
+            return None
+        dset = h5[key]
+        shape = getattr(dset, "shape", None)
+        if shape not in ((n,), (n, 1)) or dset.dtype.kind not in "biuf":
+            raise InputError(f"{path}: /{key} (sample weights) must hold {n} numbers, one per row; found "
+                             f"{'a group' if shape is None else f'shape {shape} of {dset.dtype}'}")
+        try:
+            values = dset[start:stop]
+        except OSError as exc:
+            raise InputError(f"cannot read rows {start}:{stop} of /{key} in {path}: {exc}") from None
+    return np.ascontiguousarray(values.reshape(-1), dtype=dtype)
+
+
 def iter_row_blocks(meta: DatasetMeta, start: int, stop: int, block_rows: int | None,
                     dtype=None, locking: str = "best-effort"
                     ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
