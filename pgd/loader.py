@@ -86,7 +86,8 @@ def _validate_labels(mpi_comm, y: np.ndarray, start: int, meta: DatasetMeta) -> 
 
 
 def parse_class_weight(text: str | None):
-    """``--class-weight``: None, ``"balanced"``, or ``(w0, w1)`` from ``"W0,W1"`` (InputError otherwise)."""
+    """``--class-weight``: None, ``"balanced"`` (``W / (2 W_c)``, ``W_c`` the sample-weighted total of class
+    ``c``, as scikit-learn), or ``(w0, w1)`` from ``"W0,W1"`` (InputError otherwise)."""
     if text is None or text in ("", "none"):
         return None
     if text == "balanced":
@@ -120,12 +121,12 @@ def _weights(mpi_comm, meta: DatasetMeta, start: int, stop: int, dtype, y, *, we
                              f"first in row {row}", collective=True)
     spec = parse_class_weight(class_weight)
     if spec is not None:
-        if spec == "balanced":
-            local = np.array([np.count_nonzero(y == 0), np.count_nonzero(y == 1)] if counts else [0, 0],
-                             dtype=np.float64)
+        if spec == "balanced":   # W / (2 W_c) with W_c the (sample-weighted) class totals, as scikit-learn
+            base = np.ones(len(y)) if weight is None else weight.astype(np.float64)
+            local = np.array([base[y == 0].sum(), base[y == 1].sum()] if counts else [0.0, 0.0])
             mpi_comm.Allreduce(MPI.IN_PLACE, local, op=MPI.SUM)
             present = local > 0
-            factors = np.where(present, local.sum() / (present.sum() * np.maximum(local, 1)), 0.0)
+            factors = np.where(present, local.sum() / (present.sum() * np.where(present, local, 1.0)), 0.0)
         else:
             factors = np.asarray(spec, dtype=np.float64)
         per_row = np.where(y == 1, factors[1], factors[0]).astype(dtype)

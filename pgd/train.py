@@ -3,15 +3,9 @@
 Every rank runs this function; only rank 0 writes files and prints. All decisions that end the loop
 (convergence, divergence) are taken from globally reduced numbers, so every rank takes them together.
 
-Convergence
------------
-One optimality test decides ``converged``: ``‖∇F(p)‖∞ ≤ tol · max(1, ‖∇F(p₀)‖∞)`` in the optimizer's
-coordinates (standardised unless ``--no-standardize``; ``∇F`` is the minimum-norm subgradient with
-``--l1``), with ``tol`` never below the data dtype's rounding floor (:func:`effective_tol`).  Other stops
-(the iteration budget, ``--rtol``, a line search at rounding level) end the run without claiming
-convergence; an unconverged run prints one warning line (and fails with ``--require-convergence``).
-A fixed-step method whose objective becomes non-finite or rises far above its start has diverged: the run
-fails and writes no model.
+Convergence is decided by :mod:`pgd.convergence`'s one optimality test; an unconverged run prints one
+warning line (and fails with ``--require-convergence``).  A fixed-step method whose objective becomes
+non-finite or rises far above its start has diverged: the run fails and writes no model.
 """
 
 from __future__ import annotations
@@ -29,6 +23,7 @@ import pgd
 from pgd.backend import select_backend
 from pgd.checkpoint import check_checkpoint_options
 from pgd.comm import collectively, max_over_ranks
+from pgd.convergence import DIVERGENCE_FACTOR, OptimalityTest, effective_tol, unconverged_warning
 from pgd.errors import DivergedError, NotConvergedError, TrainingError
 from pgd.fileio import atomic_path, check_writable
 from pgd.gram import reduce_gram, select_solver
@@ -40,12 +35,7 @@ from pgd.strategies import STRATEGIES, pick_runner
 from pgd.strategies.slow_rank import make_slow_rank_hook
 from pgd.strategies.standardize import StandardizedObjective, describe, penalty_factors, scaling_for
 
-#: The optimality test never asks for less than this many rounding units of the data dtype (relative to
-#: the start): below it the gradient of float32 data is rounding noise.
-ROUNDING_FLOOR_ULPS = 8
 
-#: A fixed-step method has diverged when its objective exceeds the starting value by this factor.
-DIVERGENCE_FACTOR = 1e3
 
 #: Factories ``make_hook(cfg, world, optimizer) -> hook or None`` run by every training loop. A hook's
 #: ``after_step(iteration) -> str | None`` is called on every rank after each step, and must return the
@@ -84,11 +74,6 @@ def _replicas_identical(world, params_host: np.ndarray) -> bool:
     return bool(same[0])
 
 
-def effective_tol(tol: float, dtype) -> float:
-    """``tol``, but at least :data:`ROUNDING_FLOOR_ULPS` units of the data dtype's rounding."""
-    return max(float(tol), ROUNDING_FLOOR_ULPS * float(np.finfo(dtype).eps))
-
-
 def build_objective(cfg, world, backend):
     """The run's objective in the optimizer's coordinates, and the method that minimises it.
 
@@ -118,22 +103,6 @@ def build_objective(cfg, world, backend):
     facts = {"standardize": describe(scaling, cfg.penalty_scale), "penalty_scale": cfg.penalty_scale,
              "sample_weight": slab.weight_source, "total_weight": slab.total_weight, "solver": solver}
     return objective, slab, facts, method
-
-
-def _advice(cfg, method: str, stop_reason: str, dtype, standardized: bool) -> str:
-    """The concrete next step for a run that ended unconverged."""
-    steps = []
-    if "budget" in stop_reason:
-        steps.append(f"raise --max-iter (now {cfg.max_iter})")
-    if method not in ("lbfgs", "cholesky", "cd"):
-        steps.append("use --optimizer lbfgs")
-    if not standardized and cfg.mode not in ("async", "shm"):
-        steps.append("drop --no-standardize")
-    if np.dtype(dtype) == np.float32 and "budget" not in stop_reason:
-        steps.append("use --dtype float64")
-    if not steps:
-        steps.append("loosen --tol")
-    return " or ".join(steps)
 
 
 class _Recorder:
@@ -206,13 +175,12 @@ def train(cfg, world=None) -> dict:
     if lr_auto and not lipschitz > 0:
         raise TrainingError("cannot pick a step size: the data matrix is zero; pass --lr", collective=True)
     lr = 1.0 / lipschitz if lr_auto else float(1.0 if cfg.lr == "auto" else cfg.lr)
-    tol = effective_tol(cfg.tol, slab.dtype)
 
     facts = {
         "pgd_version": pgd.__version__, "data": os.path.abspath(cfg.data), "n": slab.n_global, "d": d,
         "loss": cfg.loss, "l2": cfg.l2, "fit_intercept": cfg.fit_intercept, "optimizer": method,
         "lr": lr, "lr_auto": lr_auto, "lipschitz": lipschitz, "ranks": size, "l1": cfg.l1, **setup_facts,
-        "tol": cfg.tol, "tol_effective": tol,
+        "tol": cfg.tol, "tol_effective": effective_tol(cfg.tol, slab.dtype),
         "ranks_per_node": local_size, "device": f"{backend.device} ({backend.name})",
         "communicator": objective.comm.name, "dtype": str(slab.dtype),
         "blas_threads": os.environ.get("PGD_BLAS_THREADS_RESOLVED", "unknown"),
@@ -259,15 +227,14 @@ def train(cfg, world=None) -> dict:
             iteration = 0
             grad_norm, optimality = record(0)
         start_loss = history["loss"][0]
-        reference = max(1.0, history["optimality"][0]) if math.isfinite(history["optimality"][0]) else 1.0
-        target = tol * reference
+        test = OptimalityTest.at_start(cfg.tol, slab.dtype, history["optimality"][0])
         stop_reason = f"iteration budget reached (--max-iter {cfg.max_iter})"
         if budget != cfg.max_iter:
             stop_reason = f"step budget reached ({budget} steps)"
         previous, first_iteration = optimizer.loss, iteration
         while True:
-            if optimizer.fresh and optimality <= target:
-                stop_reason = f"optimality {optimality:.3e} <= tol {tol:g} x {reference:.3g}"
+            if optimizer.fresh and test.holds(optimality):
+                stop_reason = test.describe(optimality)
                 break
             if iteration >= budget:
                 break
@@ -296,7 +263,7 @@ def train(cfg, world=None) -> dict:
             raise DivergedError(f"the objective rose from {start_loss:.6g} to {optimizer.loss:.6g} in "
                                 f"{iteration} iterations: --lr {lr:.3g} is too large (use --lr auto or "
                                 f"--optimizer lbfgs); no model written", collective=True)
-        converged = bool(optimizer.fresh and optimality <= target)
+        converged = bool(optimizer.fresh and test.holds(optimality))
         wall = MPI.Wtime() - started
         compute, comm_seconds = objective.compute_seconds, objective.comm.seconds
         wall_max, compute_max, comm_max, other_max = max_over_ranks(
@@ -305,8 +272,8 @@ def train(cfg, world=None) -> dict:
         identical = _replicas_identical(world, params)
         summary = dict(
             facts, **optimizer.summary(), iterations=iteration, evaluations=optimizer.evaluations,
-            final_loss=optimizer.loss, grad_norm=grad_norm, optimality=optimality,
-            optimality_target=target, converged=converged, stop_reason=stop_reason,
+            final_loss=optimizer.loss, grad_norm=grad_norm, **test.facts(optimality), converged=converged,
+            stop_reason=stop_reason,
             replicas_identical=identical,
             replicas_checked="every iteration" if check_every_step else "at the end", out=cfg.out,
             metrics=cfg.metrics,
@@ -315,9 +282,8 @@ def train(cfg, world=None) -> dict:
                     "per_iteration": wall_max / max(iteration - first_iteration, 1)})
         warnings = [getattr(optimizer, "collinear", None)]
         if not converged:
-            advice = _advice(cfg, method, stop_reason, slab.dtype, facts["standardize"] != "off")
-            warnings.append(f"not converged: optimality {optimality:.3e} > {target:.3e} (tol {tol:g} x "
-                            f"{reference:.3g}) after {iteration} iterations ({stop_reason}); {advice}")
+            warnings.append(unconverged_warning(test, optimality, iteration, stop_reason, method=method,
+                                                dtype=slab.dtype, standardized=facts["standardize"] != "off"))
         summary["warnings"] = [text for text in warnings if text]
         if rank == 0 and cfg.out and (converged or not cfg.require_convergence):
             save_run_model(cfg, params, summary, history)
@@ -330,7 +296,7 @@ def train(cfg, world=None) -> dict:
                   flush=True)
     if cfg.require_convergence and not converged:
         raise NotConvergedError(f"not converged (--require-convergence): optimality {optimality:.3e} > "
-                                f"{target:.3e}; {'no model written' if cfg.out else 'nothing written'}",
+                                f"{test.target:.3e}; {'no model written' if cfg.out else 'nothing written'}",
                                 collective=True)
     return summary
 

@@ -45,6 +45,20 @@ def test_fake_gpu_training_equals_cpu_training(tmp_path, datasets, ranks, loss, 
     assert attrs["cuda_aware"].startswith("host staging" if staged else "cuda-aware (--cuda-aware on; confirmed")
 
 
+@pytest.mark.parametrize("loss, options, method, kernel", [
+    ("squared", ("--l2", "0.01"), "cholesky", "array expressions"),          # the Gram solver, standardised
+    ("logistic", ("--class-weight", "balanced", "--l2", "0.01"), "lbfgs", "two-pass CuPy/cuBLAS (sample weights"),
+])
+def test_fake_gpu_defaults_equal_cpu(tmp_path, datasets, loss, options, method, kernel):
+    """Defaults (standardisation, lbfgs or the Gram solver) and class weights on the device path."""
+    common = (datasets[loss], "--loss", loss, "--dtype", "float64", *options)
+    cpu, _, _ = train_params(2, tmp_path / "cpu.h5", *common, "--device", "cpu")
+    gpu, attrs, _ = train_params(2, tmp_path / "gpu.h5", *common, "--device", "gpu", env=FAKE_CUPY, timeout=240)
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-10, atol=1e-10 * np.abs(cpu).max())
+    assert attrs["optimizer"] == method and attrs["converged"] and attrs["standardize"].startswith("on")
+    assert attrs["gradient_kernel"].startswith(kernel) and attrs["device"] == "gpu (cupy)"
+
+
 def test_fake_gpu_checkpoint_resume_is_exact(tmp_path, datasets):
     data, ck = datasets["squared"], str(tmp_path / "ck.h5")
     whole, _, _ = _train(tmp_path, 2, "whole", data, "--loss", "squared", "--max-iter", "12")

@@ -43,7 +43,7 @@ def run_local_sgd(cfg, world, backend) -> dict:
         comm.allreduce(params)
         params /= size
         if step % evaluate_every == 0 or step == steps:
-            loss, _ = exact_loss(objective, params)
+            loss = exact_loss(objective, params)[0]
             if monitor.record(loss, step * size):
                 stop_reason = f"target loss reached (loss {loss:.6g} <= {cfg.target_loss:g})"
                 break

@@ -117,7 +117,7 @@ def run_shm(cfg, world, backend) -> dict:
         wait += MPI.Wtime() - waited
         if step % evaluate_every == 0 or step == steps:
             snapshot[:] = shared.params
-            loss, _ = exact_loss(objective, snapshot)
+            loss = exact_loss(objective, snapshot)[0]
             if monitor.record(loss, step * size):
                 stop_reason = f"target loss reached (loss {loss:.6g} <= {cfg.target_loss:g})"
                 break
