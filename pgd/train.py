@@ -88,7 +88,7 @@ def build_objective(cfg, world, backend):
     objective, slab = STRATEGIES[cfg.mode](cfg, world, backend)
     scaling = scaling_for(objective, standardize=cfg.standardize, fit_intercept=cfg.fit_intercept, l2=cfg.l2,
                           penalty_scale=cfg.penalty_scale)
-    use_gram, solver = select_solver(cfg, objective, world)
+    use_gram, solver = select_solver(cfg, objective)
     if use_gram:
         started = MPI.Wtime()
         factors = penalty_factors(scaling, cfg.penalty_scale)
