@@ -199,8 +199,7 @@ def train(cfg, world=None) -> dict:
             if hook_stop:
                 stop_reason = hook_stop
                 break
-        progress.update(iteration, optimizer.loss, grad_norm, force=True)
-        progress.close()
+        progress.finish(iteration, optimizer.loss, grad_norm)
         wall = MPI.Wtime() - started
         compute, comm_seconds = objective.compute_seconds, objective.comm.seconds
         wall_max, compute_max, comm_max, other_max = max_over_ranks(
