@@ -172,6 +172,7 @@ def train(cfg, world=None) -> dict:
         if budget != cfg.max_iter:
             stop_reason = f"step budget reached ({budget} steps)"
         previous, first_iteration = optimizer.loss, iteration
+        bytes_before = objective.comm.bytes  # bytes per iteration count this run's iterations only
         while True:
             if optimizer.fresh and grad_norm <= cfg.tol:
                 stop_reason, converged = f"gradient norm {grad_norm:.3e} <= tol {cfg.tol:g}", True
@@ -213,7 +214,8 @@ def train(cfg, world=None) -> dict:
             replicas_identical=identical,
             replicas_checked="every iteration" if check_every_step else "at the end", out=cfg.out,
             metrics=cfg.metrics,
-            comm_bytes_per_iteration=objective.comm.bytes // max(optimizer.evaluations, 1),
+            comm_bytes_per_iteration=(objective.comm.bytes - bytes_before)
+            // max(iteration - first_iteration, 1),
             timing={"wall": wall_max, "compute": compute_max, "comm": comm_max, "other": other_max,
                     "per_iteration": wall_max / max(iteration - first_iteration, 1)})
         if rank == 0 and cfg.out:
