@@ -106,7 +106,8 @@ def train(cfg, world=None) -> dict:
     lipschitz = objective.lipschitz(cfg.power_iters, cfg.seed) if lr_auto else math.nan
     if lr_auto and not lipschitz > 0:
         raise TrainingError("cannot pick a step size: the data matrix is zero; pass --lr", collective=True)
-    lr = 1.0 / lipschitz if lr_auto else float(1.0 if cfg.lr == "auto" else cfg.lr)
+    lr = 1.0 / lipschitz if lr_auto else float(OPTIMIZERS[cfg.optimizer].auto_lr if cfg.lr == "auto"
+                                               else cfg.lr)
 
     facts = {
         "pgd_version": pgd.__version__, "data": os.path.abspath(cfg.data), "n": slab.n_global, "d": d,
