@@ -163,7 +163,7 @@ class Progress:
             if not due:
                 return
         self._shown = (iteration, now)
-        pace = self._pace(iteration, now)
+        pace = self._pace(iteration, now, finished=force)
         elapsed = _format_clock(now - self._started)
         if self.terminal is not None:
             self._draw(iteration, f"{iteration}/{self.total} loss {loss:.7g} |grad| {grad_norm:.2e} "
@@ -179,14 +179,15 @@ class Progress:
         """Show the last iterate (once: not again when it was the last line shown)."""
         self.update(iteration, loss, grad_norm, force=True)
 
-    def _pace(self, iteration: int, now: float) -> tuple[str, str] | None:
+    def _pace(self, iteration: int, now: float, finished: bool) -> tuple[str, str] | None:
         """Time per iteration since the first update and what the rest of the budget would take at that
-        pace (None before the second iterate)."""
+        pace (``0:00`` when ``finished``; None before the second iterate)."""
         first_iteration, first_time = self._first
         if iteration <= first_iteration:
             return None
         per_iteration = (now - first_time) / (iteration - first_iteration)
-        return _format_seconds(per_iteration), _format_clock(per_iteration * max(self.total - iteration, 0))
+        left = 0.0 if finished else per_iteration * max(self.total - iteration, 0)
+        return _format_seconds(per_iteration), _format_clock(left)
 
     def _draw(self, iteration: int, text: str) -> None:
         """Redraw the bar's line (a bar when the terminal is wide enough, then the numbers)."""

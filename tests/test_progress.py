@@ -52,8 +52,8 @@ def test_log_lines_by_iteration_and_by_time_and_the_last_one_once():
     assert lines[0] == "pgd: iter   0/100  loss 1  |grad| 5.000e-01  elapsed 0:01"
     # 13 iterations in 16 s after the first update: 1.23 s each, 87 to go; 16.5 s since the start
     assert lines[2] == "pgd: iter  13/100  loss 0.07  |grad| 5.000e-01  1.23 s/it  elapsed 0:17  left <= 1:47"
-    progress.finish(14, 0.06, 0.4)
-    assert _lines(log)[-1].startswith("pgd: iter  14/100")
+    progress.finish(14, 0.06, 0.4)  # the run is over: nothing left
+    assert _lines(log)[-1].startswith("pgd: iter  14/100") and _lines(log)[-1].endswith("left <= 0:00")
 
 
 def test_bar_is_redrawn_in_place_at_most_ten_times_a_second_and_fits_the_terminal(monkeypatch):
