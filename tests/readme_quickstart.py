@@ -11,6 +11,7 @@ Usage: ``python tests/readme_quickstart.py WORKDIR`` (with the checkout's ``.ven
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -60,7 +61,9 @@ def run(workdir: str, lines: list[str], *, prefix: tuple = (), env: dict | None 
 
 
 def main() -> int:
-    workdir = os.path.abspath(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("workdir", help="Scratch directory (made if missing).")
+    workdir = os.path.abspath(parser.parse_args().workdir)
     venv = os.path.join(ROOT, ".venv")
     prepare(workdir, venv, os.path.join(ROOT, "data", "demo.h5"))
     lines = runnable_lines(quickstart_lines())
