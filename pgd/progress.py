@@ -5,9 +5,9 @@ Conventions
 - Only rank 0 shows anything (``enabled``); nothing here communicates, so what is shown never changes a run.
 - Where the bar goes (:func:`terminal_stream`): standard error when it is a terminal (a plain run, ``srun
   --pty``); otherwise standard output when it is a terminal *and* so is the output of the process that
-  started pgd. Under Open MPI's ``mpirun`` every rank's standard output is a pseudo-terminal of the
-  launcher's (whether or not anyone watches) and its standard error a pipe, so the second test asks whether
-  ``mpirun`` itself writes to a terminal.
+  started pgd (:func:`parent_terminal`, skipping shells in between). Under Open MPI's ``mpirun`` every rank's
+  standard output is a pseudo-terminal of the launcher's (whether or not anyone watches) and its standard
+  error a pipe, so the second test asks whether ``mpirun`` itself writes to a terminal.
 - The bar is redrawn as a whole line (cursor up, text, clear to the end, newline): launchers forward a
   rank's output a line at a time, so a bare carriage return would show nothing until the run ends. At most
   ten redraws a second; the line is cut to the terminal's width so that it never wraps.
@@ -50,17 +50,42 @@ def _format_clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def parent_terminal(pid: int | None = None) -> str | None:
-    """The terminal device that process ``pid`` (default: this process's parent) writes its output to.
-
-    Read from ``/proc/PID/fd/1`` (Linux); None when that is not a terminal or cannot be read.
-    """
-    pid = os.getppid() if pid is None else pid
+def _output_of(pid: int) -> str | None:
+    """Where process ``pid``'s standard output goes (``/proc/PID/fd/1``), or None."""
     try:
-        target = os.readlink(f"/proc/{pid}/fd/1")
+        return os.readlink(f"/proc/{pid}/fd/1")
     except OSError:
         return None
-    return target if target.startswith(("/dev/pts/", "/dev/tty")) else None
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])  # the name in (...) may hold spaces
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def parent_terminal(pid: int | None = None, own: str | None = None) -> str | None:
+    """The terminal that the process which started this one writes to, or None (Linux: ``/proc``).
+
+    Starting from ``pid`` (default: the parent), ancestors whose output is ``own`` (default: this
+    process's standard output) are skipped: a shell between ``mpirun`` and pgd writes to the same
+    pseudo-terminal of the launcher; the first ancestor writing elsewhere decides.
+    """
+    pid = os.getppid() if pid is None else pid
+    if own is None:
+        own = _output_of(os.getpid())
+    for _ in range(16):
+        target = _output_of(pid)
+        if target is None:
+            return None
+        if target != own:
+            return target if target.startswith(("/dev/pts/", "/dev/tty")) else None
+        pid = _parent_of(pid)
+        if pid <= 1:
+            return None
+    return None
 
 
 def terminal_stream(stderr=None, stdout=None, parent=parent_terminal):

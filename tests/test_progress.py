@@ -7,6 +7,7 @@ import io
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -96,19 +97,39 @@ def test_where_the_bar_goes():
     assert terminal_stream(stderr=pipe, stdout=pipe, parent=lambda: "/dev/pts/3") is None
 
 
-def test_parent_terminal_reads_the_output_of_a_process():
-    leader, follower = pty.openpty()
-    on_terminal = subprocess.Popen(["sleep", "30"], stdout=follower)
+def _children(pid: int, timeout: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="utf-8") as handle:
+            children = [int(child) for child in handle.read().split()]
+        if children:
+            return children
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} started no child")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd/1"), reason="needs Linux /proc")
+def test_parent_terminal_reads_the_output_of_the_launcher():
+    launcher_tty, launcher_side = pty.openpty()
+    rank_tty, rank_side = pty.openpty()
+    rank_device = os.ttyname(rank_side)
+    # a launcher writing to a terminal starts a shell writing to the rank's pseudo-terminal
+    launcher = subprocess.Popen(["bash", "-c", f"sleep 30 > {rank_device} & wait"], stdout=launcher_side)
     on_pipe = subprocess.Popen(["sleep", "30"], stdout=subprocess.PIPE)
+    shell = None
     try:
-        assert parent_terminal(on_terminal.pid) == os.ttyname(follower)
-        assert parent_terminal(on_pipe.pid) is None
+        (shell,) = _children(launcher.pid)
+        assert parent_terminal(shell, own=rank_device) == os.ttyname(launcher_side)  # the shell is skipped
+        assert parent_terminal(launcher.pid, own=rank_device) == os.ttyname(launcher_side)
+        assert parent_terminal(on_pipe.pid, own=rank_device) is None
     finally:
-        for child in (on_terminal, on_pipe):
+        if shell is not None:
+            os.kill(shell, signal.SIGKILL)
+        for child in (launcher, on_pipe):
             child.kill()
             child.wait()
-        os.close(leader)
-        os.close(follower)
+        for fd in (launcher_tty, launcher_side, rank_tty, rank_side):
+            os.close(fd)
 
 
 def _read_all(fd: int, process, timeout: float) -> bytes:
