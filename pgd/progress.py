@@ -171,7 +171,8 @@ class Progress:
         self._drawn = False
 
     def update(self, iteration: int, loss: float, grad_norm: float, force: bool = False) -> None:
-        """Report iterate ``iteration``; shown when due (always with ``force``, unless shown already)."""
+        """Report iterate ``iteration``; shown when due (with ``force``: always, but never two log lines for
+        one iterate)."""
         if not self.enabled:
             return
         now = self.clock()
@@ -179,8 +180,8 @@ class Progress:
             self._first = (iteration, now)
         if self._shown is not None:
             last_iteration, last_time = self._shown
-            if force:
-                due = last_iteration != iteration
+            if force:  # the final state: redrawn in place, or a log line unless this iterate had one
+                due = self.terminal is not None or last_iteration != iteration
             elif self.terminal is not None:
                 due = now - last_time >= REDRAW_SECONDS
             else:
@@ -201,7 +202,7 @@ class Progress:
             self.log.flush()
 
     def finish(self, iteration: int, loss: float, grad_norm: float) -> None:
-        """Show the last iterate (once: not again when it was the last line shown)."""
+        """Show the last iterate as final (nothing left), once."""
         self.update(iteration, loss, grad_norm, force=True)
 
     def _pace(self, iteration: int, now: float, finished: bool) -> tuple[str, str] | None:
