@@ -216,7 +216,7 @@ OUTPUT_OPTIONS = [
            help="Write one JSON object per iteration to this file."),
     option("--quiet", is_flag=True, default=False, help="Only the final summary."),
     option("--log-every", type=click.IntRange(min=0), default=0,
-           help="Log line every K iterations when not on a terminal (0: about 10 lines)."),
+           help="Log line every K iterations when not on a terminal (0: about 10 lines), and every 10 s."),
     option("--dry-run", is_flag=True, default=False,
            help="Validate data and options, show the plan, train nothing."),
 ]

@@ -174,7 +174,8 @@ def train(cfg, world=None) -> dict:
     lipschitz = objective.lipschitz(cfg.power_iters, cfg.seed) if lr_auto else math.nan
     if lr_auto and not lipschitz > 0:
         raise TrainingError("cannot pick a step size: the data matrix is zero; pass --lr", collective=True)
-    lr = 1.0 / lipschitz if lr_auto else float(1.0 if cfg.lr == "auto" else cfg.lr)
+    lr = 1.0 / lipschitz if lr_auto else float(OPTIMIZERS[method].auto_lr if cfg.lr == "auto"
+                                               else cfg.lr)
 
     facts = {
         "pgd_version": pgd.__version__, "data": os.path.abspath(cfg.data), "n": slab.n_global, "d": d,
@@ -232,6 +233,7 @@ def train(cfg, world=None) -> dict:
         if budget != cfg.max_iter:
             stop_reason = f"step budget reached ({budget} steps)"
         previous, first_iteration = optimizer.loss, iteration
+        bytes_before = objective.comm.bytes  # bytes per iteration count this run's iterations only
         while True:
             if optimizer.fresh and test.holds(optimality):
                 stop_reason = test.describe(optimality)
@@ -257,8 +259,7 @@ def train(cfg, world=None) -> dict:
             if hook_stop:
                 stop_reason = hook_stop
                 break
-        progress.update(iteration, optimizer.loss, grad_norm, force=True)
-        progress.close()
+        progress.finish(iteration, optimizer.loss, grad_norm)
         if optimizer.fixed_step and optimizer.loss > start_loss:
             raise DivergedError(f"the objective rose from {start_loss:.6g} to {optimizer.loss:.6g} in "
                                 f"{iteration} iterations: --lr {lr:.3g} is too large (use --lr auto or "
@@ -277,7 +278,8 @@ def train(cfg, world=None) -> dict:
             replicas_identical=identical,
             replicas_checked="every iteration" if check_every_step else "at the end", out=cfg.out,
             metrics=cfg.metrics,
-            comm_bytes_per_iteration=objective.comm.bytes // max(optimizer.evaluations, 1),
+            comm_bytes_per_iteration=(objective.comm.bytes - bytes_before)
+            // max(iteration - first_iteration, 1),
             timing={"wall": wall_max, "compute": compute_max, "comm": comm_max, "other": other_max,
                     "per_iteration": wall_max / max(iteration - first_iteration, 1)})
         warnings = [getattr(optimizer, "collinear", None)]

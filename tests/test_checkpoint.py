@@ -76,9 +76,12 @@ def test_resume_is_bit_exact_and_falls_back_on_damage(tmp_path, data_path, monke
                               resumed, "--checkpoint", ck, "--resume")
     assert code == 0, err
     assert "damaged" in out and "ck.h5.prev (iteration 15)" in out
-    w_whole, b_whole, _ = read_weights(whole)
-    w_res, b_res, _ = read_weights(resumed)
+    w_whole, b_whole, whole_attrs = read_weights(whole)
+    w_res, b_res, resumed_attrs = read_weights(resumed)
     assert np.array_equal(w_whole, w_res) and b_whole == b_res
+    # one Allreduce of d + 2 float64 per iteration, before and after a resume
+    for attrs in (whole_attrs, read_weights(tmp_path / "part.h5")[2], resumed_attrs):
+        assert attrs["comm_bytes_per_iteration"] == (4 + 2) * 8
     with h5py.File(whole) as a, h5py.File(resumed) as b:
         assert np.array_equal(a["history/loss"][...], b["history/loss"][...])
         assert len(b["history/loss"]) == 31

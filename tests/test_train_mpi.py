@@ -156,6 +156,7 @@ def test_outputs_metrics_history_and_summary(datasets):
     assert attrs["iterations"] == 25 and attrs["stop_reason"].startswith("iteration budget")
     assert "compute" in result.stdout and "communication" in result.stdout
     assert "pgd: iter  5/25" in result.stderr  # a log line every 5 iterations off a terminal
+    assert result.stderr.count("iter 25/25") == 1 and "elapsed" in result.stderr  # the last line once
     import h5py
 
     with h5py.File(out) as handle:

@@ -84,7 +84,7 @@ def _csv_rows(src: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
     except (TypeError, csv.Error) as exc:
         raise InputError(f"cannot parse {src} as CSV with delimiter {delimiter!r}: {exc}") from None
     except UnicodeDecodeError:
-        raise InputError(f"{src} is not a text file; is --format right?") from None
+        raise InputError(f"{src} is not a text file; is --from right?") from None
 
 
 def _is_numeric(fields: list[str]) -> bool:
@@ -199,7 +199,7 @@ def _libsvm_records(src: str, offset: int) -> Iterator[tuple[int, float, list[in
                         raise InputError(f"{src} line {line}: bad feature {token!r}, expected index:value") from None
                 yield line, label, columns, values
     except UnicodeDecodeError:
-        raise InputError(f"{src} is not a text file; is --format right?") from None
+        raise InputError(f"{src} is not a text file; is --from right?") from None
 
 
 def _libsvm_source(src: str, n_features: int | None, zero_based: bool, block_rows: int | None):

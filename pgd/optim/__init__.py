@@ -29,7 +29,8 @@ class Optimizer:
     """
 
     name = "base"
-    needs_lr = True  # False: the optimizer picks its own steps, so --lr auto needs no Lipschitz estimate
+    needs_lr = True  # --lr auto is 1/L (power iterations); False: it is ``auto_lr``, no Lipschitz estimate
+    auto_lr = 1.0  # what --lr auto stands for when ``needs_lr`` is False
     fixed_step = True  # steps of a fixed size, which diverge when it is too large (see pgd.train)
     fresh = True
     stop_reason = None

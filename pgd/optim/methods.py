@@ -178,6 +178,10 @@ class Adam(ProximalMixin, Optimizer):
     ``x ← x − lr·m̂/(√v̂ + ε)`` with ``m̂ = m/(1−β₁ᵗ)``, ``v̂ = v/(1−β₂ᵗ)`` (full-batch gradients)."""
 
     name = "adam"
+    # A step moves each coordinate by about lr whatever the gradient's scale, so 1/L (a rate for the
+    # gradient, 2.4e-6 on badly scaled data) is the wrong unit: --lr auto is a fixed distance instead.
+    needs_lr = False
+    auto_lr = 0.01
 
     def __init__(self, objective, *, xp, lr: float, cfg=None):
         super().__init__(objective, xp=xp, lr=lr, cfg=cfg)
