@@ -25,7 +25,7 @@ def data_path(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("ck") / "d.h5", X, y)
 
 
-TRAIN = ("--loss", "logistic", "--tol", "0", "--rtol", "0", "--quiet")
+TRAIN = ("--loss", "logistic", "--optimizer", "gd", "--tol", "0", "--rtol", "0", "--quiet")
 
 
 def test_state_dict_round_trip(tmp_path):

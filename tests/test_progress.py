@@ -168,7 +168,8 @@ def test_live_bar_on_rank_0_under_mpirun_in_a_terminal(tmp_path):
     data = write_dataset(tmp_path / "d.h5", X, X @ np.ones(3))
     leader, follower = pty.openpty()
     command = [MPIRUN, *MPIRUN_FLAGS, "-n", "2", sys.executable, "-m", "pgd", "train", data, "--loss", "squared",
-               "--max-iter", "40", "--tol", "0", "--rtol", "0", "--lr", "0.01"]
+               "--solver", "iterative", "--optimizer", "gd", "--max-iter", "40", "--tol", "0", "--rtol", "0",
+               "--lr", "0.01"]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower,
                                env=dict(os.environ, PGD_BLAS_THREADS="1", COLUMNS="120"))
     os.close(follower)
