@@ -12,7 +12,8 @@ import json
 import click
 
 from pgd import __version__
-from pgd.config import (CUDA_AWARE_OPTION, DATA_OPTIONS, DTYPE, TRAIN_OPTIONS, apply_options, option, resolve)
+from pgd.config import (CUDA_AWARE_OPTION, DATA_OPTIONS, DTYPE, FINITE_FLOAT, NONNEG_FLOAT, SEED, TRAIN_OPTIONS,
+                        apply_options, command_of, option, option_label, resolve)
 
 
 def _world():
@@ -40,11 +41,16 @@ def _on_rank0(world, work):
     return world.bcast(result, root=0)
 
 
+def _label(ctx, name: str, value) -> str:
+    """``--name`` for messages, saying which environment variable set it if one did."""
+    return option_label(resolve(ctx, {name: value}), name, command_of(ctx))
+
+
 def _print_result(world, result: dict, as_json: bool, text: str) -> None:
     _echo_rank0(world, json.dumps(result, indent=2, default=str) if as_json else text)
 
 
-JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+JSON_OPTION = option("--json", "as_json", is_flag=True, show_default=False, help="Print JSON instead of text.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -78,9 +84,9 @@ def data():
         help="regression: y = Xw + b + noise; binary: y ~ Bernoulli(sigmoid(Xw + b)).")
 @option("--n", "n", type=click.IntRange(min=1), required=True, help="Rows.")
 @option("--d", "d", type=click.IntRange(min=1), required=True, help="Columns.")
-@option("--seed", type=int, default=0, help="Random seed.")
+@option("--seed", type=SEED, default=0, help="Random seed.")
 @option("--dtype", type=DTYPE, default="float32", help="Stored float type.")
-@option("--noise", type=click.FloatRange(min=0.0), default=0.1, help="Noise level (see README).")
+@option("--noise", type=NONNEG_FLOAT, default=0.1, help="Noise level (see README).")
 @option("--chunk-rows", type=click.IntRange(min=1), default=None, help="HDF5 chunk rows (default ≈1 MiB).")
 def data_generate(out, task, n, d, seed, dtype, noise, chunk_rows):
     """Write a synthetic dataset with known true weights, block by block (bounded memory)."""
@@ -198,12 +204,14 @@ def evaluate(model, data, x_key, y_key, hdf5_locking, as_json):
 @click.argument("data", type=click.Path(dir_okay=False))
 @option("--out", type=click.Path(dir_okay=False), required=True, help="Predictions file (HDF5).")
 @apply_options(DATA_OPTIONS)
-def predict(model, data, out, x_key, y_key, hdf5_locking):
+@click.pass_context
+def predict(ctx, model, data, out, x_key, y_key, hdf5_locking):
     """Write predictions of MODEL for DATA to an HDF5 file (probabilities for logistic models)."""
     from pgd.evaluate import predict_model  # noqa: PLC0415
 
     world = _world()
-    result = predict_model(world, model, data, out, x_key=x_key, y_key=y_key, locking=hdf5_locking)
+    result = predict_model(world, model, data, out, x_key=x_key, y_key=y_key, locking=hdf5_locking,
+                           out_label=_label(ctx, "out", out))
     _echo_rank0(world, f"wrote {result['out']}: {', '.join(result['columns'])} for {result['n']} rows")
 
 
@@ -269,8 +277,8 @@ def bench_kernels(elements, ds, dtypes, losses, step_rows, repeats, cuda_aware, 
         help="Problems as NAME=NxD, comma-separated (n and d over all ranks).")
 @option("--dtype", type=DTYPE, default="float64", help="Float type.")
 @option("--repeats", type=click.IntRange(min=1), default=20, help="Timed repetitions (median).")
-@option("--alpha", type=float, default=None, help="Latency α in seconds (default: measured).")
-@option("--beta", type=float, default=None, help="Seconds per byte β (default: measured).")
+@option("--alpha", type=NONNEG_FLOAT, default=None, help="Latency α in seconds (default: measured).")
+@option("--beta", type=NONNEG_FLOAT, default=None, help="Seconds per byte β (default: measured).")
 @JSON_OPTION
 def bench_modes(shapes, dtype, repeats, alpha, beta, as_json):
     """Time per iteration of --mode data, feature and hybrid, next to their α-β communication estimates."""
@@ -374,10 +382,10 @@ def bench_comm(min_bytes, max_bytes, repeats, gpu, out, plot, as_json):
 @option("--n", "n", type=click.IntRange(min=2), default=200_000, help="Rows.")
 @option("--d", "d", type=click.IntRange(min=1), default=100, help="Columns.")
 @option("--loss", type=click.Choice(["squared", "logistic"]), default="logistic", help="Loss.")
-@option("--l2", type=click.FloatRange(min=0.0), default=1e-3, help="L2 penalty λ, the same for every tool.")
+@option("--l2", type=NONNEG_FLOAT, default=1e-3, help="L2 penalty λ, the same for every tool.")
 @option("--ranks", type=click.IntRange(min=1), default=2, help="MPI ranks / DDP processes / Spark cores.")
 @option("--max-iter", type=click.IntRange(min=1), default=500, help="Iteration budget of every tool.")
-@option("--target-rtol", type=click.FloatRange(min=0.0), default=1e-4,
+@option("--target-rtol", type=NONNEG_FLOAT, default=1e-4,
         help="Target loss = best exact loss × (1 + this).")
 @option("--tools", default="sklearn,torch,spark", help="Peers to run (each only when installed).")
 @option("--out", type=click.Path(file_okay=False), required=True, help="Results directory.")

@@ -16,10 +16,11 @@ from mpi4py import MPI
 
 import pgd
 from pgd.backend import select_backend
-from pgd.checkpoint import check_checkpoint_options
+from pgd.checkpoint import check_checkpoint_options, checkpoint_files, hold_checkpoint_lock
 from pgd.comm import collectively, max_over_ranks
 from pgd.errors import TrainingError
-from pgd.fileio import atomic_path, check_writable
+from pgd.config import option_label
+from pgd.fileio import atomic_path, check_writable, refuse_same_files
 from pgd.gram import select_solver
 from pgd.model_io import save_run_model
 from pgd.optim import OPTIMIZERS, make_optimizer
@@ -49,6 +50,10 @@ def _check_outputs(world, cfg) -> None:
     check_checkpoint_options(cfg)
     with collectively(world):
         if world.Get_rank() == 0:
+            outputs = {option_label(cfg, "out"): cfg.out, option_label(cfg, "metrics"): cfg.metrics}
+            if cfg.checkpoint:
+                outputs.update(checkpoint_files(cfg.checkpoint))
+            refuse_same_files({"the data file": cfg.data}, outputs)
             for path, what in ((cfg.out, "model file"), (cfg.metrics, "metrics file"),
                                (cfg.checkpoint, "checkpoint")):
                 if path:
@@ -66,17 +71,22 @@ def _replicas_identical(world, params_host: np.ndarray) -> bool:
 
 
 class _MetricsWriter:
-    """One JSON object per iterate, written by rank 0 to a temporary file renamed on success."""
+    """One JSON object per iterate, written by rank 0 to a temporary file renamed by :meth:`commit`."""
 
     def __init__(self, stack: ExitStack, path: str | None, enabled: bool):
         self.handle = None
+        self.files = stack.enter_context(ExitStack())  # undone (nothing written) unless committed
         if path and enabled:
-            temporary = stack.enter_context(atomic_path(path))
-            self.handle = stack.enter_context(open(temporary, "w", encoding="utf-8"))
+            temporary = self.files.enter_context(atomic_path(path, "metrics file"))
+            self.handle = self.files.enter_context(open(temporary, "w", encoding="utf-8"))
 
     def write(self, record: dict) -> None:
         if self.handle is not None:
             self.handle.write(json.dumps(record) + "\n")
+
+    def commit(self) -> None:
+        """Close the file and give it its name."""
+        self.files.close()
 
 
 def train(cfg, world=None) -> dict:
@@ -90,14 +100,19 @@ def train(cfg, world=None) -> dict:
         The ranks taking part (``COMM_WORLD`` by default).
     """
     world = world if world is not None else MPI.COMM_WORLD
+    _check_outputs(world, cfg)
+    with hold_checkpoint_lock(world, cfg.checkpoint):  # no other run uses the checkpoint while this one lives
+        return _train(cfg, world)
+
+
+def _train(cfg, world) -> dict:
     rank, size = world.Get_rank(), world.Get_size()
     local_rank, local_size = node_local_rank(world)
     backend = select_backend(cfg.device, local_rank)
     xp = backend.xp
-    _check_outputs(world, cfg)
+    catch_signals_early()  # a SIGTERM/SIGUSR1 while the data loads stops the run at its first decision
     if (runner := pick_runner(cfg)) is not None:  # modes with loops of their own (async, shm, local SGD)
         return runner(cfg, world, backend)
-    catch_signals_early()  # a SIGTERM/SIGUSR1 while the data loads stops the run at its first step
 
     objective, slab = STRATEGIES[cfg.mode](cfg, world, backend)
     objective, solver = select_solver(cfg, objective, world)
@@ -161,7 +176,7 @@ def train(cfg, world=None) -> dict:
 
         # hooks with resume(history) may continue a checkpointed run (pgd.preempt, pgd.checkpoint)
         resumed = [it for hook in hooks
-                   if hasattr(hook, "resume") and (it := hook.resume(history)) is not None]
+                   if hasattr(hook, "resume") and (it := hook.resume(history, slab)) is not None]
         if resumed:
             iteration, grad_norm = resumed[0], optimizer.grad_norm()
             time_offset = history["time"][-1] if history["time"] else 0.0
@@ -217,8 +232,10 @@ def train(cfg, world=None) -> dict:
             comm_bytes_per_iteration=objective.comm.bytes // max(optimizer.evaluations, 1),
             timing={"wall": wall_max, "compute": compute_max, "comm": comm_max, "other": other_max,
                     "per_iteration": wall_max / max(iteration - first_iteration, 1)})
-        if rank == 0 and cfg.out:
-            save_run_model(cfg, params, summary, history)
+        with collectively(world):  # a failed write (disk full) is one line on every rank
+            if rank == 0 and cfg.out:
+                save_run_model(cfg, params, summary, history)
+            metrics.commit()
     if rank == 0:
         print(format_summary(summary), flush=True)
         if not identical:

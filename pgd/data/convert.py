@@ -14,6 +14,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from pgd.errors import InputError
+from pgd.fileio import refuse_same_files
 from pgd.data.slab import default_block_rows
 from pgd.data.writer import atomic_h5_file, create_xy, float_dtype, summary
 
@@ -282,6 +283,7 @@ def convert_file(src, dst, fmt: str, *, label_column: str | int | None = None, l
     src = os.fspath(src)
     if not os.path.isfile(src):
         raise InputError(f"source file not found: {src}")
+    refuse_same_files({"the source file": src}, {"OUT": os.fspath(dst)})
     if fmt == "csv":
         n, d, blocks, unit = _csv_source(src, label_column, delimiter, header, block_rows)
     elif fmt == "npy":
