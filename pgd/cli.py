@@ -106,10 +106,11 @@ def data_generate(out, task, n, d, seed, dtype, noise, chunk_rows):
         help="Input format (npy also takes .npz with X and y).")
 @option("--label-column", default=None,
         help="csv/npy: label column, an index (negative counts from the end) or a header name; "
-             "default: the last column.")
-@option("--labels", type=click.Choice(["asis", "pm1"]), default="asis",
-        help="pm1: map labels -1/+1 to 0/1 (for logistic loss).")
-@option("--delimiter", default=",", help="csv: field separator.")
+             "default: the last column; none: no labels (data to predict on).")
+@option("--labels", type=click.Choice(["asis", "pm1", "classes"]), default="asis",
+        help="pm1: map labels -1/+1 to 0/1 (for logistic loss); classes: map two classes (text or numbers, "
+             "in sorted order) to 0/1, stored as the attribute label_classes.")
+@option("--delimiter", default="auto", help="csv: field separator, \\t (or tab) for tabs; auto detects , ; tab |.")
 @option("--header/--no-header", default=None, help="csv: first line is a header (default: detect).")
 @option("--n-features", type=click.IntRange(min=1), default=None, help="libsvm: number of columns.")
 @option("--zero-based", is_flag=True, default=False, help="libsvm: feature indices start at 0.")
@@ -127,7 +128,8 @@ def data_convert(source, out, fmt, label_column, labels, delimiter, header, n_fe
     summary = _on_rank0(world, lambda: convert_file(
         source, out, fmt, label_column=label_column, labels=labels, delimiter=delimiter, header=header,
         n_features=n_features, zero_based=zero_based, dtype=dtype, task=task))
-    _echo_rank0(world, f"wrote {out}: {summary['n']} x {summary['d']} from {fmt} {source}")
+    _echo_rank0(world, f"wrote {out}: {summary['n']} x {summary['d']} from {fmt} {source}"
+                       + "".join(f"\npgd: note: {note}" for note in summary.get("notes", [])))
 
 
 @data.command("info")

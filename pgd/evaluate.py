@@ -29,8 +29,12 @@ def _model_and_scores(world, model_path, data_path, *, x_key, y_key, locking, re
     slab = load_row_slab(world, data_path, backend=cpu_backend(), dtype="float64", x_key=x_key, y_key=y_key,
                          locking=locking, require_y=require_y)
     if model.d != slab.meta.d:
+        hint = ""
+        if slab.meta.attrs.get("n_features_from") == "largest index in the file":
+            hint = (f"; {data_path} was converted from LIBSVM with its largest feature index as the count: "
+                    f"convert it again with --n-features {model.d}")
         raise InputError(f"model {model_path} has {model.d} features but {data_path} has {slab.meta.d} "
-                         f"columns", collective=True)
+                         f"columns{hint}", collective=True)
     scores = slab.X @ model.w + model.b
     return model, slab, scores
 
