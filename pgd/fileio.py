@@ -156,7 +156,10 @@ class PendingFile:
         """Close the file; a named temporary file that was not committed is removed."""
         if self.fd is None:
             return
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:  # buffered bytes that cannot be written (disk full): the file is discarded anyway
+            pass
         os.close(self.fd)
         self.fd = None
         if self.named and os.path.exists(self.named):

@@ -21,7 +21,7 @@ _UNLIMITED = 1 << 60  # cgroup v1 writes a huge number for "no limit"
 
 def format_bytes(nbytes: float) -> str:
     """``1.5 GiB``, ``12.0 MiB``, ``300 B``."""
-    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if nbytes >= scale:
             return f"{nbytes / scale:.1f} {unit}"
     return f"{int(nbytes)} B"

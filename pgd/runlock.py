@@ -90,8 +90,11 @@ class RunLock:
             except FileNotFoundError:
                 same = False
             if same:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, _holder().encode(), 0)
+                try:  # who holds it, for the message of a refused run; the lock holds without it
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, _holder().encode(), 0)
+                except OSError:
+                    pass
                 self.fd = fd
                 return
             os.close(fd)
@@ -116,7 +119,10 @@ class RunLock:
                         pass
                     continue
                 self._refuse(text, stale_hint=alive is None)
-            os.write(fd, _holder().encode())
+            try:
+                os.write(fd, _holder().encode())
+            except OSError:
+                pass
             self.fd, self.exclusive_file = fd, True
             return
         raise InputError(f"cannot lock {self.lock}: it keeps being replaced by another process")

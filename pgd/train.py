@@ -71,21 +71,31 @@ def _replicas_identical(world, params_host: np.ndarray) -> bool:
 
 
 class _MetricsWriter:
-    """One JSON object per iterate, written by rank 0 to a temporary file renamed by :meth:`commit`."""
+    """One JSON object per iterate, written by rank 0 to a temporary file renamed by :meth:`commit`.
+
+    A failed write (disk full) stops the writing and is raised by :meth:`commit`, where every rank agrees
+    on it, not in the middle of the loop on rank 0 alone.
+    """
 
     def __init__(self, stack: ExitStack, path: str | None, enabled: bool):
-        self.handle = None
+        self.handle, self.failure = None, None
         self.files = stack.enter_context(ExitStack())  # undone (nothing written) unless committed
         if path and enabled:
             temporary = self.files.enter_context(atomic_path(path, "metrics file"))
             self.handle = self.files.enter_context(open(temporary, "w", encoding="utf-8"))
 
     def write(self, record: dict) -> None:
-        if self.handle is not None:
-            self.handle.write(json.dumps(record) + "\n")
+        if self.handle is not None and self.failure is None:
+            try:
+                self.handle.write(json.dumps(record) + "\n")
+            except OSError as error:
+                self.failure = error
 
     def commit(self) -> None:
-        """Close the file and give it its name."""
+        """Close the file and give it its name (or raise the failed write as one line)."""
+        if self.failure is not None:
+            with self.files:  # unwinding with the error discards the file and reports it in one line
+                raise self.failure
         self.files.close()
 
 

@@ -237,7 +237,7 @@ def start_resilience(cfg, world, state, rows: "RowData", monitor: "LossMonitor |
     """
     resilience = Resilience(cfg, world, state, unit="update", **options)
     history = monitor.history if monitor is not None else {}
-    if resilience.bind(history, rows) is not None and history.get("time"):
+    if resilience.bind(history, rows) is not None and monitor is not None and history.get("time"):
         monitor.started -= history["time"][-1]  # times continue those of the runs before
     return resilience
 

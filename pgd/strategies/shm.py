@@ -10,6 +10,12 @@ With several nodes, the node copies are averaged over the nodes' first ranks eve
 (every step when it is 0). The loss is evaluated on the (then quiet) shared weights about four times per
 pass over the rows. ``PGD_SHM_NODE_RANKS=m`` splits the ranks into simulated nodes of ``m`` ranks, to
 exercise the multi-node path on one machine (tests).
+
+Signals, ``--max-time`` and checkpoints are decided at agreed steps (:class:`pgd.preempt.DecisionSchedule`,
+about twice a second) by :class:`pgd.preempt.Resilience`. A checkpoint holds each node's weights, the step
+and every rank's shuffle. Lock-free updates race, so a resumed run continues from the checkpoint but is
+not bit-identical to an uninterrupted one, except with one rank per node (``PGD_SHM_NODE_RANKS=1``), where
+nothing races.
 """
 
 from __future__ import annotations
@@ -107,8 +113,9 @@ def run_shm(cfg, world, backend) -> dict:
     staleness_max, staleness_sum, wait = 0, 0.0, 0.0
     world.Barrier()
     monitor.started = started = MPI.Wtime()
-    resilience = start_resilience(cfg, world, state, rows, monitor, quiesce=settle)
-    settle()  # a resumed node copy is everywhere before anyone steps
+    # a checkpoint holds each node's copy as it is (each rank saves its node's): resuming changes nothing
+    resilience = start_resilience(cfg, world, state, rows, monitor, quiesce=lambda: settle(average=False))
+    settle(average=False)  # a resumed node copy is seen by every rank of the node before anyone steps
     schedule = DecisionSchedule(state.step, resilience.agreement.elapsed)
     try:
         while state.step < steps:
