@@ -175,15 +175,15 @@ def _failed_write(error: BaseException, path: str, what: str) -> InputError | No
 
 
 @contextmanager
-def atomic_path(path: str, what: str = "output"):
-    """Yield a path to write; on success the file is fsynced and renamed onto ``path``.
+def pending_output(path: str, what: str = "output"):
+    """Yield a :class:`PendingFile` for ``path``; on success it is fsynced and renamed onto ``path``.
 
     On an exception nothing of the new file remains and ``path`` is left as it was; a failed write is
     reported as one :class:`InputError` line.
     """
     pending = PendingFile(path)
     try:
-        yield pending.path
+        yield pending
         pending.sync()
         pending.commit()
     except BaseException as error:
@@ -195,18 +195,15 @@ def atomic_path(path: str, what: str = "output"):
 
 
 @contextmanager
+def atomic_path(path: str, what: str = "output"):
+    """Yield a path to write that appears at ``path`` only if the block succeeds (see :func:`pending_output`)."""
+    with pending_output(path, what) as pending:
+        yield pending.path
+
+
+@contextmanager
 def atomic_h5_file(path: str, what: str = "output"):
     """Yield a new HDF5 file (HDF5 >= 1.8 format) that appears at ``path`` only if the block succeeds."""
     check_writable(path, what)
-    pending = PendingFile(path)
-    try:
-        with h5py.File(pending.file, "w", libver=LIBVER) as handle:
-            yield handle
-        pending.sync()
-        pending.commit()
-    except BaseException as error:
-        pending.close()
-        failure = _failed_write(error, path, what)
-        if failure is not None:
-            raise failure from None
-        raise
+    with pending_output(path, what) as pending, h5py.File(pending.file, "w", libver=LIBVER) as handle:
+        yield handle

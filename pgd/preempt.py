@@ -328,17 +328,8 @@ class DecisionSchedule:
 
 
 class ResilienceHook:
-    """Loop hook of :func:`pgd.train.train`: a :class:`Resilience` decision after every step.
-
-    Parameters
-    ----------
-    cfg : pgd.config.RunConfig
-        Uses ``checkpoint``, ``checkpoint_every``, ``checkpoint_seconds``, ``resume``, ``max_time``.
-    world : mpi4py.MPI.Comm
-        All ranks of the run.
-    optimizer : pgd.optim.Optimizer
-        Its ``state_dict`` goes into the checkpoint.
-    """
+    """Loop hook of :func:`pgd.train.train`: a :class:`Resilience` decision after every step, with the
+    optimizer as the checkpointed state (parameters as for :class:`Resilience`)."""
 
     def __init__(self, cfg, world, optimizer):
         self.resilience = Resilience(cfg, world, optimizer)
