@@ -12,7 +12,7 @@ import json
 import click
 
 from pgd import __version__
-from pgd.config import (CUDA_AWARE_OPTION, DATA_OPTIONS, DTYPE, FINITE_FLOAT, NONNEG_FLOAT, SEED, TRAIN_OPTIONS,
+from pgd.config import (CUDA_AWARE_OPTION, DATA_OPTIONS, DTYPE, NONNEG_FLOAT, SEED, TRAIN_OPTIONS,
                         apply_options, command_of, option, option_label, resolve)
 
 

@@ -65,7 +65,7 @@ def predict_model(world, model_path: str, data_path: str, out: str, *, x_key="X"
 
     ``out_label`` names the output in messages (``"--out (from PGD_PREDICT_OUT)"``).
     """
-    rank, size = world.Get_rank(), world.Get_size()
+    rank = world.Get_rank()
     with collectively(world):
         if rank == 0:
             refuse_same_files({"the model file": model_path, "the data file": data_path}, {out_label: out})

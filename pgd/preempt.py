@@ -80,6 +80,15 @@ def catch_signals_early() -> None:
         _EARLY_FLAG.install()
 
 
+def release_early_signals() -> None:
+    """Give the signals back if :func:`catch_signals_early` caught them and no loop adopted the flag (the run
+    ended before its loop: an error, ``--dry-run``)."""
+    global _EARLY_FLAG
+    if _EARLY_FLAG is not None:
+        _EARLY_FLAG.restore()
+        _EARLY_FLAG = None
+
+
 def adopt_signal_flag() -> SignalFlag:
     """The flag installed by :func:`catch_signals_early` (with any signal it caught), else a new one."""
     global _EARLY_FLAG

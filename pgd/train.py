@@ -24,7 +24,7 @@ from pgd.fileio import atomic_path, check_writable, refuse_same_files
 from pgd.gram import select_solver
 from pgd.model_io import save_run_model
 from pgd.optim import OPTIMIZERS, make_optimizer
-from pgd.preempt import adopt_signal_flag, catch_signals_early, make_resilience_hook
+from pgd.preempt import adopt_signal_flag, catch_signals_early, make_resilience_hook, release_early_signals
 from pgd.progress import Progress, format_summary
 from pgd.strategies import STRATEGIES, pick_runner
 from pgd.strategies.slow_rank import make_slow_rank_hook
@@ -112,7 +112,10 @@ def train(cfg, world=None) -> dict:
     world = world if world is not None else MPI.COMM_WORLD
     _check_outputs(world, cfg)
     with hold_checkpoint_lock(world, cfg.checkpoint):  # no other run uses the checkpoint while this one lives
-        return _train(cfg, world)
+        try:
+            return _train(cfg, world)
+        finally:
+            release_early_signals()
 
 
 def _train(cfg, world) -> dict:
