@@ -20,6 +20,8 @@ import threading
 
 from mpi4py import MPI
 
+import pgd.cli  # noqa: F401 - imported before the cases, so a case's --max-time does not pay for imports
+import pgd.train  # noqa: F401
 from pgd.launch import main
 
 
