@@ -187,7 +187,7 @@ def _train(cfg, world) -> dict:
             progress.update(iteration, optimizer.loss, grad_norm)
             return grad_norm
 
-        # hooks with resume(history) may continue a checkpointed run (pgd.preempt, pgd.checkpoint)
+        # hooks with resume(history, data) may continue a checkpointed run (pgd.preempt, pgd.checkpoint)
         resumed = [it for hook in hooks
                    if hasattr(hook, "resume") and (it := hook.resume(history, slab)) is not None]
         if resumed:
