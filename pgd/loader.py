@@ -14,6 +14,8 @@ from mpi4py import MPI
 from pgd.comm import collectively
 from pgd.data import DatasetMeta, block_range, count_nonfinite, inspect_dataset, read_rows, read_weights
 from pgd.errors import InputError
+from pgd.hostmem import available_bytes, check_fits_in_memory
+from pgd.launch import launcher_local_size
 
 #: The sample-weight dataset read when present (``--weight-key``).
 DEFAULT_WEIGHT_KEY = "sample_weight"
@@ -240,6 +242,9 @@ def load_block(mpi_comm, path: str, *, rows: tuple[int, int] | None, cols: tuple
     col_start, col_stop = cols if cols is not None else (0, meta.d)
     X = y = None
     with collectively(mpi_comm):
+        check_fits_in_memory(rank=mpi_comm.Get_rank(), rows=stop - start, d=col_stop - col_start,
+                             dtype=compute_dtype, available=available_bytes(), ranks_here=launcher_local_size(),
+                             ranks=mpi_comm.Get_size())
         X, y = read_rows(meta, start, stop, compute_dtype, locking=locking, cols=(col_start, col_stop))
     labels = y if y is None or col_start == 0 else y[:0]
     _check_values(mpi_comm, meta, start, count_nonfinite(X, labels), labels, loss)

@@ -21,15 +21,16 @@ from mpi4py import MPI
 
 import pgd
 from pgd.backend import select_backend
-from pgd.checkpoint import check_checkpoint_options
+from pgd.checkpoint import check_checkpoint_options, checkpoint_files, hold_checkpoint_lock
 from pgd.comm import collectively, max_over_ranks
+from pgd.config import option_label
 from pgd.convergence import DIVERGENCE_FACTOR, OptimalityTest, effective_tol, unconverged_warning
 from pgd.errors import DivergedError, NotConvergedError, TrainingError
-from pgd.fileio import atomic_path, check_writable
+from pgd.fileio import atomic_path, check_writable, refuse_same_files
 from pgd.gram import reduce_gram, select_solver
 from pgd.model_io import save_run_model
 from pgd.optim import OPTIMIZERS, make_optimizer
-from pgd.preempt import adopt_signal_flag, catch_signals_early, make_resilience_hook
+from pgd.preempt import adopt_signal_flag, catch_signals_early, make_resilience_hook, release_early_signals
 from pgd.progress import Progress, format_summary
 from pgd.strategies import STRATEGIES, pick_runner
 from pgd.strategies.slow_rank import make_slow_rank_hook
@@ -58,6 +59,10 @@ def _check_outputs(world, cfg) -> None:
     check_checkpoint_options(cfg)
     with collectively(world):
         if world.Get_rank() == 0:
+            outputs = {option_label(cfg, "out"): cfg.out, option_label(cfg, "metrics"): cfg.metrics}
+            if cfg.checkpoint:
+                outputs.update(checkpoint_files(cfg.checkpoint))
+            refuse_same_files({"the data file": cfg.data}, outputs)
             for path, what in ((cfg.out, "model file"), (cfg.metrics, "metrics file"),
                                (cfg.checkpoint, "checkpoint")):
                 if path:
@@ -135,17 +140,32 @@ class _Recorder:
 
 
 class _MetricsWriter:
-    """One JSON object per iterate, written by rank 0 to a temporary file renamed on success."""
+    """One JSON object per iterate, written by rank 0 to a temporary file renamed by :meth:`commit`.
+
+    A failed write (disk full) stops the writing and is raised by :meth:`commit`, where every rank agrees
+    on it, not in the middle of the loop on rank 0 alone.
+    """
 
     def __init__(self, stack: ExitStack, path: str | None, enabled: bool):
-        self.handle = None
+        self.handle, self.failure = None, None
+        self.files = stack.enter_context(ExitStack())  # undone (nothing written) unless committed
         if path and enabled:
-            temporary = stack.enter_context(atomic_path(path))
-            self.handle = stack.enter_context(open(temporary, "w", encoding="utf-8"))
+            temporary = self.files.enter_context(atomic_path(path, "metrics file"))
+            self.handle = self.files.enter_context(open(temporary, "w", encoding="utf-8"))
 
     def write(self, record: dict) -> None:
-        if self.handle is not None:
-            self.handle.write(json.dumps(record) + "\n")
+        if self.handle is not None and self.failure is None:
+            try:
+                self.handle.write(json.dumps(record) + "\n")
+            except OSError as error:
+                self.failure = error
+
+    def commit(self) -> None:
+        """Close the file and give it its name (or raise the failed write as one line)."""
+        if self.failure is not None:
+            with self.files:  # unwinding with the error discards the file and reports it in one line
+                raise self.failure
+        self.files.close()
 
 
 def train(cfg, world=None) -> dict:
@@ -159,14 +179,22 @@ def train(cfg, world=None) -> dict:
         The ranks taking part (``COMM_WORLD`` by default).
     """
     world = world if world is not None else MPI.COMM_WORLD
+    _check_outputs(world, cfg)
+    with hold_checkpoint_lock(world, cfg.checkpoint):  # no other run uses the checkpoint while this one lives
+        try:
+            return _train(cfg, world)
+        finally:
+            release_early_signals()
+
+
+def _train(cfg, world) -> dict:
     rank, size = world.Get_rank(), world.Get_size()
     local_rank, local_size = node_local_rank(world)
     backend = select_backend(cfg.device, local_rank)
     xp = backend.xp
-    _check_outputs(world, cfg)
+    catch_signals_early()  # a SIGTERM/SIGUSR1 while the data loads stops the run at its first decision
     if (runner := pick_runner(cfg)) is not None:  # modes with loops of their own (async, shm, local SGD)
         return runner(cfg, world, backend)
-    catch_signals_early()  # a SIGTERM/SIGUSR1 while the data loads stops the run at its first step
 
     objective, slab, setup_facts, method = build_objective(cfg, world, backend)
     d = slab.meta.d
@@ -217,9 +245,9 @@ def train(cfg, world=None) -> dict:
         record = _Recorder(optimizer, metrics, progress, started)
         history = record.history
 
-        # hooks with resume(history) may continue a checkpointed run (pgd.preempt, pgd.checkpoint)
+        # hooks with resume(history, data) may continue a checkpointed run (pgd.preempt, pgd.checkpoint)
         resumed = [it for hook in hooks
-                   if hasattr(hook, "resume") and (it := hook.resume(history)) is not None]
+                   if hasattr(hook, "resume") and (it := hook.resume(history, slab)) is not None]
         if resumed:
             record.resumed()
             iteration, grad_norm, optimality = resumed[0], optimizer.grad_norm(), optimizer.optimality()
@@ -287,8 +315,10 @@ def train(cfg, world=None) -> dict:
             warnings.append(unconverged_warning(test, optimality, iteration, stop_reason, method=method,
                                                 dtype=slab.dtype, standardized=facts["standardize"] != "off"))
         summary["warnings"] = [text for text in warnings if text]
-        if rank == 0 and cfg.out and (converged or not cfg.require_convergence):
-            save_run_model(cfg, params, summary, history)
+        with collectively(world):  # a failed write (disk full) is one line on every rank
+            if rank == 0 and cfg.out and (converged or not cfg.require_convergence):
+                save_run_model(cfg, params, summary, history)
+            metrics.commit()
     if rank == 0:
         print(format_summary(summary), flush=True)
         for text in summary["warnings"]:

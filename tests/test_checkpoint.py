@@ -134,7 +134,7 @@ def test_max_time_stops_with_a_checkpoint(tmp_path, data_path, monkeypatch, caps
     assert 2 <= last < 100000
     assert read_checkpoint(previous_path(ck))["iteration"] < last  # a periodic one (every 0.2 s) before
     code, _, err = run_main(monkeypatch, capsys, "train", data_path, *TRAIN, "--checkpoint", ck, "--out", ck)
-    assert code == 2 and "--checkpoint and --out are the same file" in err
+    assert code == 2 and "--out and --checkpoint are the same file" in err
 
 
 class _World:

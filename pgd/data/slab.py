@@ -50,6 +50,8 @@ def _copy_rows(dset, start: int, stop: int, out: np.ndarray, block_rows: int, co
     """Copy ``dset[start:stop]`` (only columns ``cols = (c0, c1)`` if given) into ``out``, converting one
     block at a time."""
     columns = np.s_[:] if cols is None else np.s_[cols[0]:cols[1]]
+    if dset.ndim == 2 and out.ndim == 1:  # labels stored as a column vector (n, 1)
+        out = out.reshape(-1, 1)
     if dset.dtype == out.dtype:
         source = np.s_[start:stop] if cols is None else np.s_[start:stop, columns]
         dset.read_direct(out, source_sel=source, dest_sel=np.s_[0:stop - start])
@@ -152,7 +154,7 @@ def iter_row_blocks(meta: DatasetMeta, start: int, stop: int, block_rows: int | 
         for a in range(start, stop, block):
             b = min(a + block, stop)
             try:
-                x_block, y_block = x[a:b], (y[a:b] if y is not None else None)
+                x_block, y_block = x[a:b], (y[a:b].reshape(-1) if y is not None else None)
             except OSError as exc:
                 raise InputError(f"cannot read rows {a}:{b} of {meta.path}: {exc}") from None
             if dtype is not None:

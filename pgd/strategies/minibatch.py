@@ -37,6 +37,7 @@ from pgd.fileio import atomic_path
 from pgd.loader import load_row_slab
 from pgd.losses import LocalLinearGradient, get_loss
 from pgd.model_io import save_run_model
+from pgd.preempt import Resilience
 from pgd.progress import format_summary
 from pgd.strategies.data_parallel import DataParallelObjective
 from pgd.strategies.standardize import (ColumnScaling, StandardizedObjective, describe, penalty_factors,
@@ -187,6 +188,17 @@ class MiniBatchStepper:
         self.grad = np.zeros(self.d + 1)
         self.compute_seconds = 0.0
 
+    def state_dict(self) -> dict:
+        """The shuffle: generator state, the current permutation and the position in it."""
+        return {"rng": self.rng.bit_generator.state, "order": self.backend.to_host(self.order),
+                "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the shuffle of :meth:`state_dict`."""
+        self.rng.bit_generator.state = state["rng"]
+        self.order = self.backend.xp.asarray(np.asarray(state["order"], dtype=np.int64))
+        self.cursor = int(state["cursor"])
+
     def _next_rows(self):
         if self.cursor + self.batch > self.n_local:
             self.order = self.backend.xp.asarray(self.rng.permutation(self.n_local))
@@ -240,6 +252,38 @@ class MiniBatchStepper:
                  + 0.5 * float(self.penalty @ (params * params)) * self.n_local / n_global)
         self._timed(started)
         return share
+
+
+class MiniBatchState:
+    """What local SGD and ``--mode shm`` checkpoint: the weights, the steps taken, this rank's shuffle.
+
+    The loop updates ``params`` in place and counts ``step``; a resumed run continues both.
+    """
+
+    def __init__(self, params: np.ndarray, stepper: MiniBatchStepper):
+        self.params, self.stepper, self.step = params, stepper, 0
+
+    def state_dict(self) -> dict:
+        """Weights, step and shuffle (the shuffle differs by rank, so checkpoints keep one per rank)."""
+        return {"params": np.array(self.params), "step": self.step, "stepper": self.stepper.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`."""
+        self.params[:] = state["params"]
+        self.step = int(state["step"])
+        self.stepper.load_state_dict(state["stepper"])
+
+
+def start_resilience(cfg, world, state, rows: "RowData", monitor: "LossMonitor | None", **options) -> Resilience:
+    """The run's :class:`pgd.preempt.Resilience` over ``state``, bound to the monitored history (rank 0's
+    goes into checkpoints); with ``--resume`` the state and the history continue from the checkpoint.
+    A collective call; ``options`` go to :class:`pgd.preempt.Resilience` (``quiesce``).
+    """
+    resilience = Resilience(cfg, world, state, unit="update", **options)
+    history = monitor.history if monitor is not None else {}
+    if resilience.bind(history, rows) is not None and monitor is not None and history.get("time"):
+        monitor.started -= history["time"][-1]  # times continue those of the runs before
+    return resilience
 
 
 class LossMonitor:
@@ -345,15 +389,16 @@ def finish_run(cfg, world, objective, params: np.ndarray, facts: dict, monitor: 
         test, optimality, updates, stats["stop_reason"], method="sgd", dtype=facts["dtype"],
         standardized=facts["standardize"] != "off", budget_option="--updates")]
     original = objective.full_params(objective.xp.asarray(params))
-    write_model = cfg.out and (summary["converged"] or not cfg.require_convergence)
-    if rank == 0:
-        history = monitor.history if monitor is not None else {}
-        if write_model:
+    history = monitor.history if monitor is not None else {}
+    with collectively(world):  # a failed write (disk full) is one line on every rank
+        if rank == 0 and cfg.out and (summary["converged"] or not cfg.require_convergence):
             save_run_model(cfg, original, summary, history)
-        if cfg.metrics:
-            with atomic_path(cfg.metrics) as temporary, open(temporary, "w", encoding="utf-8") as handle:
+        if rank == 0 and cfg.metrics:
+            with atomic_path(cfg.metrics, "metrics file") as temporary, \
+                    open(temporary, "w", encoding="utf-8") as handle:
                 for updates, loss, seconds in zip(*(history.get(key, []) for key in ("updates", "loss", "time"))):
                     handle.write(json.dumps({"updates": int(updates), "loss": loss, "time": seconds}) + "\n")
+    if rank == 0:
         if not getattr(cfg, "silent", False):
             print(format_summary(summary), flush=True)
             for text in summary["warnings"]:
