@@ -10,7 +10,7 @@ MPIRUN_FLAGS ?= --oversubscribe $(if $(filter 0,$(shell id -u)),--allow-run-as-r
   $(if $(wildcard $(BIN)/mpirun),--mca btl ^ofi,)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all install demo test test-slurm test-serial test-mpi bench clean
+.PHONY: all install demo quickstart test test-slurm test-serial test-mpi bench clean
 
 all: test
 
@@ -35,6 +35,12 @@ demo: $(VENV)/.installed data/demo.h5
 	mpirun $(MPIRUN_FLAGS) -n $(NP) $(BIN)/pgd evaluate data/demo-model.h5 data/demo.h5
 	mpirun $(MPIRUN_FLAGS) -n $(NP) $(BIN)/pgd predict data/demo-model.h5 data/demo.h5 --out data/demo-pred.h5
 
+# The README's quick-start commands as printed, in a fresh shell (no venv on PATH, no Open MPI variables),
+# in the scratch directory quickstart/ (tests/readme_quickstart.py).
+quickstart: demo
+	rm -rf quickstart
+	$(BIN)/python tests/readme_quickstart.py quickstart
+
 # -rs prints why tests were skipped (no GPU, no Slurm here, ...).
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -rs tests
@@ -57,4 +63,4 @@ bench: $(VENV)/.installed
 	$(BIN)/pgd bench peers --n 100000 --d 50 --loss logistic --ranks $(NP) --out bench-results/peers
 
 clean:
-	rm -rf $(VENV) bench-results data/demo*.h5 data/demo-metrics.jsonl .pytest_cache
+	rm -rf $(VENV) bench-results quickstart data/demo*.h5 data/demo-metrics.jsonl .pytest_cache

@@ -44,15 +44,16 @@ def scaling_worker(cfg, world, *, warmup: int, repeats: int, iters: int) -> dict
     from pgd.backend import select_backend  # noqa: PLC0415
     from pgd.bench import median_of  # noqa: PLC0415
     from pgd.optim import make_optimizer  # noqa: PLC0415
-    from pgd.strategies import STRATEGIES  # noqa: PLC0415
     from pgd.comm import max_over_ranks  # noqa: PLC0415
-    from pgd.train import node_local_rank  # noqa: PLC0415
+    from pgd.train import build_objective, node_local_rank  # noqa: PLC0415
 
     backend = select_backend(cfg.device, node_local_rank(world)[0])
-    objective, slab = STRATEGIES[cfg.mode](cfg, world, backend)
+    # the objective pgd train builds (standardised by default), iterated; one gradient per step by default
+    cfg = cfg.replace(solver="iterative", optimizer="gd" if cfg.optimizer == "auto" else cfg.optimizer)
+    objective, slab, _, method = build_objective(cfg, world, backend)
     lr = 1.0 / objective.lipschitz(cfg.power_iters, cfg.seed) if cfg.lr == "auto" else float(cfg.lr)
-    optimizer = make_optimizer(cfg.optimizer, objective, xp=backend.xp, lr=lr, cfg=cfg)
-    optimizer.start(backend.xp.zeros(slab.meta.d + 1, dtype=backend.xp.float64))
+    optimizer = make_optimizer(method, objective, xp=backend.xp, lr=lr, cfg=cfg)
+    optimizer.start(objective.zeros())
     for _ in range(warmup):
         optimizer.step()
     samples = []

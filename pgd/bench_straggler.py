@@ -18,7 +18,7 @@ import statistics
 
 import click
 
-from pgd.config import option
+from pgd.config import FiniteFloatRange, option
 
 SUMMARY_KEYS = ("updates", "final_loss", "staleness_max", "staleness_mean", "clock_gap_max", "wait_seconds")
 
@@ -186,11 +186,11 @@ def write_results(results: dict, out_dir: str, plot: bool = True) -> list[str]:
 @click.command("straggler")
 @option("--n", "n", type=click.IntRange(min=8), default=6000, help="Rows of the generated data.")
 @option("--d", "d", type=click.IntRange(min=1), default=200, help="Columns.")
-@option("--condition", type=click.FloatRange(min=1.0), default=100.0, help="Condition number of the data.")
+@option("--condition", type=FiniteFloatRange(min=1.0), default=100.0, help="Condition number of the data.")
 @option("--bounds", default="0,1,4,none", help="Staleness bounds to compare (0 = sync, none = async).")
-@option("--slow-factor", type=click.FloatRange(min=1.0), default=4.0, help="The last rank is this much slower.")
+@option("--slow-factor", type=FiniteFloatRange(min=1.0), default=4.0, help="The last rank is this much slower.")
 @option("--repeats", type=click.IntRange(min=1), default=3, help="Runs per configuration (median).")
-@option("--fraction", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=0.001,
+@option("--fraction", type=FiniteFloatRange(min=0.0, max=1.0, min_open=True), default=0.001,
         help="Target loss f* + fraction * (f(0) - f*).")
 @option("--local-batch", type=click.IntRange(min=1), default=128, help="Rows per worker mini-batch.")
 @option("--updates", type=click.IntRange(min=1), default=20000, help="Update budget of each run.")

@@ -18,10 +18,11 @@ exists at every moment).
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
-import tempfile
+from contextlib import contextmanager
 
 import h5py
 import numpy as np
@@ -29,21 +30,22 @@ import numpy as np
 import pgd
 from pgd.comm import collectively
 from pgd.data.format import open_h5
+from pgd.data.fingerprint import array_crc, combine_parts
 from pgd.errors import InputError, PgdError
-from pgd.fileio import LIBVER, fsync_path
+from pgd.fileio import LIBVER, PendingFile, write_failure
+from pgd.runlock import RunLock, lock_path
 
 CHECKPOINT_FORMAT = 1
 PREVIOUS_SUFFIX = ".prev"
 _LIST_MARK = "__list__"
-_SAMPLE_CHUNKS = 4
-_SAMPLE_ROWS = 1024
+FINGERPRINT_FORMAT = 2
 
 #: Options that may differ between the run that wrote a checkpoint and the run that resumes it (run
 #: control, outputs, where and how fast the arithmetic happens); any other difference is refused.
 RESUMABLE_CHANGES = frozenset({
     "data", "max_iter", "tol", "rtol", "out", "metrics", "quiet", "log_every", "dry_run", "checkpoint",
     "checkpoint_every", "checkpoint_seconds", "resume", "max_time", "hdf5_locking", "device", "comm",
-    "block_bytes"})
+    "block_bytes", "updates"})
 
 
 class CheckpointError(PgdError):
@@ -59,26 +61,45 @@ def previous_path(path: str) -> str:
 # data fingerprint
 
 
-def data_fingerprint(path: str, x_key: str, y_key: str, locking: str = "best-effort") -> dict:
-    """Size, shapes, dtypes and a SHA-256 of a sample of row blocks of a dataset (cheap on big files).
+def _layout(blocks: list, n: int, d: int) -> str:
+    """``"rows"`` when the non-empty blocks are whole rows, contiguous in rank order, covering all rows."""
+    parts = [block for block in blocks if block[0] < block[1]]
+    expected = 0
+    for start, stop, col_start, col_stop in parts:
+        if start != expected or (col_start, col_stop) != (0, d):
+            return "blocks " + ",".join(f"{a}:{b}x{c}:{e}" for a, b, c, e in parts)
+        expected = stop
+    return "rows" if expected == n else "blocks"
 
-    The sample is up to ``_SAMPLE_CHUNKS`` blocks of ``_SAMPLE_ROWS`` rows spread evenly over the file,
-    always including the first and the last rows.
+
+def data_fingerprint(world, meta, X, y, *, rows: tuple[int, int], cols: tuple[int, int]) -> dict:
+    """Shapes, dtypes and the CRC-32 of every byte the ranks loaded, combined in rank order (collective).
+
+    When every rank holds whole rows, contiguous in rank order (layout ``"rows"``), the CRC-32s are those
+    of the whole ``X`` and ``y`` in row-major order, so they do not depend on the number of ranks. Other
+    layouts (the blocks of the feature and hybrid grids) are named in the fingerprint, which then holds for
+    that layout only.
+
+    Parameters
+    ----------
+    meta : pgd.data.DatasetMeta
+        The dataset's shape and stored dtype.
+    X, y : array
+        This rank's loaded rows, on the host or a device (empty or None on ranks without data).
+    rows, cols : tuple of int
+        The global row and column ranges of ``X``.
     """
-    digest = hashlib.sha256()
-    with open_h5(path, locking) as handle:
-        X = handle[x_key]
-        y = handle[y_key] if y_key in handle else None
-        n = int(X.shape[0])
-        starts = sorted({int(s) for s in np.linspace(0, max(n - _SAMPLE_ROWS, 0), _SAMPLE_CHUNKS)})
-        for start in starts:
-            stop = min(n, start + _SAMPLE_ROWS)
-            digest.update(np.ascontiguousarray(X[start:stop]).tobytes())
-            if y is not None:
-                digest.update(np.ascontiguousarray(y[start:stop]).tobytes())
-        return {"size": os.path.getsize(path), "x_shape": list(X.shape), "x_dtype": str(X.dtype),
-                "y_shape": list(y.shape) if y is not None else None,
-                "sample_sha256": digest.hexdigest()}
+    part = (array_crc(X), array_crc(y), str(getattr(X, "dtype", "")), (*rows, *cols))
+    parts = world.gather(part, root=0)
+    fingerprint = None
+    if world.Get_rank() == 0:
+        x_crc, _ = combine_parts(p[0] for p in parts)
+        y_crc, _ = combine_parts(p[1] for p in parts)
+        fingerprint = {"format": FINGERPRINT_FORMAT, "x_shape": [meta.n, meta.d], "x_dtype": str(meta.dtype),
+                       "y_shape": [meta.n] if meta.y_key else None, "loaded_dtype": parts[-1][2],
+                       "layout": _layout([p[3] for p in parts], meta.n, meta.d),
+                       "x_crc32": f"{x_crc:08x}", "y_crc32": f"{y_crc:08x}"}
+    return world.bcast(fingerprint, root=0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -135,8 +156,9 @@ def _checksum(handle: h5py.File) -> str:
 # writing
 
 
-def _write_file(path: str, payload: dict) -> None:
-    with h5py.File(path, "w", libver=LIBVER) as handle:
+def _write_file(target, payload: dict) -> None:
+    """Write a checkpoint into ``target`` (a path or a binary file object)."""
+    with h5py.File(target, "w", libver=LIBVER) as handle:
         handle.attrs["pgd_checkpoint"] = CHECKPOINT_FORMAT
         handle.attrs["pgd_version"] = pgd.__version__
         for key in ("iteration", "world_size", "sharded"):
@@ -163,37 +185,44 @@ def _keep_previous(path: str) -> None:
         os.replace(path, previous_path(path))
 
 
+def remove_stale_temporaries(path: str) -> list[str]:
+    """Delete temporary files that killed runs left next to checkpoint ``path``; returns their names.
+
+    Only safe while holding the checkpoint's lock (:mod:`pgd.runlock`): no other run writes them then.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    stale = glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(name)}.*.tmp"))
+    stale += [p for p in (previous_path(path) + ".tmp",) if os.path.lexists(p)]
+    for leftover in stale:
+        try:
+            os.unlink(leftover)
+        except FileNotFoundError:
+            pass
+    return stale
+
+
 def save_checkpoint(world, path: str, payload: dict) -> None:
     """Write ``payload`` as the newest checkpoint at ``path``; a collective call.
 
-    Rank 0 writes a temporary file next to ``path`` and fsyncs it; the checkpoint counts (``path`` becomes
-    ``path.prev`` and the temporary file becomes ``path``) only after every rank reported success.
+    Rank 0 writes an (unnamed where possible) temporary file next to ``path`` and fsyncs it; the checkpoint
+    counts (``path`` becomes ``path.prev`` and the temporary file becomes ``path``) only after every rank
+    reported success.
     """
-    temporary = None
+    pending = None
     with collectively(world):
         if world.Get_rank() == 0:
-            directory = os.path.dirname(os.path.abspath(path))
             try:
-                fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                                                 suffix=".tmp")
-                os.close(fd)
-                umask = os.umask(0)
-                os.umask(umask)
-                os.chmod(temporary, 0o666 & ~umask)
-                _write_file(temporary, payload)
-                fsync_path(temporary)
-            except OSError as error:
-                if temporary and os.path.exists(temporary):
-                    os.unlink(temporary)
-                raise CheckpointError(f"cannot write checkpoint {path}: {error}") from None
+                pending = PendingFile(path)
+                _write_file(pending.file, payload)
+                pending.sync()
+            except (OSError, InputError) as error:
+                if pending is not None:
+                    pending.close()
+                reason = write_failure(error) or str(error)
+                raise CheckpointError(f"cannot write checkpoint {path}: {reason}") from None
     if world.Get_rank() == 0:
         _keep_previous(path)
-        os.replace(temporary, path)
-        dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        pending.commit()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -253,9 +282,18 @@ def load_newest(path: str) -> tuple[dict | None, list[str]]:
 def check_compatible(payload: dict, cfg, fingerprint: dict) -> None:
     """Refuse a checkpoint written for other data or with options that change the problem."""
     where = payload.get("path", "checkpoint")
-    if payload["fingerprint"] != fingerprint:
-        raise CheckpointError(f"{where} was written for different data ({payload['fingerprint']}) than "
-                              f"{cfg.data} ({fingerprint}); use another --checkpoint path")
+    recorded = payload["fingerprint"]
+    if recorded.get("format") != fingerprint.get("format"):
+        raise CheckpointError(f"{where} was written by an older pgd whose data fingerprint cannot be compared "
+                              "with this one; use another --checkpoint path")
+    if recorded.get("layout") != fingerprint.get("layout"):
+        raise CheckpointError(f"{where} was written with the data laid out as {recorded.get('layout')} and "
+                              f"this run has {fingerprint.get('layout')}; resume with the same ranks and --grid")
+    if recorded != fingerprint:
+        differs = ", ".join(key for key in sorted(set(recorded) | set(fingerprint))
+                            if recorded.get(key) != fingerprint.get(key))
+        raise CheckpointError(f"{where} was written for different data than {cfg.data} ({differs} differ); "
+                              "use another --checkpoint path")
     saved = payload["config"].get("values", {})
     for name in sorted(set(saved) | set(cfg.values)):
         if name in RESUMABLE_CHANGES:
@@ -268,7 +306,7 @@ def check_compatible(payload: dict, cfg, fingerprint: dict) -> None:
                                   "--checkpoint path")
 
 
-def resume(cfg, world, optimizer, fingerprint: dict) -> tuple[int, dict] | None:
+def resume(cfg, world, optimizer, fingerprint: dict, unit: str = "iteration") -> tuple[int, dict] | None:
     """Load the newest valid checkpoint into ``optimizer``; ``(iteration, history)`` or None to start anew.
 
     A collective call: rank 0 reads and checks the files, every rank gets the same state or the same
@@ -297,7 +335,7 @@ def resume(cfg, world, optimizer, fingerprint: dict) -> tuple[int, dict] | None:
         if payload is None:
             print(f"pgd: no checkpoint at {cfg.checkpoint} yet; starting from the beginning", flush=True)
         else:
-            print(f"pgd: resuming from {payload['path']} at iteration {payload['iteration']}", flush=True)
+            print(f"pgd: resuming from {payload['path']} at {unit} {payload['iteration']}", flush=True)
             if payload["world_size"] != world.Get_size():
                 print(f"pgd: note: the checkpoint was written by {payload['world_size']} ranks and this run "
                       f"has {world.Get_size()}; results match an uninterrupted run up to rounding only",
@@ -351,8 +389,28 @@ def check_checkpoint_options(cfg) -> None:
         raise InputError("--resume needs --checkpoint PATH (where the checkpoints are)", collective=True)
     if (cfg.checkpoint_every or cfg.checkpoint_seconds) and not cfg.checkpoint:
         raise InputError("--checkpoint-every/--checkpoint-seconds need --checkpoint PATH", collective=True)
-    if cfg.checkpoint:
-        for other, name in ((cfg.out, "--out"), (cfg.metrics, "--metrics")):
-            if other and os.path.abspath(other) in (os.path.abspath(cfg.checkpoint),
-                                                    os.path.abspath(previous_path(cfg.checkpoint))):
-                raise InputError(f"--checkpoint and {name} are the same file: {other}", collective=True)
+
+
+def checkpoint_files(path: str) -> dict:
+    """The files a run with ``--checkpoint path`` writes, by what they are (for the same-file check)."""
+    return {"--checkpoint": path, "--checkpoint's previous file": previous_path(path),
+            "--checkpoint's lock file": lock_path(path)}
+
+
+@contextmanager
+def hold_checkpoint_lock(world, path: str | None):
+    """Rank 0 holds ``path``'s lock (:mod:`pgd.runlock`) for the block; a collective call.
+
+    Another run holding it is refused on every rank in one line. Once the lock is held, temporary files
+    that killed runs left next to ``path`` are removed (no other run can be writing them).
+    """
+    lock = RunLock(path) if path and world.Get_rank() == 0 else None
+    with collectively(world):
+        if lock is not None:
+            lock.acquire()
+            remove_stale_temporaries(path)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()

@@ -12,7 +12,8 @@ import json
 import click
 
 from pgd import __version__
-from pgd.config import (CUDA_AWARE_OPTION, DATA_OPTIONS, DTYPE, TRAIN_OPTIONS, apply_options, option, resolve)
+from pgd.config import (CUDA_AWARE_OPTION, DATA_OPTIONS, DTYPE, NONNEG_FLOAT, SEED, TRAIN_OPTIONS, WEIGHT_OPTION,
+                        apply_options, command_of, option, option_label, resolve)
 
 
 def _world():
@@ -40,11 +41,16 @@ def _on_rank0(world, work):
     return world.bcast(result, root=0)
 
 
+def _label(ctx, name: str, value) -> str:
+    """``--name`` for messages, saying which environment variable set it if one did."""
+    return option_label(resolve(ctx, {name: value}), name, command_of(ctx))
+
+
 def _print_result(world, result: dict, as_json: bool, text: str) -> None:
     _echo_rank0(world, json.dumps(result, indent=2, default=str) if as_json else text)
 
 
-JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+JSON_OPTION = option("--json", "as_json", is_flag=True, show_default=False, help="Print JSON instead of text.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -78,9 +84,9 @@ def data():
         help="regression: y = Xw + b + noise; binary: y ~ Bernoulli(sigmoid(Xw + b)).")
 @option("--n", "n", type=click.IntRange(min=1), required=True, help="Rows.")
 @option("--d", "d", type=click.IntRange(min=1), required=True, help="Columns.")
-@option("--seed", type=int, default=0, help="Random seed.")
+@option("--seed", type=SEED, default=0, help="Random seed.")
 @option("--dtype", type=DTYPE, default="float32", help="Stored float type.")
-@option("--noise", type=click.FloatRange(min=0.0), default=0.1, help="Noise level (see README).")
+@option("--noise", type=NONNEG_FLOAT, default=0.1, help="Noise level (see README).")
 @option("--chunk-rows", type=click.IntRange(min=1), default=None, help="HDF5 chunk rows (default ≈1 MiB).")
 def data_generate(out, task, n, d, seed, dtype, noise, chunk_rows):
     """Write a synthetic dataset with known true weights, block by block (bounded memory)."""
@@ -100,10 +106,11 @@ def data_generate(out, task, n, d, seed, dtype, noise, chunk_rows):
         help="Input format (npy also takes .npz with X and y).")
 @option("--label-column", default=None,
         help="csv/npy: label column, an index (negative counts from the end) or a header name; "
-             "default: the last column.")
-@option("--labels", type=click.Choice(["asis", "pm1"]), default="asis",
-        help="pm1: map labels -1/+1 to 0/1 (for logistic loss).")
-@option("--delimiter", default=",", help="csv: field separator.")
+             "default: the last column; none: no labels (data to predict on).")
+@option("--labels", type=click.Choice(["asis", "pm1", "classes"]), default="asis",
+        help="pm1: map labels -1/+1 to 0/1 (for logistic loss); classes: map two classes (text or numbers, "
+             "in sorted order) to 0/1, stored as the attribute label_classes.")
+@option("--delimiter", default="auto", help="csv: field separator, \\t (or tab) for tabs; auto detects , ; tab |.")
 @option("--header/--no-header", default=None, help="csv: first line is a header (default: detect).")
 @option("--n-features", type=click.IntRange(min=1), default=None, help="libsvm: number of columns.")
 @option("--zero-based", is_flag=True, default=False, help="libsvm: feature indices start at 0.")
@@ -121,7 +128,8 @@ def data_convert(source, out, fmt, label_column, labels, delimiter, header, n_fe
     summary = _on_rank0(world, lambda: convert_file(
         source, out, fmt, label_column=label_column, labels=labels, delimiter=delimiter, header=header,
         n_features=n_features, zero_based=zero_based, dtype=dtype, task=task))
-    _echo_rank0(world, f"wrote {out}: {summary['n']} x {summary['d']} from {fmt} {source}")
+    _echo_rank0(world, f"wrote {out}: {summary['n']} x {summary['d']} from {fmt} {source}"
+                       + "".join(f"\npgd: note: {note}" for note in summary.get("notes", [])))
 
 
 @data.command("info")
@@ -181,15 +189,17 @@ def train(ctx, **values):
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("data", type=click.Path(dir_okay=False))
-@apply_options(DATA_OPTIONS)
+@apply_options(DATA_OPTIONS + [WEIGHT_OPTION])
 @JSON_OPTION
-def evaluate(model, data, x_key, y_key, hdf5_locking, as_json):
-    """Metrics of MODEL on DATA: MSE, RMSE, MAE, R² (squared); log-loss, accuracy, ROC AUC (logistic)."""
+def evaluate(model, data, x_key, y_key, hdf5_locking, weight_key, as_json):
+    """Metrics of MODEL on DATA: MSE, RMSE, MAE, R² (squared); log-loss, accuracy, ROC AUC (logistic).
+    Weighted when DATA has sample weights."""
     from pgd.evaluate import evaluate_model  # noqa: PLC0415
     from pgd.info import format_fields  # noqa: PLC0415
 
     world = _world()
-    result = evaluate_model(world, model, data, x_key=x_key, y_key=y_key, locking=hdf5_locking)
+    result = evaluate_model(world, model, data, x_key=x_key, y_key=y_key, locking=hdf5_locking,
+                            weight_key=weight_key)
     _print_result(world, result, as_json, format_fields(result))
 
 
@@ -198,12 +208,14 @@ def evaluate(model, data, x_key, y_key, hdf5_locking, as_json):
 @click.argument("data", type=click.Path(dir_okay=False))
 @option("--out", type=click.Path(dir_okay=False), required=True, help="Predictions file (HDF5).")
 @apply_options(DATA_OPTIONS)
-def predict(model, data, out, x_key, y_key, hdf5_locking):
+@click.pass_context
+def predict(ctx, model, data, out, x_key, y_key, hdf5_locking):
     """Write predictions of MODEL for DATA to an HDF5 file (probabilities for logistic models)."""
     from pgd.evaluate import predict_model  # noqa: PLC0415
 
     world = _world()
-    result = predict_model(world, model, data, out, x_key=x_key, y_key=y_key, locking=hdf5_locking)
+    result = predict_model(world, model, data, out, x_key=x_key, y_key=y_key, locking=hdf5_locking,
+                           out_label=_label(ctx, "out", out))
     _echo_rank0(world, f"wrote {result['out']}: {', '.join(result['columns'])} for {result['n']} rows")
 
 
@@ -269,8 +281,8 @@ def bench_kernels(elements, ds, dtypes, losses, step_rows, repeats, cuda_aware, 
         help="Problems as NAME=NxD, comma-separated (n and d over all ranks).")
 @option("--dtype", type=DTYPE, default="float64", help="Float type.")
 @option("--repeats", type=click.IntRange(min=1), default=20, help="Timed repetitions (median).")
-@option("--alpha", type=float, default=None, help="Latency α in seconds (default: measured).")
-@option("--beta", type=float, default=None, help="Seconds per byte β (default: measured).")
+@option("--alpha", type=NONNEG_FLOAT, default=None, help="Latency α in seconds (default: measured).")
+@option("--beta", type=NONNEG_FLOAT, default=None, help="Seconds per byte β (default: measured).")
 @JSON_OPTION
 def bench_modes(shapes, dtype, repeats, alpha, beta, as_json):
     """Time per iteration of --mode data, feature and hybrid, next to their α-β communication estimates."""
@@ -374,10 +386,10 @@ def bench_comm(min_bytes, max_bytes, repeats, gpu, out, plot, as_json):
 @option("--n", "n", type=click.IntRange(min=2), default=200_000, help="Rows.")
 @option("--d", "d", type=click.IntRange(min=1), default=100, help="Columns.")
 @option("--loss", type=click.Choice(["squared", "logistic"]), default="logistic", help="Loss.")
-@option("--l2", type=click.FloatRange(min=0.0), default=1e-3, help="L2 penalty λ, the same for every tool.")
+@option("--l2", type=NONNEG_FLOAT, default=1e-3, help="L2 penalty λ, the same for every tool.")
 @option("--ranks", type=click.IntRange(min=1), default=2, help="MPI ranks / DDP processes / Spark cores.")
 @option("--max-iter", type=click.IntRange(min=1), default=500, help="Iteration budget of every tool.")
-@option("--target-rtol", type=click.FloatRange(min=0.0), default=1e-4,
+@option("--target-rtol", type=NONNEG_FLOAT, default=1e-4,
         help="Target loss = best exact loss × (1 + this).")
 @option("--tools", default="sklearn,torch,spark", help="Peers to run (each only when installed).")
 @option("--out", type=click.Path(file_okay=False), required=True, help="Results directory.")

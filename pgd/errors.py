@@ -14,6 +14,8 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_INPUT = 2
+EXIT_NOT_CONVERGED = 3  # --require-convergence and the optimality test did not hold
+EXIT_DIVERGED = 4
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped early on a signal or time budget, resumable
 
 
@@ -35,3 +37,15 @@ class TrainingError(PgdError):
     """Training could not go on (divergence, numerical failure)."""
 
     exit_code = EXIT_INTERNAL
+
+
+class DivergedError(TrainingError):
+    """The objective blew up (non-finite, or far above its starting value) with a fixed step size."""
+
+    exit_code = EXIT_DIVERGED
+
+
+class NotConvergedError(PgdError):
+    """``--require-convergence`` and the run ended without meeting the optimality test."""
+
+    exit_code = EXIT_NOT_CONVERGED

@@ -14,6 +14,7 @@ import numpy as np
 from pgd.comm import collectively
 from pgd.data import count_nonfinite, read_rows
 from pgd.errors import InputError
+from pgd.hostmem import format_bytes
 
 #: Bytes of X per loading block.
 LOAD_BLOCK_BYTES = 64 << 20
@@ -26,13 +27,6 @@ def device_bytes_needed(n_local: int, d: int, itemsize: int, reserve: int | None
     if reserve is None:
         reserve = int(os.environ.get("PGD_GPU_RESERVE_BYTES", RESERVE_BYTES))
     return n_local * (d + 3) * itemsize + reserve
-
-
-def _size(nbytes: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.1f} {unit}"
-    return f"{nbytes} B"
 
 
 def check_fits(*, rank: int, n_local: int, d: int, dtype, free: int, device_id, ranks: int) -> None:
@@ -56,8 +50,8 @@ def check_fits(*, rank: int, n_local: int, d: int, dtype, free: int, device_id, 
     if need > free:
         more = max(ranks + 1, -(-ranks * need // max(free, 1)))
         raise InputError(
-            f"rank {rank}: its {n_local} x {d} {np.dtype(dtype).name} slice needs {_size(need)} on GPU "
-            f"{device_id} but only {_size(free)} is free; use about {more} ranks (more GPUs or nodes), "
+            f"rank {rank}: its {n_local} x {d} {np.dtype(dtype).name} slice needs {format_bytes(need)} on GPU "
+            f"{device_id} but only {format_bytes(free)} is free; use about {more} ranks (more GPUs or nodes), "
             f"{'--dtype float32, ' if itemsize > 4 else ''}or --device cpu")
 
 

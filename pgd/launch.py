@@ -24,6 +24,13 @@ _LOCAL_SIZE_VARS = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "PALS_LOCAL
 #: ``time.monotonic()`` when the ``pgd`` command started (budgets such as ``--max-time`` count from here).
 COMMAND_STARTED = time.monotonic()
 
+#: Open MPI settings for pgd's own processes, applied unless already set (``OMPI_MCA_*`` variables are read
+#: when MPI starts; a variable set by the user or by ``mpirun --mca`` wins). Open MPI's UCX one-sided component,
+#: built into the PyPI Open MPI, prints "osc_ucx_component.c:375 Error: ..." on every rank that creates a window
+#: on a machine without UCX transports; pgd's only window is node-local shared memory (``--mode shm``), which
+#: the ``sm`` component serves everywhere, so pgd never needs it.
+MPI_DEFAULTS = {"OMPI_MCA_osc": "^ucx"}
+
 _BLAS_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -91,6 +98,12 @@ def configure_blas_threads(environ=os.environ) -> tuple[int, str]:
         environ[name] = str(threads)
     environ["PGD_BLAS_THREADS_RESOLVED"] = f"{threads} ({reason})"
     return threads, reason
+
+
+def configure_mpi_environment(environ=os.environ) -> None:
+    """Apply :data:`MPI_DEFAULTS` where the environment does not set them (before MPI starts)."""
+    for name, value in MPI_DEFAULTS.items():
+        environ.setdefault(name, value)
 
 
 def _mpi_world():
@@ -165,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     global COMMAND_STARTED  # noqa: PLW0603 - one process-wide start time
     COMMAND_STARTED = time.monotonic()
     configure_blas_threads()
+    configure_mpi_environment()
     import click  # noqa: PLC0415 - after the BLAS environment is set
 
     from pgd.cli import cli  # noqa: PLC0415

@@ -12,13 +12,19 @@ import numpy as np
 from mpi4py import MPI
 
 from pgd.comm import collectively
-from pgd.data import DatasetMeta, block_range, count_nonfinite, inspect_dataset, read_rows
+from pgd.data import DatasetMeta, block_range, count_nonfinite, inspect_dataset, read_rows, read_weights
 from pgd.errors import InputError
+from pgd.hostmem import available_bytes, check_fits_in_memory
+from pgd.launch import launcher_local_size
+
+#: The sample-weight dataset read when present (``--weight-key``).
+DEFAULT_WEIGHT_KEY = "sample_weight"
 
 
 @dataclass
 class RowSlab:
-    """Rows ``[start, stop)`` of a dataset held by this rank (``X``, ``y`` on the backend's device)."""
+    """Rows ``[start, stop)`` of a dataset held by this rank (``X``, ``y`` and the optional sample weights
+    on the backend's device); ``total_weight`` is ``Σ s_i`` over the whole dataset (``n`` without weights)."""
 
     meta: DatasetMeta
     start: int
@@ -26,6 +32,9 @@ class RowSlab:
     X: object
     y: object
     dtype: np.dtype
+    weight: object = None
+    total_weight: float = 0.0
+    weight_source: str = "none"
 
     @property
     def n_local(self) -> int:
@@ -78,6 +87,62 @@ def _validate_labels(mpi_comm, y: np.ndarray, start: int, meta: DatasetMeta) -> 
                          f"{row}{hint}", collective=True)
 
 
+def parse_class_weight(text: str | None):
+    """``--class-weight``: None, ``"balanced"`` (``W / (2 W_c)``, ``W_c`` the sample-weighted total of class
+    ``c``, as scikit-learn), or ``(w0, w1)`` from ``"W0,W1"`` (InputError otherwise)."""
+    if text is None or text in ("", "none"):
+        return None
+    if text == "balanced":
+        return "balanced"
+    try:
+        values = tuple(float(part) for part in str(text).split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2 or not all(np.isfinite(v) and v >= 0 for v in values) or not any(values):
+        raise InputError(f"--class-weight must be 'balanced' or W0,W1 with finite non-negative weights, "
+                         f"got {text!r}", collective=True)
+    return values
+
+
+def _weights(mpi_comm, meta: DatasetMeta, start: int, stop: int, dtype, y, *, weight_key, class_weight,
+             locking: str, counts: bool):
+    """This rank's sample weights (file weights times class weights; None when neither applies), validated
+    collectively, and ``(Σ s_i over the dataset, a description)``.  Only ranks with ``counts`` contribute
+    to global sums (one rank per row block in grid modes)."""
+    weight = None
+    with collectively(mpi_comm):
+        weight = read_weights(meta.path, weight_key, meta.n, start, stop, dtype, locking=locking)
+    has_file_weights = bool(mpi_comm.allreduce(int(weight is not None), op=MPI.MAX))
+    sources = [f"/{weight_key}"] if has_file_weights else []
+    if has_file_weights:
+        bad = ~np.isfinite(weight) | (weight < 0) if counts else np.zeros(0, dtype=bool)
+        count, row = _first_bad_row(mpi_comm, int(np.count_nonzero(bad)), int(np.argmax(bad)) if bad.any() else -1,
+                                    start, meta.n)
+        if count:
+            raise InputError(f"{meta.path}: {count} sample weights in /{weight_key} are negative or not finite; "
+                             f"first in row {row}", collective=True)
+    spec = parse_class_weight(class_weight)
+    if spec is not None:
+        if spec == "balanced":   # W / (2 W_c) with W_c the (sample-weighted) class totals, as scikit-learn
+            base = np.ones(len(y)) if weight is None else weight.astype(np.float64)
+            local = np.array([base[y == 0].sum(), base[y == 1].sum()] if counts else [0.0, 0.0])
+            mpi_comm.Allreduce(MPI.IN_PLACE, local, op=MPI.SUM)
+            present = local > 0
+            factors = np.where(present, local.sum() / (present.sum() * np.where(present, local, 1.0)), 0.0)
+        else:
+            factors = np.asarray(spec, dtype=np.float64)
+        per_row = np.where(y == 1, factors[1], factors[0]).astype(dtype)
+        weight = per_row if weight is None else weight * per_row
+        sources.append(f"--class-weight {class_weight} ({factors[0]:.6g} for 0, {factors[1]:.6g} for 1)")
+    if weight is None:
+        return None, float(meta.n), "none"
+    total = np.array([float(weight.sum(dtype=np.float64)) if counts else 0.0])
+    mpi_comm.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
+    if not total[0] > 0:
+        raise InputError(f"{meta.path}: the sample weights sum to zero; nothing to fit", collective=True)
+    return np.ascontiguousarray(weight, dtype=dtype), float(total[0]), " x ".join(sources)
+
+
 def _check_values(mpi_comm, meta: DatasetMeta, start: int, nonfinite: tuple[int, int], labels,
                   loss: str | None) -> None:
     """Collective checks of loaded rows: no NaN/Inf (their count and first row), and logistic labels in
@@ -93,7 +158,8 @@ def _check_values(mpi_comm, meta: DatasetMeta, start: int, nonfinite: tuple[int,
 
 def load_row_slab(mpi_comm, path: str, *, backend, dtype: str = "auto", x_key: str = "X",
                   y_key: str | None = "y", locking: str = "best-effort", loss: str | None = None,
-                  require_y: bool = True) -> RowSlab:
+                  require_y: bool = True, weight_key: str | None = None,
+                  class_weight: str | None = None) -> RowSlab:
     """Read, validate and place on the device this rank's contiguous block of rows.
 
     Parameters
@@ -102,6 +168,10 @@ def load_row_slab(mpi_comm, path: str, *, backend, dtype: str = "auto", x_key: s
         Ranks that split the rows between them (block partition, :func:`pgd.data.block_range`).
     loss : str, optional
         ``"logistic"`` also checks that every label is 0 or 1.
+    weight_key : str, optional
+        Sample weights read from this dataset when the file has it.
+    class_weight : str, optional
+        ``"balanced"`` or ``"W0,W1"``: row weights by label (logistic loss).
     """
     meta = inspect_collectively(mpi_comm, path, x_key=x_key, y_key=y_key, locking=locking,
                                 require_y=require_y)
@@ -109,19 +179,25 @@ def load_row_slab(mpi_comm, path: str, *, backend, dtype: str = "auto", x_key: s
     start, stop = block_range(meta.n, mpi_comm.Get_size(), mpi_comm.Get_rank())
     if backend.is_gpu:  # blocks through pinned host buffers straight to the device (pgd.gpu_loader)
         return _load_to_gpu(mpi_comm, meta, start, stop, compute_dtype, backend=backend, locking=locking,
-                            loss=loss)
+                            loss=loss, weight_key=weight_key, class_weight=class_weight)
     return load_block(mpi_comm, path, rows=(start, stop), cols=None, backend=backend, dtype=dtype,
-                      locking=locking, loss=loss, meta=meta)
+                      locking=locking, loss=loss, meta=meta, weight_key=weight_key,
+                      class_weight=class_weight)
 
 
-def _load_to_gpu(mpi_comm, meta, start, stop, dtype, *, backend, locking, loss) -> RowSlab:
+def _load_to_gpu(mpi_comm, meta, start, stop, dtype, *, backend, locking, loss, weight_key,
+                 class_weight) -> RowSlab:
     """The GPU branch of :func:`load_row_slab`: same checks, X never held whole on the host."""
     from pgd.gpu_loader import load_slab_to_device  # noqa: PLC0415
 
     X, y_host, y, nonfinite = load_slab_to_device(mpi_comm, meta, start, stop, dtype, backend=backend,
                                                   locking=locking)
     _check_values(mpi_comm, meta, start, nonfinite, y_host, loss)
-    return RowSlab(meta=meta, start=start, stop=stop, X=X, y=y, dtype=dtype)
+    weight, total, source = _weights(mpi_comm, meta, start, stop, dtype, y_host, weight_key=weight_key,
+                                     class_weight=class_weight, locking=locking, counts=True)
+    return RowSlab(meta=meta, start=start, stop=stop, X=X, y=y, dtype=dtype,
+                   weight=None if weight is None else backend.to_device(weight), total_weight=total,
+                   weight_source=source)
 
 
 @dataclass
@@ -140,7 +216,7 @@ class BlockSlab(RowSlab):
 def load_block(mpi_comm, path: str, *, rows: tuple[int, int] | None, cols: tuple[int, int] | None,
                backend, dtype: str = "auto", x_key: str = "X", y_key: str | None = "y",
                locking: str = "best-effort", loss: str | None = None, meta: DatasetMeta | None = None,
-               ) -> BlockSlab:
+               weight_key: str | None = None, class_weight: str | None = None) -> BlockSlab:
     """Read, validate and place on the device one (row range × column range) block of X and its y rows.
 
     Parameters
@@ -151,11 +227,13 @@ def load_block(mpi_comm, path: str, *, rows: tuple[int, int] | None, cols: tuple
         Global ``(start, stop)`` ranges; None means all rows / all columns.
     meta : DatasetMeta, optional
         From an earlier :func:`inspect_collectively` (inspected here otherwise).
+    weight_key, class_weight : str, optional
+        See :func:`load_row_slab`.
 
     Notes
     -----
-    Labels are counted only by the ranks holding column 0, so counts of bad values are not repeated
-    once per column block.
+    Labels and weights are counted only by the ranks holding column 0, so counts of bad values and the
+    total weight are not repeated once per column block.
     """
     if meta is None:
         meta = inspect_collectively(mpi_comm, path, x_key=x_key, y_key=y_key, locking=locking)
@@ -164,9 +242,17 @@ def load_block(mpi_comm, path: str, *, rows: tuple[int, int] | None, cols: tuple
     col_start, col_stop = cols if cols is not None else (0, meta.d)
     X = y = None
     with collectively(mpi_comm):
+        check_fits_in_memory(rank=mpi_comm.Get_rank(), rows=stop - start, d=col_stop - col_start,
+                             dtype=compute_dtype, available=available_bytes(), ranks_here=launcher_local_size(),
+                             ranks=mpi_comm.Get_size())
         X, y = read_rows(meta, start, stop, compute_dtype, locking=locking, cols=(col_start, col_stop))
     labels = y if y is None or col_start == 0 else y[:0]
     _check_values(mpi_comm, meta, start, count_nonfinite(X, labels), labels, loss)
+    weight, total, source = None, float(meta.n), "none"
+    if y is not None:
+        weight, total, source = _weights(mpi_comm, meta, start, stop, compute_dtype, y, weight_key=weight_key,
+                                         class_weight=class_weight, locking=locking, counts=col_start == 0)
     return BlockSlab(meta=meta, start=start, stop=stop, X=backend.to_device(X),
                      y=None if y is None else backend.to_device(y), dtype=compute_dtype,
-                     col_start=col_start, col_stop=col_stop)
+                     weight=None if weight is None else backend.to_device(weight), total_weight=total,
+                     weight_source=source, col_start=col_start, col_stop=col_stop)

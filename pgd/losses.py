@@ -19,6 +19,11 @@ Conventions
   intercept), ``out[d + 1]`` a scalar sum (the loss, or ``||X~ v||^2`` for :meth:`gram_matvec`).
   ``out`` is overwritten, never accumulated into.
 - Logistic labels are in {0, 1}.
+- Optional sample weights ``s`` (``(n_local,)``, data dtype, non-negative) multiply every row's loss and
+  derivative: the local sums become ``Σ s_i loss_i`` and ``Σ s_i loss'_i x_i``; the caller divides by the
+  global ``Σ s_i`` instead of ``n``.
+- Scalar sums (losses, residual sums) are accumulated in float64 (pairwise summation) whatever the data
+  dtype, so float32 data loses nothing to the summation of its rows.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import math
 
 __all__ = [
+    "sum64",
     "SquaredLoss",
     "LogisticLoss",
     "LOSSES",
@@ -43,6 +49,11 @@ def _log_min_exp_argument(xp, dtype) -> float:
     return math.log(float(xp.finfo(dtype).tiny)) + 1.0
 
 
+def sum64(values, xp) -> float:
+    """``Σ values`` accumulated in float64 (pairwise), for float32 and float64 arrays alike."""
+    return float(xp.sum(values, dtype=xp.float64))
+
+
 class SquaredLoss:
     """Half squared error ``loss(y, z) = (z - y)^2 / 2``, derivative ``z - y``."""
 
@@ -58,8 +69,9 @@ class SquaredLoss:
         """Derivative ``d loss / d z = z - y`` of every row."""
         return z - y
 
-    def sum_and_derivative(self, y, z, work, xp) -> float:
-        """Overwrite ``z`` with ``d loss / d z`` and return the summed loss (no allocation).
+    def sum_and_derivative(self, y, z, work, xp, weight=None) -> float:
+        """Overwrite ``z`` with ``d loss / d z`` (times ``weight``) and return the (weighted) summed loss,
+        without allocating.
 
         Parameters
         ----------
@@ -68,17 +80,23 @@ class SquaredLoss:
         z : array, (m,)
             Raw predictions on entry, derivative on exit.
         work : array, (m,)
-            Scratch buffer of the same shape and dtype (unused by this loss).
+            Scratch buffer of the same shape and dtype.
         xp : module
             Array namespace.
+        weight : array, (m,), optional
+            Sample weights.
 
         Returns
         -------
         float
-            ``sum_i loss(y_i, z_i)``.
+            ``sum_i s_i loss(y_i, z_i)`` (``s_i = 1`` without weights).
         """
         xp.subtract(z, y, out=z)
-        return 0.5 * float(xp.dot(z, z))
+        xp.multiply(z, z, out=work)
+        if weight is not None:
+            xp.multiply(work, weight, out=work)
+            xp.multiply(z, weight, out=z)
+        return 0.5 * sum64(work, xp)
 
     def link(self, z, xp):
         """Prediction from raw scores (identity)."""
@@ -118,8 +136,9 @@ class LogisticLoss:
         """Derivative ``d loss / d z = sigmoid(z) - y`` of every row."""
         return self.link(z, xp) - y
 
-    def sum_and_derivative(self, y, z, work, xp) -> float:
-        """Overwrite ``z`` with ``sigmoid(z) - y`` and return the summed loss (no allocation).
+    def sum_and_derivative(self, y, z, work, xp, weight=None) -> float:
+        """Overwrite ``z`` with ``sigmoid(z) - y`` (times ``weight``) and return the (weighted) summed
+        loss, without allocating.
 
         One ``exp(-|z|)`` serves loss and derivative.  The sign of ``z`` is carried through the
         computation as the sign of ``+-exp(-|z|)`` (never zero thanks to the clipping), because only
@@ -136,17 +155,22 @@ class LogisticLoss:
             Scratch buffer of the same shape and dtype.
         xp : module
             Array namespace.
+        weight : array, (m,), optional
+            Sample weights.
 
         Returns
         -------
         float
-            ``sum_i loss(y_i, z_i)``.
+            ``sum_i s_i loss(y_i, z_i)`` (``s_i = 1`` without weights).
         """
-        # work = H(z) - y, with H(z) = 1 - signbit(z) (so H(+0) = 1, H(-0) = 0, matching copysign below)
+        # work = z (H(z) - y), with H(z) = 1 - signbit(z) (so H(+0) = 1, H(-0) = 0, matching copysign below)
         xp.signbit(z, out=work)
         xp.subtract(1, work, out=work)
         xp.subtract(work, y, out=work)
-        linear_part = float(xp.dot(z, work))  # sum of max(z, 0) - y z
+        xp.multiply(work, z, out=work)
+        if weight is not None:
+            xp.multiply(work, weight, out=work)
+        linear_part = sum64(work, xp)  # sum of max(z, 0) - y z
         # work = +-e with e = exp(-|z|) and the sign of z
         xp.abs(z, out=work)
         xp.negative(work, out=work)
@@ -156,7 +180,9 @@ class LogisticLoss:
         # z is free now: sum of log1p(e)
         xp.abs(work, out=z)
         xp.log1p(z, out=z)
-        softplus_part = float(z.sum())
+        if weight is not None:
+            xp.multiply(z, weight, out=z)
+        softplus_part = sum64(z, xp)
         # work = +-t with t = e / (1 + e) = sigmoid(-|z|)
         xp.abs(work, out=z)
         xp.add(z, 1, out=z)
@@ -166,6 +192,8 @@ class LogisticLoss:
         xp.subtract(1, z, out=z)
         xp.subtract(z, y, out=z)
         xp.subtract(z, work, out=z)
+        if weight is not None:
+            xp.multiply(z, weight, out=z)
         return linear_part + softplus_part
 
     def __repr__(self) -> str:
@@ -215,6 +243,8 @@ class LocalLinearGradient:
     block_bytes : int, optional
         Target size of one row block of ``X`` in bytes (at least one row).  On a GPU pass something at
         least as large as ``X`` so that the slab is one block.
+    sample_weight : array, (n_local,), optional
+        Non-negative row weights in the data dtype (None: every row weighs 1).
 
     Attributes
     ----------
@@ -228,7 +258,8 @@ class LocalLinearGradient:
 
     DEFAULT_BLOCK_BYTES = 1 << 20
 
-    def __init__(self, X, y, loss, *, fit_intercept: bool, xp, block_bytes: int = DEFAULT_BLOCK_BYTES):
+    def __init__(self, X, y, loss, *, fit_intercept: bool, xp, block_bytes: int = DEFAULT_BLOCK_BYTES,
+                 sample_weight=None):
         if X.ndim != 2:
             raise ValueError(f"X must be 2-D, got shape {X.shape}")
         if X.dtype not in (xp.float32, xp.float64):
@@ -237,7 +268,10 @@ class LocalLinearGradient:
             raise ValueError("X must be C-contiguous")
         if y.shape != (X.shape[0],) or y.dtype != X.dtype:
             raise ValueError(f"y must have shape ({X.shape[0]},) and dtype {X.dtype}, got {y.shape} {y.dtype}")
+        if sample_weight is not None and (sample_weight.shape != y.shape or sample_weight.dtype != X.dtype):
+            raise ValueError(f"sample_weight must have shape {y.shape} and dtype {X.dtype}")
         self.X, self.y, self.loss, self.xp = X, y, loss, xp
+        self.sample_weight = sample_weight
         self.fit_intercept = bool(fit_intercept)
         self.n_local, self.d = X.shape
         self.dtype = X.dtype
@@ -249,73 +283,82 @@ class LocalLinearGradient:
         self._row_sum = xp.empty(self.d, dtype=self.dtype)
         self._batch_X = xp.empty((0, self.d), dtype=self.dtype)
         self._batch_y = xp.empty(0, dtype=self.dtype)
-        # (X_b, y_b, z_b, work_b) for every block: views, built once
-        self._blocks = []
-        for start in range(0, self.n_local, self.block_rows):
-            stop = min(start + self.block_rows, self.n_local)
-            rows = stop - start
-            self._blocks.append((X[start:stop], y[start:stop], self._z[:rows], self._work[:rows]))
+        self._batch_s = xp.empty(0, dtype=self.dtype)
+        self._blocks = self._block_views(X, y, sample_weight)   # all rows: views, built once
         self._params_w = xp.empty(self.d, dtype=self.dtype)   # w of a [w, b] vector, in the data dtype
         # the one-pass GPU kernel (None on the host, or when it failed its start-up check) and what runs
-        self._fused, self.kernel = _fused_kernel(X, y, xp, self.fit_intercept, loss.name)
+        if sample_weight is not None and getattr(xp, "__name__", "") == "cupy":
+            self._fused, self.kernel = None, "two-pass CuPy/cuBLAS (sample weights: the fused kernel has none)"
+        else:
+            self._fused, self.kernel = _fused_kernel(X, y, xp, self.fit_intercept, loss.name)
 
-    def _check_weights(self, w) -> None:
+    def _block_views(self, X, y, weight) -> list:
+        """``(X_b, y_b, s_b, z_b, work_b)`` for the row blocks of ``X`` (``s_b`` None without weights)."""
+        blocks = []
+        for start in range(0, X.shape[0], self.block_rows):
+            stop = min(start + self.block_rows, X.shape[0])
+            blocks.append((X[start:stop], y[start:stop], None if weight is None else weight[start:stop],
+                           self._z[: stop - start], self._work[: stop - start]))
+        return blocks
+
+    def _check_coefficients(self, w) -> None:
         if w.shape != (self.d,) or w.dtype != self.dtype:
             raise ValueError(f"w must have shape ({self.d},) and dtype {self.dtype}, got {w.shape} {w.dtype}")
 
     def _row_blocks(self, rows):
-        """Blocks ``(X_b, y_b, z_b, work_b)`` covering ``rows``: all rows, a slice, or an index array.
+        """Blocks ``(X_b, y_b, s_b, z_b, work_b)`` covering ``rows``: all rows, a slice, or an index array.
 
         An index array is gathered into batch buffers that grow to the largest batch seen and are then
         reused (mini-batch methods); a slice is served by views.
         """
         if rows is None:
             return self._blocks
+        weight = self.sample_weight
         if isinstance(rows, slice):
             start, stop, _ = rows.indices(self.n_local)
             X, y = self.X[start:stop], self.y[start:stop]
+            weight = None if weight is None else weight[start:stop]
         else:
             count = len(rows)
             if self._batch_X.shape[0] < count:
                 self._batch_X = self.xp.empty((count, self.d), dtype=self.dtype)
                 self._batch_y = self.xp.empty(count, dtype=self.dtype)
+                self._batch_s = self.xp.empty(count if weight is not None else 0, dtype=self.dtype)
             X, y = self._batch_X[:count], self._batch_y[:count]
             self.xp.take(self.X, rows, axis=0, out=X)
             self.xp.take(self.y, rows, out=y)
-        blocks = []
-        for start in range(0, X.shape[0], self.block_rows):
-            stop = min(start + self.block_rows, X.shape[0])
-            blocks.append((X[start:stop], y[start:stop], self._z[: stop - start],
-                           self._work[: stop - start]))
-        return blocks
+            if weight is not None:
+                self.xp.take(weight, rows, out=self._batch_s[:count])
+                weight = self._batch_s[:count]
+        return self._block_views(X, y, weight)
 
     def _sweep(self, w, offset: float, transform, out, rows=None) -> None:
         """One blocked pass: ``z_b = X_b w + offset``, ``r_b = transform(...)``, sums of ``X_b^T r_b``.
 
-        ``transform(y_b, z_b, work_b)`` overwrites ``z_b`` with ``r_b`` and returns a scalar that is
-        summed into ``out[d + 1]``; ``out[:d] = sum_b X_b^T r_b`` and ``out[d] = sum r`` (with
-        intercept) or 0.
+        ``transform(y_b, z_b, work_b, s_b)`` overwrites ``z_b`` with ``r_b`` (weights applied) and returns a
+        scalar that is summed into ``out[d + 1]``; ``out[:d] = sum_b X_b^T r_b`` and ``out[d] = sum r``
+        (with intercept) or 0.
         """
-        self._check_weights(w)
+        self._check_coefficients(w)
         xp, d = self.xp, self.d
         out[:] = 0
         gradient = out[:d]
         scalar_sum = 0.0
         residual_sum = 0.0
-        for X_b, y_b, z_b, work_b in self._row_blocks(rows):
+        for X_b, y_b, s_b, z_b, work_b in self._row_blocks(rows):
             xp.dot(X_b, w, out=z_b)
             if offset != 0.0:
                 xp.add(z_b, offset, out=z_b)
-            scalar_sum += transform(y_b, z_b, work_b)
+            scalar_sum += transform(y_b, z_b, work_b, s_b)
             if self.fit_intercept:
-                residual_sum += float(z_b.sum())
+                residual_sum += sum64(z_b, xp)
             xp.dot(z_b, X_b, out=self._row_sum)
             xp.add(gradient, self._row_sum, out=gradient)
         out[d] = residual_sum
         out[d + 1] = scalar_sum
 
     def loss_gradient(self, w, b: float, out, rows=None) -> None:
-        """Local loss and gradient sums at ``(w, b)``, over all local rows or only ``rows``.
+        """Local (weighted) loss and gradient sums at ``(w, b)``, over all local rows or only ``rows``.
 
         Parameters
         ----------
@@ -324,23 +367,25 @@ class LocalLinearGradient:
         b : float
             Intercept (ignored without intercept).
         out : array, (d + 2,), float64
-            Receives ``sum_i loss'_i x_i``, ``sum_i loss'_i`` (0 without intercept), ``sum_i loss_i``.
+            Receives ``sum_i s_i loss'_i x_i``, ``sum_i s_i loss'_i`` (0 without intercept),
+            ``sum_i s_i loss_i``.
         rows : slice or int array, optional
             Local rows to sum over (mini-batches); all rows when omitted.
         """
         if self._fused is not None and (rows is None or isinstance(rows, slice)):
-            self._check_weights(w)
+            self._check_coefficients(w)
             return self._fused(self._as_params(w, b), self.loss.name, out, rows)
         offset = float(b) if self.fit_intercept else 0.0
         xp, loss = self.xp, self.loss
-        self._sweep(w, offset, lambda y_b, z_b, work_b: loss.sum_and_derivative(y_b, z_b, work_b, xp), out,
-                    rows)
+        self._sweep(w, offset, lambda y_b, z_b, work_b, s_b: loss.sum_and_derivative(y_b, z_b, work_b, xp, s_b),
+                    out, rows)
 
     def gram_matvec(self, v, vb: float, out) -> None:
-        """Local Gram product of the design ``X~ = [X, 1]`` (or ``X`` without intercept).
+        """Local (weighted) Gram product of the design ``X~ = [X, 1]`` (or ``X`` without intercept).
 
-        With ``u = X v + vb`` (``vb`` ignored without intercept): ``out[:d] = X^T u``,
-        ``out[d] = sum u`` (0 without intercept), ``out[d + 1] = sum u^2 = ||X~ [v; vb]||^2``.
+        With ``u = X v + vb`` (``vb`` ignored without intercept) and row weights ``s``:
+        ``out[:d] = X^T (s u)``, ``out[d] = sum s u`` (0 without intercept),
+        ``out[d + 1] = sum s u^2 = ||S^(1/2) X~ [v; vb]||^2``.
 
         Parameters
         ----------
@@ -352,11 +397,22 @@ class LocalLinearGradient:
             Receives the result.
         """
         if self._fused is not None:
-            self._check_weights(v)
+            self._check_coefficients(v)
             return self._fused(self._as_params(v, vb), "gram", out)
         offset = float(vb) if self.fit_intercept else 0.0
+        self._sweep(v, offset, self._gram_transform, out)
+
+    def _gram_transform(self, y_b, z_b, work_b, s_b) -> float:
+        """``z_b <- s_b u_b``; returns ``sum s_b u_b^2`` (float64 accumulation)."""
         xp = self.xp
-        self._sweep(v, offset, lambda y_b, z_b, work_b: float(xp.dot(z_b, z_b)), out)
+        if s_b is None:
+            xp.multiply(z_b, z_b, out=work_b)
+            return sum64(work_b, xp)
+        xp.multiply(z_b, s_b, out=work_b)
+        xp.multiply(z_b, work_b, out=z_b)
+        total = sum64(z_b, xp)
+        z_b[...] = work_b
+        return total
 
     def sums_at(self, params, out, *, gram: bool = False, rows=None) -> None:
         """Local sums at a float64 parameter vector ``params = [w, b]`` (length d + 1, the optimizers'
@@ -381,7 +437,7 @@ class LocalLinearGradient:
 
     def predict_raw(self, w, b: float, out) -> None:
         """Write the raw predictions ``X w + b`` into ``out`` (``(n_local,)``, data dtype)."""
-        self._check_weights(w)
+        self._check_coefficients(w)
         self.xp.dot(self.X, w, out=out)
         if self.fit_intercept and float(b) != 0.0:
             self.xp.add(out, float(b), out=out)

@@ -48,7 +48,7 @@ def _attr_value(value):
 
 def write_model(path: str, w: np.ndarray, b: float, attrs: dict, history: dict | None = None) -> None:
     """Write a model file atomically (temporary file, fsync, rename)."""
-    with atomic_h5_file(path) as handle:
+    with atomic_h5_file(path, "model file") as handle:
         handle.create_dataset("w", data=np.asarray(w, dtype=np.float64))
         handle.create_dataset("b", data=np.float64(b))
         handle.attrs["pgd_model"] = MODEL_FORMAT

@@ -1,9 +1,38 @@
-"""What rank 0 shows while training: a progress bar on a terminal, log lines otherwise, then a summary."""
+"""What rank 0 shows while training: a live bar on a terminal, log lines otherwise, then a summary.
+
+Conventions
+-----------
+- Only rank 0 shows anything (``enabled``); nothing here communicates, so what is shown never changes a run.
+- Where the bar goes (:func:`terminal_stream`): standard error when it is a terminal (a plain run, ``srun
+  --pty``); otherwise standard output when it is a terminal *and* so is the output of the process that
+  started pgd (:func:`parent_terminal`, skipping shells in between). Under Open MPI's ``mpirun`` every rank's
+  standard output is a pseudo-terminal of the launcher's (whether or not anyone watches) and its standard
+  error a pipe, so the second test asks whether ``mpirun`` itself writes to a terminal.
+- The bar is redrawn as a whole line (cursor up, text, clear to the end, newline): launchers forward a
+  rank's output a line at a time, so a bare carriage return would show nothing until the run ends. At most
+  ten redraws a second; the line is cut to the terminal's width so that it never wraps.
+- Off a terminal: a log line on standard error every ``log_every`` iterations (default: about ten per run)
+  and whenever :data:`LOG_SECONDS` passed since the last line, so a slow run is never silent for longer than
+  that plus one iteration.
+- Every line shows the iteration, loss, gradient norm (the optimality measure), time per iteration (over this
+  process's iterations, so a resumed run is timed from its resume), elapsed time and the time the rest of
+  the iteration budget would take (an upper bound: a run may converge sooner).
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+
+#: Longest silence (seconds) between two log lines off a terminal.
+LOG_SECONDS = 10.0
+#: Shortest interval (seconds) between two redraws of the bar.
+REDRAW_SECONDS = 0.1
+_BAR_WIDTH = 20
+_TEXT_ROOM = 80  # columns kept for the numbers; the bar takes what is left of the terminal's width, up to 20
+_REDRAW = "\x1b[1A\r"  # cursor to the start of the line above (the bar's)
+_CLEAR_TO_END = "\x1b[K"
 
 
 def _format_seconds(seconds: float) -> str:
@@ -12,6 +41,99 @@ def _format_seconds(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1e3:.2f} ms"
     return f"{seconds:.2f} s"
+
+
+def _format_clock(seconds: float) -> str:
+    """``M:SS`` or ``H:MM:SS``."""
+    minutes, secs = divmod(int(seconds + 0.5), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _output_of(pid: int) -> str | None:
+    """Where process ``pid``'s standard output goes (``/proc/PID/fd/1``), or None."""
+    try:
+        return os.readlink(f"/proc/{pid}/fd/1")
+    except OSError:
+        return None
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])  # the name in (...) may hold spaces
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def parent_terminal(pid: int | None = None, own: str | None = None) -> str | None:
+    """The terminal that the process which started this one writes to, or None (Linux: ``/proc``).
+
+    Starting from ``pid`` (default: the parent), ancestors whose output is ``own`` (default: this
+    process's standard output) are skipped: a shell between ``mpirun`` and pgd writes to the same
+    pseudo-terminal of the launcher; the first ancestor writing elsewhere decides.
+    """
+    pid = os.getppid() if pid is None else pid
+    if own is None:
+        own = _output_of(os.getpid())
+    for _ in range(16):
+        target = _output_of(pid)
+        if target is None:
+            return None
+        if target != own:
+            return target if target.startswith(("/dev/pts/", "/dev/tty")) else None
+        pid = _parent_of(pid)
+        if pid <= 1:
+            return None
+    return None
+
+
+def terminal_stream(stderr=None, stdout=None, parent=parent_terminal):
+    """The stream to draw the bar on, or None (log lines then). See the module's conventions."""
+    stderr = sys.stderr if stderr is None else stderr
+    stdout = sys.stdout if stdout is None else stdout
+    if _isatty(stderr):
+        return stderr
+    if _isatty(stdout) and parent() is not None:
+        return stdout
+    return None
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # closed or not a file
+        return False
+
+
+def _width(fd: int) -> int:
+    try:
+        return os.get_terminal_size(fd).columns
+    except OSError:
+        return 0
+
+
+def terminal_columns(stream) -> int:
+    """Width of the terminal behind ``stream``: its own size, else that of the terminal the parent process
+    writes to (a launcher's pseudo-terminal has no size), else ``COLUMNS``, else 80."""
+    try:
+        columns = _width(stream.fileno())
+    except (AttributeError, ValueError):
+        columns = 0
+    device = None if columns else parent_terminal()
+    if device is not None:
+        try:
+            fd = os.open(device, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError:
+            pass
+        else:
+            try:
+                columns = _width(fd)
+            finally:
+                os.close(fd)
+    if not columns and os.environ.get("COLUMNS", "").isdigit():
+        columns = int(os.environ["COLUMNS"])
+    return columns or 80
 
 
 class Progress:
@@ -24,46 +146,84 @@ class Progress:
     enabled : bool
         False on ranks other than 0 and with ``--quiet``.
     log_every : int
-        Log-line interval when not on a terminal; 0 picks about ten lines per run.
-    stream : file, optional
-        Where to write (standard error by default).
+        Log-line interval off a terminal; 0 picks about ten lines per run.
+    terminal : file or None, optional
+        Where to draw the bar; None writes log lines instead. Default: :func:`terminal_stream`.
+    log : file, optional
+        Where log lines go (standard error by default).
+    clock : callable, optional
+        Seconds from an arbitrary origin (``time.monotonic``).
     """
 
-    def __init__(self, total: int, *, enabled: bool, log_every: int = 0, stream=None):
+    def __init__(self, total: int, *, enabled: bool, log_every: int = 0, terminal="auto", log=None,
+                 clock=time.monotonic):
         self.total = max(total, 1)
         self.enabled = enabled
-        self.stream = stream if stream is not None else sys.stderr
-        self.on_terminal = enabled and self.stream.isatty()
+        self.terminal = (terminal_stream() if terminal == "auto" else terminal) if enabled else None
+        self.columns = terminal_columns(self.terminal) if self.terminal is not None else 0
+        self.bar_width = min(_BAR_WIDTH, self.columns - _TEXT_ROOM - 3)
+        self.log = log if log is not None else sys.stderr
         self.log_every = log_every or max(1, self.total // 10)
-        self._last_draw = 0.0
-        self._started = time.perf_counter()
+        self.clock = clock
+        self._started = clock()
+        self._first = None  # (iteration, time) of the first update: the per-iteration time counts from it
+        self._shown = None  # (iteration, time) of the last line shown
+        self._drawn = False
 
     def update(self, iteration: int, loss: float, grad_norm: float, force: bool = False) -> None:
-        """Report iterate ``iteration``; drawn at most ten times a second on a terminal."""
+        """Report iterate ``iteration``; shown when due (with ``force``: always, but never two log lines for
+        one iterate)."""
         if not self.enabled:
             return
-        elapsed = time.perf_counter() - self._started
-        per_iteration = elapsed / max(iteration, 1)
-        text = (f"iter {iteration:>{len(str(self.total))}}/{self.total}  loss {loss:.10g}  "
-                f"|grad| {grad_norm:.3e}  {_format_seconds(per_iteration)}/it")
-        if self.on_terminal:
-            now = time.perf_counter()
-            if not force and now - self._last_draw < 0.1:
+        now = self.clock()
+        if self._first is None:
+            self._first = (iteration, now)
+        if self._shown is not None:
+            last_iteration, last_time = self._shown
+            if force:  # the final state: redrawn in place, or a log line unless this iterate had one
+                due = self.terminal is not None or last_iteration != iteration
+            elif self.terminal is not None:
+                due = now - last_time >= REDRAW_SECONDS
+            else:
+                due = iteration % self.log_every == 0 or now - last_time >= LOG_SECONDS
+            if not due:
                 return
-            self._last_draw = now
-            width = 24
-            filled = int(width * min(iteration, self.total) / self.total)
-            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {text}\033[K")
-            self.stream.flush()
-        elif force or iteration % self.log_every == 0:
-            self.stream.write(f"pgd: {text}\n")
-            self.stream.flush()
+        self._shown = (iteration, now)
+        pace = self._pace(iteration, now, finished=force)
+        elapsed = _format_clock(now - self._started)
+        if self.terminal is not None:
+            self._draw(iteration, f"{iteration}/{self.total} loss {loss:.7g} |grad| {grad_norm:.2e} "
+                                  f"{pace[0] + '/it ' if pace else ''}{elapsed} elapsed"
+                                  f"{', <=' + pace[1] + ' left' if pace else ''}")
+        else:
+            self.log.write(f"pgd: iter {iteration:>{len(str(self.total))}}/{self.total}  loss {loss:.10g}  "
+                           f"|grad| {grad_norm:.3e}  {pace[0] + '/it  ' if pace else ''}elapsed {elapsed}"
+                           f"{'  left <= ' + pace[1] if pace else ''}\n")
+            self.log.flush()
 
-    def close(self) -> None:
-        """End the progress bar's line."""
-        if self.on_terminal:
-            self.stream.write("\n")
-            self.stream.flush()
+    def finish(self, iteration: int, loss: float, grad_norm: float) -> None:
+        """Show the last iterate as final (nothing left), once."""
+        self.update(iteration, loss, grad_norm, force=True)
+
+    def _pace(self, iteration: int, now: float, finished: bool) -> tuple[str, str] | None:
+        """Time per iteration since the first update and what the rest of the budget would take at that
+        pace (``0:00`` when ``finished``; None before the second iterate)."""
+        first_iteration, first_time = self._first
+        if iteration <= first_iteration:
+            return None
+        per_iteration = (now - first_time) / (iteration - first_iteration)
+        left = 0.0 if finished else per_iteration * max(self.total - iteration, 0)
+        return _format_seconds(per_iteration), _format_clock(left)
+
+    def _draw(self, iteration: int, text: str) -> None:
+        """Redraw the bar's line (a bar when the terminal is wide enough, then the numbers)."""
+        if self.bar_width >= 5:
+            filled = int(self.bar_width * min(iteration, self.total) / self.total)
+            text = f"[{'#' * filled}{'.' * (self.bar_width - filled)}] {text}"
+        text = text[: max(self.columns - 1, 1)]
+        self.terminal.write((_REDRAW if self._drawn else "") + text + _CLEAR_TO_END + "\n")
+        self.terminal.flush()
+        self._drawn = True
 
 
 def _updates_line(summary: dict) -> str:

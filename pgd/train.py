@@ -2,6 +2,10 @@
 
 Every rank runs this function; only rank 0 writes files and prints. All decisions that end the loop
 (convergence, divergence) are taken from globally reduced numbers, so every rank takes them together.
+
+Convergence is decided by :mod:`pgd.convergence`'s one optimality test; an unconverged run prints one
+warning line (and fails with ``--require-convergence``).  A fixed-step method whose objective becomes
+non-finite or rises far above its start has diverged: the run fails and writes no model.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from contextlib import ExitStack
 
 import numpy as np
@@ -16,17 +21,22 @@ from mpi4py import MPI
 
 import pgd
 from pgd.backend import select_backend
-from pgd.checkpoint import check_checkpoint_options
+from pgd.checkpoint import check_checkpoint_options, checkpoint_files, hold_checkpoint_lock
 from pgd.comm import collectively, max_over_ranks
-from pgd.errors import TrainingError
-from pgd.fileio import atomic_path, check_writable
-from pgd.gram import select_solver
+from pgd.config import option_label
+from pgd.convergence import DIVERGENCE_FACTOR, OptimalityTest, effective_tol, unconverged_warning
+from pgd.errors import DivergedError, NotConvergedError, TrainingError
+from pgd.fileio import atomic_path, check_writable, refuse_same_files
+from pgd.gram import reduce_gram, select_solver
 from pgd.model_io import save_run_model
 from pgd.optim import OPTIMIZERS, make_optimizer
-from pgd.preempt import adopt_signal_flag, catch_signals_early, make_resilience_hook
+from pgd.preempt import adopt_signal_flag, catch_signals_early, make_resilience_hook, release_early_signals
 from pgd.progress import Progress, format_summary
 from pgd.strategies import STRATEGIES, pick_runner
 from pgd.strategies.slow_rank import make_slow_rank_hook
+from pgd.strategies.standardize import StandardizedObjective, describe, penalty_factors, scaling_for
+
+
 
 #: Factories ``make_hook(cfg, world, optimizer) -> hook or None`` run by every training loop. A hook's
 #: ``after_step(iteration) -> str | None`` is called on every rank after each step, and must return the
@@ -49,6 +59,10 @@ def _check_outputs(world, cfg) -> None:
     check_checkpoint_options(cfg)
     with collectively(world):
         if world.Get_rank() == 0:
+            outputs = {option_label(cfg, "out"): cfg.out, option_label(cfg, "metrics"): cfg.metrics}
+            if cfg.checkpoint:
+                outputs.update(checkpoint_files(cfg.checkpoint))
+            refuse_same_files({"the data file": cfg.data}, outputs)
             for path, what in ((cfg.out, "model file"), (cfg.metrics, "metrics file"),
                                (cfg.checkpoint, "checkpoint")):
                 if path:
@@ -65,18 +79,93 @@ def _replicas_identical(world, params_host: np.ndarray) -> bool:
     return bool(same[0])
 
 
+def build_objective(cfg, world, backend):
+    """The run's objective in the optimizer's coordinates, and the method that minimises it.
+
+    Loads this rank's data (``--mode``), computes the standardisation (one pass, collective) and applies
+    ``--solver``: the Gram objective solved directly, or the (standardised) objective for ``--optimizer``.
+
+    Returns
+    -------
+    (objective, slab, facts, method)
+        ``facts`` describe the standardisation, weights and solver for the summary.
+    """
+    objective, slab = STRATEGIES[cfg.mode](cfg, world, backend)
+    scaling = scaling_for(objective, standardize=cfg.standardize, fit_intercept=cfg.fit_intercept, l2=cfg.l2,
+                          penalty_scale=cfg.penalty_scale)
+    use_gram, solver = select_solver(cfg, objective)
+    if use_gram:
+        started = MPI.Wtime()
+        factors = penalty_factors(scaling, cfg.penalty_scale)
+        objective = reduce_gram(objective, scaling, l2_diagonal=backend.xp.asarray(cfg.l2 * factors ** 2),
+                                l1_weights=backend.xp.asarray(factors))
+        solver += f"; XᵀX reduced once in {MPI.Wtime() - started:.3g} s"
+        method = "cd" if cfg.l1 else "cholesky"
+    else:
+        if not scaling.is_identity:
+            objective = StandardizedObjective(objective, scaling, l2=cfg.l2, penalty_scale=cfg.penalty_scale)
+        method = "lbfgs" if cfg.optimizer in ("auto", None) else cfg.optimizer
+    facts = {"standardize": describe(scaling, cfg.penalty_scale), "penalty_scale": cfg.penalty_scale,
+             "sample_weight": slab.weight_source, "total_weight": slab.total_weight, "solver": solver}
+    return objective, slab, facts, method
+
+
+class _Recorder:
+    """The history of evaluated iterates: model file, ``--metrics`` lines and the progress display."""
+
+    def __init__(self, optimizer, metrics, progress, started: float):
+        self.optimizer, self.metrics, self.progress, self.started = optimizer, metrics, progress, started
+        self.history = {"loss": [], "grad_norm": [], "optimality": [], "time": []}
+        self.time_offset = 0.0  # a resumed run's history continues the time of the runs before
+
+    def resumed(self) -> None:
+        """The history was restored from a checkpoint: continue its clock (and its optimality record)."""
+        self.history.setdefault("optimality", [])
+        if len(self.history["optimality"]) < len(self.history["loss"]):
+            self.history["optimality"] = [math.nan] * len(self.history["loss"])
+        self.time_offset = self.history["time"][-1] if self.history["time"] else 0.0
+
+    def __call__(self, iteration: int) -> tuple[float, float]:
+        """Record the current iterate; returns its ``(grad_norm, optimality)``."""
+        optimizer = self.optimizer
+        grad_norm, optimality = optimizer.grad_norm(), optimizer.optimality()
+        elapsed = MPI.Wtime() - self.started + self.time_offset
+        for key, value in (("loss", optimizer.loss), ("grad_norm", grad_norm), ("optimality", optimality),
+                           ("time", elapsed)):
+            self.history[key].append(value)
+        self.metrics.write({"iter": iteration, "loss": optimizer.loss, "grad_norm": grad_norm,
+                            "optimality": optimality, "time": elapsed})
+        self.progress.update(iteration, optimizer.loss, grad_norm)
+        return grad_norm, optimality
+
+
 class _MetricsWriter:
-    """One JSON object per iterate, written by rank 0 to a temporary file renamed on success."""
+    """One JSON object per iterate, written by rank 0 to a temporary file renamed by :meth:`commit`.
+
+    A failed write (disk full) stops the writing and is raised by :meth:`commit`, where every rank agrees
+    on it, not in the middle of the loop on rank 0 alone.
+    """
 
     def __init__(self, stack: ExitStack, path: str | None, enabled: bool):
-        self.handle = None
+        self.handle, self.failure = None, None
+        self.files = stack.enter_context(ExitStack())  # undone (nothing written) unless committed
         if path and enabled:
-            temporary = stack.enter_context(atomic_path(path))
-            self.handle = stack.enter_context(open(temporary, "w", encoding="utf-8"))
+            temporary = self.files.enter_context(atomic_path(path, "metrics file"))
+            self.handle = self.files.enter_context(open(temporary, "w", encoding="utf-8"))
 
     def write(self, record: dict) -> None:
-        if self.handle is not None:
-            self.handle.write(json.dumps(record) + "\n")
+        if self.handle is not None and self.failure is None:
+            try:
+                self.handle.write(json.dumps(record) + "\n")
+            except OSError as error:
+                self.failure = error
+
+    def commit(self) -> None:
+        """Close the file and give it its name (or raise the failed write as one line)."""
+        if self.failure is not None:
+            with self.files:  # unwinding with the error discards the file and reports it in one line
+                raise self.failure
+        self.files.close()
 
 
 def train(cfg, world=None) -> dict:
@@ -90,29 +179,37 @@ def train(cfg, world=None) -> dict:
         The ranks taking part (``COMM_WORLD`` by default).
     """
     world = world if world is not None else MPI.COMM_WORLD
+    _check_outputs(world, cfg)
+    with hold_checkpoint_lock(world, cfg.checkpoint):  # no other run uses the checkpoint while this one lives
+        try:
+            return _train(cfg, world)
+        finally:
+            release_early_signals()
+
+
+def _train(cfg, world) -> dict:
     rank, size = world.Get_rank(), world.Get_size()
     local_rank, local_size = node_local_rank(world)
     backend = select_backend(cfg.device, local_rank)
     xp = backend.xp
-    _check_outputs(world, cfg)
+    catch_signals_early()  # a SIGTERM/SIGUSR1 while the data loads stops the run at its first decision
     if (runner := pick_runner(cfg)) is not None:  # modes with loops of their own (async, shm, local SGD)
         return runner(cfg, world, backend)
-    catch_signals_early()  # a SIGTERM/SIGUSR1 while the data loads stops the run at its first step
 
-    objective, slab = STRATEGIES[cfg.mode](cfg, world, backend)
-    objective, solver = select_solver(cfg, objective, world)
+    objective, slab, setup_facts, method = build_objective(cfg, world, backend)
     d = slab.meta.d
-    lr_auto = cfg.lr == "auto" and OPTIMIZERS[cfg.optimizer].needs_lr
+    lr_auto = cfg.lr == "auto" and OPTIMIZERS[method].needs_lr
     lipschitz = objective.lipschitz(cfg.power_iters, cfg.seed) if lr_auto else math.nan
     if lr_auto and not lipschitz > 0:
         raise TrainingError("cannot pick a step size: the data matrix is zero; pass --lr", collective=True)
-    lr = 1.0 / lipschitz if lr_auto else float(1.0 if cfg.lr == "auto" else cfg.lr)
+    lr = 1.0 / lipschitz if lr_auto else float(OPTIMIZERS[method].auto_lr if cfg.lr == "auto"
+                                               else cfg.lr)
 
     facts = {
         "pgd_version": pgd.__version__, "data": os.path.abspath(cfg.data), "n": slab.n_global, "d": d,
-        "loss": cfg.loss, "l2": cfg.l2, "fit_intercept": cfg.fit_intercept, "optimizer": cfg.optimizer,
-        "lr": lr, "lr_auto": lr_auto, "lipschitz": lipschitz, "ranks": size, "solver": solver,
-        "l1": cfg.l1,
+        "loss": cfg.loss, "l2": cfg.l2, "fit_intercept": cfg.fit_intercept, "optimizer": method,
+        "lr": lr, "lr_auto": lr_auto, "lipschitz": lipschitz, "ranks": size, "l1": cfg.l1, **setup_facts,
+        "tol": cfg.tol, "tol_effective": effective_tol(cfg.tol, slab.dtype),
         "ranks_per_node": local_size, "device": f"{backend.device} ({backend.name})",
         "communicator": objective.comm.name, "dtype": str(slab.dtype),
         "blas_threads": os.environ.get("PGD_BLAS_THREADS_RESOLVED", "unknown"),
@@ -126,15 +223,15 @@ def train(cfg, world=None) -> dict:
         rows = world.gather(slab.n_local)
         if rank == 0:
             print(f"pgd train --dry-run: data {cfg.data} ({slab.n_global} x {d}, {slab.meta.dtype}) is valid; "
-                  f"rows per rank {rows}; {cfg.loss} loss, lr {lr:.6g}; nothing trained, nothing written")
+                  f"rows per rank {rows}; {cfg.loss} loss, {method}, lr {lr:.6g}; nothing trained, nothing "
+                  f"written", flush=True)
         return dict(facts, dry_run=True)
 
-    optimizer = make_optimizer(cfg.optimizer, objective, xp=xp, lr=lr, cfg=cfg)
+    optimizer = make_optimizer(method, objective, xp=xp, lr=lr, cfg=cfg)
     budget = optimizer.budget(cfg.max_iter)
     hooks = [hook for make_hook in LOOP_HOOKS if (hook := make_hook(cfg, world, optimizer)) is not None]
     show = rank == 0 and not cfg.quiet
     progress = Progress(budget, enabled=show, log_every=cfg.log_every)
-    history = {"loss": [], "grad_norm": [], "time": []}
     check_every_step = bool(os.environ.get("PGD_CHECK_REPLICAS"))  # tests: bitwise replica check per step
     with ExitStack() as outputs:
         metrics = _MetricsWriter(outputs, cfg.metrics, rank == 0)
@@ -145,36 +242,29 @@ def train(cfg, world=None) -> dict:
         objective.compute_seconds = 0.0
         world.Barrier()
         started = MPI.Wtime()
+        record = _Recorder(optimizer, metrics, progress, started)
+        history = record.history
 
-        time_offset = 0.0  # a resumed run's history continues the time of the runs before
-
-        def record(iteration: int) -> float:
-            grad_norm = optimizer.grad_norm()
-            elapsed = MPI.Wtime() - started + time_offset
-            history["loss"].append(optimizer.loss)
-            history["grad_norm"].append(grad_norm)
-            history["time"].append(elapsed)
-            metrics.write({"iter": iteration, "loss": optimizer.loss, "grad_norm": grad_norm,
-                           "time": elapsed})
-            progress.update(iteration, optimizer.loss, grad_norm)
-            return grad_norm
-
-        # hooks with resume(history) may continue a checkpointed run (pgd.preempt, pgd.checkpoint)
+        # hooks with resume(history, data) may continue a checkpointed run (pgd.preempt, pgd.checkpoint)
         resumed = [it for hook in hooks
-                   if hasattr(hook, "resume") and (it := hook.resume(history)) is not None]
+                   if hasattr(hook, "resume") and (it := hook.resume(history, slab)) is not None]
         if resumed:
-            iteration, grad_norm = resumed[0], optimizer.grad_norm()
-            time_offset = history["time"][-1] if history["time"] else 0.0
+            record.resumed()
+            iteration, grad_norm, optimality = resumed[0], optimizer.grad_norm(), optimizer.optimality()
         else:
             optimizer.start(objective.zeros())
-            iteration, grad_norm = 0, record(0)
-        stop_reason, converged = f"iteration budget reached (--max-iter {cfg.max_iter})", False
+            iteration = 0
+            grad_norm, optimality = record(0)
+        start_loss = history["loss"][0]
+        test = OptimalityTest.at_start(cfg.tol, slab.dtype, history["optimality"][0])
+        stop_reason = f"iteration budget reached (--max-iter {cfg.max_iter})"
         if budget != cfg.max_iter:
             stop_reason = f"step budget reached ({budget} steps)"
         previous, first_iteration = optimizer.loss, iteration
+        bytes_before = objective.comm.bytes  # bytes per iteration count this run's iterations only
         while True:
-            if optimizer.fresh and grad_norm <= cfg.tol:
-                stop_reason, converged = f"gradient norm {grad_norm:.3e} <= tol {cfg.tol:g}", True
+            if optimizer.fresh and test.holds(optimality):
+                stop_reason = test.describe(optimality)
                 break
             if iteration >= budget:
                 break
@@ -187,20 +277,22 @@ def train(cfg, world=None) -> dict:
                 raise TrainingError(f"ranks hold different weights after iteration {iteration}",
                                     collective=True)
             if optimizer.fresh:  # the full objective was evaluated at the new iterate (see pgd.optim)
-                grad_norm = record(iteration)
-                if not math.isfinite(optimizer.loss) or not math.isfinite(grad_norm):
-                    raise TrainingError(f"diverged at iteration {iteration} (loss {optimizer.loss}); "
-                                        f"use a smaller --lr or --lr auto", collective=True)
+                grad_norm, optimality = record(iteration)
+                _check_divergence(optimizer, start_loss, iteration, grad_norm)
                 if cfg.rtol and abs(previous - optimizer.loss) <= cfg.rtol * abs(optimizer.loss):
-                    stop_reason, converged = f"relative loss change <= rtol {cfg.rtol:g}", True
+                    stop_reason = f"relative loss change <= rtol {cfg.rtol:g}"
                     break
                 previous = optimizer.loss
             hook_stop = next((reason for hook in hooks if (reason := hook.after_step(iteration))), None)
             if hook_stop:
                 stop_reason = hook_stop
                 break
-        progress.update(iteration, optimizer.loss, grad_norm, force=True)
-        progress.close()
+        progress.finish(iteration, optimizer.loss, grad_norm)
+        if optimizer.fixed_step and optimizer.loss > start_loss:
+            raise DivergedError(f"the objective rose from {start_loss:.6g} to {optimizer.loss:.6g} in "
+                                f"{iteration} iterations: --lr {lr:.3g} is too large (use --lr auto or "
+                                f"--optimizer lbfgs); no model written", collective=True)
+        converged = bool(optimizer.fresh and test.holds(optimality))
         wall = MPI.Wtime() - started
         compute, comm_seconds = objective.compute_seconds, objective.comm.seconds
         wall_max, compute_max, comm_max, other_max = max_over_ranks(
@@ -209,19 +301,45 @@ def train(cfg, world=None) -> dict:
         identical = _replicas_identical(world, params)
         summary = dict(
             facts, **optimizer.summary(), iterations=iteration, evaluations=optimizer.evaluations,
-            final_loss=optimizer.loss,
-            grad_norm=grad_norm, converged=converged, stop_reason=stop_reason,
+            final_loss=optimizer.loss, grad_norm=grad_norm, **test.facts(optimality), converged=converged,
+            stop_reason=stop_reason,
             replicas_identical=identical,
             replicas_checked="every iteration" if check_every_step else "at the end", out=cfg.out,
             metrics=cfg.metrics,
-            comm_bytes_per_iteration=objective.comm.bytes // max(optimizer.evaluations, 1),
+            comm_bytes_per_iteration=(objective.comm.bytes - bytes_before)
+            // max(iteration - first_iteration, 1),
             timing={"wall": wall_max, "compute": compute_max, "comm": comm_max, "other": other_max,
                     "per_iteration": wall_max / max(iteration - first_iteration, 1)})
-        if rank == 0 and cfg.out:
-            save_run_model(cfg, params, summary, history)
+        warnings = [getattr(optimizer, "collinear", None)]
+        if not converged:
+            warnings.append(unconverged_warning(test, optimality, iteration, stop_reason, method=method,
+                                                dtype=slab.dtype, standardized=facts["standardize"] != "off"))
+        summary["warnings"] = [text for text in warnings if text]
+        with collectively(world):  # a failed write (disk full) is one line on every rank
+            if rank == 0 and cfg.out and (converged or not cfg.require_convergence):
+                save_run_model(cfg, params, summary, history)
+            metrics.commit()
     if rank == 0:
         print(format_summary(summary), flush=True)
+        for text in summary["warnings"]:
+            print(f"pgd: warning: {text}", file=sys.stderr, flush=True)
         if not identical:
             print("pgd: warning: ranks ended with different weights (non-deterministic reduction)",
                   flush=True)
+    if cfg.require_convergence and not converged:
+        raise NotConvergedError(f"not converged (--require-convergence): optimality {optimality:.3e} > "
+                                f"{test.target:.3e}; {'no model written' if cfg.out else 'nothing written'}",
+                                collective=True)
     return summary
+
+
+def _check_divergence(optimizer, start_loss: float, iteration: int, grad_norm: float) -> None:
+    """Raise :class:`DivergedError` (on every rank: the numbers are global) when the objective is no longer
+    finite, or a fixed-step method has taken it :data:`DIVERGENCE_FACTOR` times above its start."""
+    loss = optimizer.loss
+    blown_up = optimizer.fixed_step and loss - start_loss > DIVERGENCE_FACTOR * max(abs(start_loss), 1e-300)
+    if math.isfinite(loss) and math.isfinite(grad_norm) and not blown_up:
+        return
+    hint = "use a smaller --lr, --lr auto or --optimizer lbfgs" if optimizer.fixed_step else "use --dtype float64"
+    raise DivergedError(f"diverged at iteration {iteration} (loss {loss:.6g}, started at {start_loss:.6g}); "
+                        f"{hint}; no model written", collective=True)

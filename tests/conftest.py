@@ -32,13 +32,13 @@ def run_pgd(ranks: int, *args, timeout: float = 120, env: dict | None = None, cw
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd)
 
 
-def run_python(ranks: int, script: str, *args, timeout: float = 120):
+def run_python(ranks: int, script: str, *args, timeout: float = 120, env: dict | None = None):
     """Run a Python file under ``mpirun -n ranks``."""
     if MPIRUN is None:
         pytest.skip("mpirun not found")
     command = [MPIRUN, *MPIRUN_FLAGS, "-n", str(ranks), sys.executable, script, *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, PGD_BLAS_THREADS="1"))
+                          env=dict(os.environ, PGD_BLAS_THREADS="1", **(env or {})))
 
 
 def write_dataset(path, X, y=None, **attrs):
@@ -76,3 +76,43 @@ def train_params(ranks: int, out, *args, env: dict | None = None, timeout: float
     assert result.returncode == 0, result.stdout + result.stderr
     w, b, attrs = read_weights(out)
     return np.append(w, b), attrs, result.stdout
+
+
+def run_cases(ranks: int, cases: list, workdir, timeout: float = 120, env: dict | None = None) -> list:
+    """Run several ``pgd`` commands in one ``mpirun -n ranks`` job (see ``mpi_cases.py``); returns, per case,
+    ``{"code", "stdout", "stderr"}`` (rank 0's) and ``"codes_by_rank"``, ``"stderr_by_rank"``."""
+    import json  # noqa: PLC0415
+
+    plan, results = os.path.join(workdir, "plan.json"), os.path.join(workdir, "results.json")
+    with open(plan, "w", encoding="utf-8") as handle:
+        json.dump(cases, handle, default=str)
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mpi_cases.py")
+    finished = run_python(ranks, script, plan, results, timeout=timeout, env=env)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    with open(results, encoding="utf-8") as handle:
+        outcome = json.load(handle)
+    os.unlink(plan)
+    os.unlink(results)
+    return outcome
+
+
+def snapshot(directory) -> dict:
+    """``{name: bytes}`` of every file under ``directory`` (to prove that nothing was changed)."""
+    found = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as handle:
+                found[os.path.relpath(path, directory)] = handle.read()
+    return found
+
+
+def assert_one_error_line(result: dict, fragment: str, code: int = 2) -> str:
+    """Every rank exited with ``code``; rank 0 alone printed, and one ``pgd: error:`` (or usage) line that holds
+    ``fragment``; no traceback. Returns the line."""
+    assert result["codes_by_rank"] == [code] * len(result["codes_by_rank"]), result["stderr"]
+    assert not any(result["stderr_by_rank"][1:]), result["stderr_by_rank"]
+    lines = [line for line in result["stderr"].splitlines() if line.startswith(("pgd: error", "Error:"))]
+    assert len(lines) == 1 and "Traceback" not in result["stderr"], result["stderr"]
+    assert fragment in lines[0], lines[0]
+    return lines[0]

@@ -44,18 +44,19 @@ def _configs():
             configs[f"lbfgs/{key}"] = dict(data=data, loss=loss, l2=l2, optimizer="lbfgs", **TIGHT)
             configs[f"sgd/{key}"] = dict(data=data, loss=loss, l2=l2, optimizer="sgd", batch_size=60,
                                          epochs=60, schedule="inverse-time", seed=7, **TIGHT)
-    configs["gram/squared"] = dict(data="reg.h5", loss="squared", optimizer="gd", solver="gram", **TIGHT)
-    # same iterates: a fixed number of steps with and without the Gram solver
-    for solver in ("iterative", "gram"):
-        configs[f"steps-{solver}"] = dict(data="reg.h5", loss="squared", l2=0.1, optimizer="gd", lr=0.3,
-                                          solver=solver, tol=0.0, rtol=0.0, max_iter=25)
-    for optimizer in ("gd", "nesterov", "sgd"):
+    for l2 in (0.0, 0.1):   # the normal equations (Cholesky), with and without standardisation
+        configs[f"gram/l2={l2}"] = dict(data="reg.h5", loss="squared", l2=l2, solver="gram", **TIGHT)
+        configs[f"gram-raw/l2={l2}"] = dict(data="reg.h5", loss="squared", l2=l2, solver="gram",
+                                            standardize=False, **TIGHT)
+    for optimizer in ("gd", "nesterov", "sgd", "lbfgs", "auto"):   # auto: coordinate descent on the Gram
         extra = dict(batch_size=100, epochs=40, schedule="constant", lr=0.1) if optimizer == "sgd" else {}
         configs[f"l1/{optimizer}"] = dict(data="sparse.h5", loss="squared", l1=0.05, optimizer=optimizer,
                                           **dict(TIGHT, **extra))
-    configs["enet/gd"] = dict(data="sparse.h5", loss="squared", l1=0.03, l2=0.05, optimizer="gd", **TIGHT)
-    configs["enet/nesterov"] = dict(data="sparse.h5", loss="squared", l1=0.03, l2=0.05, optimizer="nesterov",
-                                    **TIGHT)
+    for optimizer in ("gd", "nesterov", "lbfgs", "auto"):
+        configs[f"enet/{optimizer}"] = dict(data="sparse.h5", loss="squared", l1=0.03, l2=0.05,
+                                            optimizer=optimizer, **TIGHT)
+    configs["l1-logistic/gd"] = dict(data="bin.h5", loss="logistic", l1=0.02, optimizer="gd", **TIGHT)
+    configs["l1-logistic/lbfgs"] = dict(data="bin.h5", loss="logistic", l1=0.02, optimizer="lbfgs", **TIGHT)
     configs["sgd-cosine"] = dict(data="bin.h5", loss="logistic", optimizer="sgd", batch_size=32, epochs=5,
                                  schedule="cosine", lr=0.5, seed=3)
     return configs
@@ -102,7 +103,7 @@ def main(workdir: str) -> None:
             results[name] = {"params": weights, "loss": summary["final_loss"],
                              "iterations": summary["iterations"], "converged": summary["converged"],
                              "solver": summary["solver"], "epochs": summary.get("epochs"),
-                             "identical": summary["replicas_identical"]}
+                             "optimizer": summary["optimizer"], "identical": summary["replicas_identical"]}
         world.Barrier()
     results["wolfe"] = {loss: _wolfe_check(world, workdir, loss, data)
                         for loss, data in (("logistic", "bin.h5"), ("squared", "reg.h5"))}

@@ -15,6 +15,7 @@ import pytest
 from conftest import needs_mpirun, run_pgd
 from pgd.bench import child_environment
 from pgd.bench_comm import fit_alpha_beta, message_sizes
+from pgd.bench_modes import format_modes_bench
 from pgd.bench_scaling import COLUMNS, add_speedup, launcher_command, parse_ranks
 from pgd.errors import InputError
 
@@ -112,6 +113,27 @@ def test_bench_comm(tmp_path):
     assert set(document["meta"]["models"]) == {"allreduce", "reduce-bcast"}
     assert "alpha =" in done.stdout and "model us" in done.stdout
     check_png(tmp_path / "comm.png")
+
+
+@pytest.mark.mpi
+def test_bench_modes_never_prints_an_impossible_row():
+    done = run_pgd(2, "bench", "modes", "--shapes", "tall=2000x8,wide=40x400", "--repeats", 5, "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert [row["mode"] for row in result["results"]] == ["data", "feature", "hybrid"] * 2
+    assert result["alpha"] > 0 and result["beta"] >= 0
+    for row in result["results"]:  # communication is measured in the iterations it is part of
+        assert 0 < row["comm_seconds"] <= row["seconds_per_iteration"], row
+        assert row["estimate_plausible"] == (row["estimate_comm_seconds"] <= row["seconds_per_iteration"])
+    note = "exceeds the whole measured iteration" in format_modes_bench(result)
+    assert note == (not all(row["estimate_plausible"] for row in result["results"]))
+    # a latency of a second cannot describe sub-second iterations: no number, a note instead
+    slow = dict(result, results=[dict(row, estimate_comm_seconds=1.0 + row["seconds_per_iteration"])
+                                 for row in result["results"]])
+    lines = format_modes_bench(slow).splitlines()
+    assert all(line.split()[-2:] == ["*", str(row["bytes_per_iteration"])]
+               for line, row in zip(lines[2:-2], slow["results"]))
+    assert "exceeds the whole measured iteration" in lines[-2] and "--alpha/--beta" in lines[-1]
 
 
 @pytest.mark.mpi

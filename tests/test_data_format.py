@@ -35,7 +35,7 @@ def test_inspect_good_file(good):
     ({"X": np.zeros((3, 2))}, {}, "no key 'y' (keys in the file: X)"),
     ({"X": {}, "y": np.zeros(3)}, {}, "/X is a group"),
     ({"X": np.zeros(3), "y": np.zeros(3)}, {}, "must be 2-D"),
-    ({"X": np.zeros((3, 2)), "y": np.zeros((3, 1))}, {}, "must be 1-D"),
+    ({"X": np.zeros((3, 2)), "y": np.zeros((3, 2))}, {}, "must be 1-D"),
     ({"X": np.zeros((3, 2)), "y": np.zeros(4)}, {}, "has 4 labels but /X has 3 rows"),
     ({"X": np.zeros((3, 2), complex), "y": np.zeros(3)}, {}, "not real numeric"),
     ({"X": np.zeros((3, 2)), "y": np.array([b"a", b"b", b"c"])}, {}, "/y has dtype"),

@@ -186,6 +186,18 @@ def test_convert_libsvm_errors(tmp_path, text, kwargs, fragment):
     assert sorted(os.listdir(tmp_path)) == ["bad.svm"]
 
 
+@pytest.mark.parametrize("fmt", ["csv", "libsvm"])
+def test_convert_of_a_binary_file_names_the_option_to_check(tmp_path, fmt):
+    from pgd.cli import data_convert
+
+    src = tmp_path / "data.bin"
+    src.write_bytes(bytes(range(128, 256)) * 4)
+    with pytest.raises(InputError, match="is not a text file; is --from right") as error:
+        convert_file(src, tmp_path / "out.h5", fmt)
+    option = str(error.value).rsplit(" ", 2)[-2]
+    assert option in {name for param in data_convert.params for name in param.opts}
+
+
 def test_convert_output_is_readable_by_read_rows(tmp_path):
     convert_file(SAMPLES / "sample.csv", tmp_path / "c.h5", "csv", chunk_rows=4)
     meta = inspect_dataset(tmp_path / "c.h5")

@@ -24,7 +24,7 @@ def datasets(tmp_path_factory):
 
 
 def _train(tmp_path, ranks, name, data, *options, fake=True):
-    return train_params(ranks, tmp_path / f"{name}.h5", data, "--max-iter", "12", "--tol", "0", "--rtol", "0",
+    return train_params(ranks, tmp_path / f"{name}.h5", data, "--max-iter", "12", "--tol", "0", "--rtol", "0", "--solver", "iterative",
                         "--device", "gpu" if fake else "cpu", *options, env=FAKE_CUPY if fake else None,
                         timeout=240)
 
@@ -43,6 +43,20 @@ def test_fake_gpu_training_equals_cpu_training(tmp_path, datasets, ranks, loss, 
     assert attrs["device"] == "gpu (cupy)" and attrs["replicas_identical"]
     staged = "--cuda-aware" not in options or ranks == 1
     assert attrs["cuda_aware"].startswith("host staging" if staged else "cuda-aware (--cuda-aware on; confirmed")
+
+
+@pytest.mark.parametrize("loss, options, method, kernel", [
+    ("squared", ("--l2", "0.01"), "cholesky", "array expressions"),          # the Gram solver, standardised
+    ("logistic", ("--class-weight", "balanced", "--l2", "0.01"), "lbfgs", "two-pass CuPy/cuBLAS (sample weights"),
+])
+def test_fake_gpu_defaults_equal_cpu(tmp_path, datasets, loss, options, method, kernel):
+    """Defaults (standardisation, lbfgs or the Gram solver) and class weights on the device path."""
+    common = (datasets[loss], "--loss", loss, "--dtype", "float64", *options)
+    cpu, _, _ = train_params(2, tmp_path / "cpu.h5", *common, "--device", "cpu")
+    gpu, attrs, _ = train_params(2, tmp_path / "gpu.h5", *common, "--device", "gpu", env=FAKE_CUPY, timeout=240)
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-10, atol=1e-10 * np.abs(cpu).max())
+    assert attrs["optimizer"] == method and attrs["converged"] and attrs["standardize"].startswith("on")
+    assert attrs["gradient_kernel"].startswith(kernel) and attrs["device"] == "gpu (cupy)"
 
 
 def test_fake_gpu_checkpoint_resume_is_exact(tmp_path, datasets):

@@ -76,7 +76,7 @@ def cluster(tmp_path):
 def test_train_sbatch_requeues_on_usr1_and_resumes(cluster):
     tmp, data, env = cluster
     params = dict(DATA=data, LOSS="logistic", MAX_ITER=100, OUT=tmp / "m.h5", CHECKPOINT=tmp / "ck.h5",
-                  CHECKPOINT_EVERY=10, PGD_ARGS="--tol 0 --rtol 0 --quiet", PGD_JOBS_DIR=JOBS)
+                  CHECKPOINT_EVERY=10, PGD_ARGS="--optimizer gd --tol 0 --rtol 0 --quiet", PGD_JOBS_DIR=JOBS)
     first = _sbatch(dict(env, PGD_TEST_SLEEP_PER_ITER="0.03"), "train.sbatch", ROOT, **params)
     deadline = time.monotonic() + 60
     while not (tmp / "ck.h5").exists():

@@ -11,6 +11,7 @@ from pgd.gram import gram_is_cheaper, reduce_gram
 from pgd.losses import LocalLinearGradient, get_loss
 from pgd.optim import OPTIMIZERS, make_optimizer
 from pgd.strategies import DataParallelObjective
+from pgd.strategies.standardize import ColumnScaling
 from tests.conftest import run_pgd, write_dataset
 
 
@@ -105,7 +106,8 @@ def test_sgd_batch_gradient_is_normalised_by_the_global_batch():
 @pytest.mark.parametrize("fit_intercept", [True, False])
 def test_gram_objective_equals_the_data_parallel_objective(fit_intercept):
     objective = make_objective(loss="squared", l2=0.3, fit_intercept=fit_intercept)
-    gram = reduce_gram(objective)
+    identity = ColumnScaling(np.zeros(objective.d), np.ones(objective.d), np)
+    gram = reduce_gram(objective, identity, l2_diagonal=np.append(np.full(objective.d, 0.3), 0.0))
     rng = np.random.default_rng(1)
     for _ in range(3):
         params = rng.standard_normal(objective.d + 1)
@@ -114,18 +116,17 @@ def test_gram_objective_equals_the_data_parallel_objective(fit_intercept):
         g1, g2 = np.empty_like(params), np.empty_like(params)
         assert gram.value_and_grad(params, g1) == pytest.approx(objective.value_and_grad(params, g2), rel=1e-12)
         assert np.allclose(g1, g2, rtol=1e-12, atol=1e-13)
-    # exact λmax + λ there; power iteration (stopped at 1e-4 relative change) estimates it from below
+    # exact λmax(G + λ) there; power iteration (stopped at 1e-4 relative change) estimates it from below
     assert gram.lipschitz(30, 0) == pytest.approx(objective.lipschitz(200, 0), rel=5e-2)
     assert gram.lipschitz(30, 0) >= objective.lipschitz(200, 0) * (1 - 1e-12)
 
 
 def test_gram_cost_model():
-    assert gram_is_cheaper(n_local=100_000, d=50, iterations=200)
-    assert not gram_is_cheaper(n_local=100_000, d=5000, iterations=20)
-    assert not gram_is_cheaper(n_local=10, d=20_000, iterations=10**9)  # G would not fit
+    assert gram_is_cheaper(50) and gram_is_cheaper(2048)
+    assert not gram_is_cheaper(2049) and not gram_is_cheaper(20_000)
 
 
-@pytest.mark.parametrize("name", ["momentum", "adam", "lbfgs"])
+@pytest.mark.parametrize("name", ["momentum", "adam"])
 def test_l1_is_rejected_where_no_proximal_step_exists(name):
     with pytest.raises(InputError, match="--l1 needs"):
         _build(name, {"l1": 0.1}, make_objective())
@@ -152,8 +153,32 @@ def test_lbfgs_records_wolfe_steps_and_converges():
         assert abs(slope1) <= optimizer.c2 * abs(slope0)
 
 
+def test_default_steps_of_adam_and_sgd_make_progress_on_badly_scaled_data(tmp_path, capsys):
+    """Raw features spanning four orders of magnitude, one far from zero (a year, say), as real data have:
+    L is large, so 1/L moves adam by about 1e-6 per coordinate and step and it stays at the start."""
+    from pgd.train import train
+
+    rng = np.random.default_rng(0)
+    Z = rng.standard_normal((2000, 6))
+    y = (Z @ rng.standard_normal(6) + rng.logistic(size=2000) > 0).astype(float)
+    X = Z * np.logspace(-1, 3, 6)
+    X[:, -1] += 2000.0
+    data = write_dataset(tmp_path / "raw.h5", X, y)
+
+    def run(**options):
+        summary = train(train_config(data=data, loss="logistic", dtype="float64", quiet=True, **options))
+        return summary["final_loss"], summary["lr"]
+
+    start, best = np.log(2.0), run(optimizer="lbfgs", max_iter=500)[0]
+    adam, adam_lr = run(optimizer="adam")
+    assert adam_lr == 0.01 and start - adam >= 0.75 * (start - best), (adam, best)  # 1/L: 11 %
+    sgd, _ = run(optimizer="sgd")  # 1/L in standardised coordinates: the scaling no longer holds it back
+    assert best <= sgd and start - sgd >= 0.75 * (start - best), (sgd, best)
+    capsys.readouterr()
+
+
 def test_registry_lists_every_optimizer():
-    assert sorted(OPTIMIZERS) == ["adam", "gd", "lbfgs", "momentum", "nesterov", "sgd"]
+    assert sorted(OPTIMIZERS) == ["adam", "cd", "cholesky", "gd", "lbfgs", "momentum", "nesterov", "sgd"]
     assert not OPTIMIZERS["lbfgs"].needs_lr and OPTIMIZERS["gd"].needs_lr
 
 

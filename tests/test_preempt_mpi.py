@@ -18,7 +18,7 @@ from pgd.errors import EXIT_PREEMPTED
 
 pytestmark = [pytest.mark.mpi, pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")]
 
-TRAIN = ("--loss", "squared", "--tol", "0", "--rtol", "0", "--quiet")
+TRAIN = ("--loss", "squared", "--solver", "iterative", "--optimizer", "gd", "--tol", "0", "--rtol", "0", "--quiet")
 
 
 @pytest.fixture(scope="module")

@@ -140,7 +140,7 @@ def test_more_ranks_than_rows_equals_serial(tmp_path):
 def test_outputs_metrics_history_and_summary(datasets):
     path, X, y = datasets["binary"]
     out, metrics = datasets["root"] / "full.h5", datasets["root"] / "full.jsonl"
-    result = run_pgd(2, "train", path, "--loss", "logistic", "--max-iter", "25", "--tol", "0", "--out", out,
+    result = run_pgd(2, "train", path, "--loss", "logistic", "--optimizer", "gd", "--max-iter", "25", "--tol", "0", "--out", out,
                      "--metrics", metrics, "--log-every", "5", env={"PGD_LR": "2.0"})
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
@@ -156,6 +156,7 @@ def test_outputs_metrics_history_and_summary(datasets):
     assert attrs["iterations"] == 25 and attrs["stop_reason"].startswith("iteration budget")
     assert "compute" in result.stdout and "communication" in result.stdout
     assert "pgd: iter  5/25" in result.stderr  # a log line every 5 iterations off a terminal
+    assert result.stderr.count("iter 25/25") == 1 and "elapsed" in result.stderr  # the last line once
     import h5py
 
     with h5py.File(out) as handle:

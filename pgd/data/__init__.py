@@ -12,11 +12,11 @@ from pgd.data.format import (
 )
 from pgd.data.generate import generate_dataset
 from pgd.data.partition import block_range
-from pgd.data.slab import count_nonfinite, iter_row_blocks, read_rows
+from pgd.data.slab import count_nonfinite, iter_row_blocks, read_rows, read_weights
 
 __all__ = [
     "DEFAULT_X_KEY", "DEFAULT_Y_KEY", "FORMAT_VERSION", "DatasetMeta",
     "block_range", "combine_descriptions", "convert_file", "count_nonfinite", "describe_dataset",
     "format_description", "generate_dataset", "inspect_dataset", "iter_row_blocks", "open_h5",
-    "read_rows",
+    "read_rows", "read_weights",
 ]

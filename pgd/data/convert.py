@@ -1,7 +1,10 @@
 """Converting CSV, NumPy (.npy/.npz) and libsvm/svmlight files to the pgd HDF5 format.
 
 Every source is streamed in blocks of rows: a first pass counts rows (and, for libsvm, finds the
-number of features), a second pass parses blocks and writes them to ``/X`` and ``/y``.
+number of features; with ``labels="classes"``, collects the classes), a second pass parses blocks and
+writes them to ``/X`` and ``/y``. What the converter decided for the user (the label column taken by
+default, a detected delimiter, a pandas index column left out, a class mapping, labels that look
+multiclass) is returned as ``notes`` and stored as attributes where it matters later.
 """
 
 from __future__ import annotations
@@ -14,15 +17,22 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from pgd.errors import InputError
+from pgd.fileio import refuse_same_files
 from pgd.data.slab import default_block_rows
 from pgd.data.writer import atomic_h5_file, create_xy, float_dtype, summary
 
 FORMATS = ("csv", "npy", "libsvm")
-LABEL_MODES = ("asis", "pm1")
+LABEL_MODES = ("asis", "pm1", "classes")
 TASKS = ("regression", "binary")
+NO_LABELS = "none"  # --label-column none: every column is a feature (data to predict on)
+DELIMITERS = (",", ";", "\t", "|")  # detected by --delimiter auto, in order of preference
+_PANDAS_INDEX = ("", "Unnamed: 0")  # header of the index column pandas writes by default
+_MULTICLASS_MAX = 50  # distinct integer labels still reported as "looks multiclass"
 
-# A source is (n, d, blocks): blocks yields (X float64 (m, d), y float64 (m,), where (m,) ints)
-# where ``where`` locates each row for error messages (file line, or array row).
+# A source is (n, d, blocks, unit, classes, label): blocks yields (X float64 (m, d), y (m,) or None,
+# where (m,) ints) where ``where`` locates each row for error messages (file line, or array row); y holds
+# floats, or the label texts of a CSV; ``classes`` is the set of raw labels when they were collected;
+# ``label`` is the label column (None: no labels).
 
 
 def _batched(items: Iterable, size: int) -> Iterator[list]:
@@ -48,14 +58,47 @@ def _label_index(label_column, names: list[str] | None, ncols: int, src: str) ->
     return label_column % ncols
 
 
-class _LabelCheck:
-    """Maps labels (``pm1``: -1 -> 0, +1 -> 1), counts bad ones and tracks whether all are 0/1."""
+def _class_order(classes: set, src: str) -> list:
+    """The two classes of ``--labels classes`` in the order that maps them to 0 and 1."""
+    if len(classes) != 2:
+        shown = ", ".join(repr(c) for c in sorted(classes, key=str)[:6]) + (", ..." if len(classes) > 6 else "")
+        raise InputError(f"--labels classes needs exactly two classes but {src} has {len(classes)}: {shown} "
+                         "(pgd's logistic loss fits two classes)")
+    try:
+        return sorted(classes, key=float)
+    except ValueError:
+        return sorted(classes, key=str)
 
-    def __init__(self, mode: str, src: str, unit: str):
+
+class _LabelCheck:
+    """Turns raw labels into numbers (``pm1``: -1 -> 0, +1 -> 1; ``classes``: the two classes -> 0, 1),
+    counts bad ones, and tracks whether all are 0/1 or look like multiclass integers."""
+
+    def __init__(self, mode: str, src: str, unit: str, classes: list | None = None):
         self.mode, self.src, self.unit = mode, src, unit
         self.bad, self.first_bad, self.all01 = 0, None, True
+        self.mapping = {str(c): float(i) for i, c in enumerate(classes)} if classes else None
+        self.integers, self.values = True, set()
 
-    def apply(self, y: np.ndarray, where: np.ndarray) -> np.ndarray:
+    def _numbers(self, y: np.ndarray, where: np.ndarray, column: int | None) -> np.ndarray:
+        if self.mapping is not None:
+            return np.array([self.mapping[str(value).strip()] for value in y], dtype=np.float64)
+        if y.dtype.kind in "biuf":
+            return y.astype(np.float64, copy=False)
+        try:
+            return y.astype(np.float64)
+        except ValueError:
+            for row, value in zip(where, y):
+                try:
+                    float(value)
+                except ValueError:
+                    place = f"{self.unit} {row}" + (f" column {column}" if column is not None else "")
+                    raise InputError(f"{self.src} {place}: {value!r} is not a number; it is the label column: "
+                                     "--labels classes maps two classes to 0 and 1") from None
+            raise
+
+    def apply(self, y: np.ndarray, where: np.ndarray, column: int | None = None) -> np.ndarray:
+        y = self._numbers(y, where, column)
         if self.mode == "pm1":
             bad = (y != 1) & (y != -1)
             if bad.any():
@@ -64,6 +107,9 @@ class _LabelCheck:
                     int(where[bad.argmax()]), float(y[bad.argmax()]))
             y = (y == 1).astype(y.dtype)
         self.all01 = self.all01 and bool(((y == 0) | (y == 1)).all())
+        self.integers = self.integers and bool(np.all(y == np.round(y)))
+        if self.integers and len(self.values) <= _MULTICLASS_MAX:
+            self.values.update(np.unique(y).tolist())
         return y
 
     def raise_if_bad(self) -> None:
@@ -71,6 +117,14 @@ class _LabelCheck:
             where, value = self.first_bad
             raise InputError(f"{self.bad} labels in {self.src} are not -1 or +1 (first: {value:g} on "
                              f"{self.unit} {where}); use --labels asis to keep labels as they are")
+
+    def multiclass_note(self) -> str | None:
+        """A note when the labels are a few distinct integers other than 0/1 (classes, not a quantity)."""
+        if self.all01 or not self.integers or not 3 <= len(self.values) <= _MULTICLASS_MAX:
+            return None
+        low, high = min(self.values), max(self.values)
+        return (f"the labels are {len(self.values)} distinct integers ({low:g} ... {high:g}): this looks like a "
+                "multiclass task; it is stored as regression (pgd's logistic loss fits two classes, 0 and 1)")
 
 
 def _csv_rows(src: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
@@ -84,7 +138,7 @@ def _csv_rows(src: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
     except (TypeError, csv.Error) as exc:
         raise InputError(f"cannot parse {src} as CSV with delimiter {delimiter!r}: {exc}") from None
     except UnicodeDecodeError:
-        raise InputError(f"{src} is not a text file; is --format right?") from None
+        raise InputError(f"{src} is not a text file; is --from right?") from None
 
 
 def _is_numeric(fields: list[str]) -> bool:
@@ -95,84 +149,148 @@ def _is_numeric(fields: list[str]) -> bool:
     return True
 
 
-def _parse_csv_block(rows: list[tuple[int, list[str]]], ncols: int, src: str) -> np.ndarray:
+def _parse_csv_block(rows: list[tuple[int, list[str]]], ncols: int, features: np.ndarray, src: str) -> np.ndarray:
+    """The feature columns of a block of CSV rows as float64, or a one-line error at the first bad cell."""
     for line, fields in rows:
         if len(fields) != ncols:
             raise InputError(f"{src} line {line}: {len(fields)} columns, expected {ncols}")
     try:
-        return np.array([fields for _, fields in rows], dtype=np.float64)
+        return np.array([[fields[c] for c in features] for _, fields in rows], dtype=np.float64).reshape(
+            len(rows), len(features))
     except ValueError:
         for line, fields in rows:
-            for column, cell in enumerate(fields, 1):
+            for column in features:
                 try:
-                    float(cell)
+                    float(fields[column])
                 except ValueError:
-                    raise InputError(f"{src} line {line} column {column}: {cell!r} is not a number") from None
+                    raise InputError(f"{src} line {line} column {column + 1}: {fields[column]!r} is not a "
+                                     "number") from None
         raise
 
 
-def _csv_source(src: str, label_column, delimiter: str, header: bool | None, block_rows: int | None):
+def resolve_delimiter(src: str, delimiter: str | None, notes: list) -> str:
+    """The CSV delimiter: ``auto`` detects one of :data:`DELIMITERS` from the first lines; ``\\t`` and
+    ``tab`` mean a tab."""
+    if delimiter in (None, "auto"):
+        try:
+            with open(src, newline="", errors="replace") as fh:
+                lines = [line for line in itertools.islice(fh, 50) if line.strip()][:20]
+        except OSError:
+            lines = []
+        counts = {c: {line.count(c) for line in lines} for c in DELIMITERS}
+        usable = [c for c in DELIMITERS if lines and len(counts[c]) == 1 and min(counts[c]) > 0]
+        chosen = max(usable, key=lambda c: min(counts[c]), default=",")
+        if chosen != ",":
+            notes.append(f"delimiter {chosen!r} detected (pass --delimiter to choose another)")
+        return chosen
+    delimiter = {"\\t": "\t", "tab": "\t", "\\s": " ", "space": " "}.get(delimiter, delimiter)
+    if len(delimiter) != 1:
+        raise InputError(f"--delimiter must be one character, \\t, tab or auto, got {delimiter!r}")
+    return delimiter
+
+
+def _has_header(first: list[str], second: list[str] | None) -> bool:
+    """A first line is a header when a field is text where the next line has a number (or no next line)."""
+    if second is None or len(second) != len(first):
+        return not _is_numeric(first)
+    return any(not _is_numeric([a]) and _is_numeric([b]) for a, b in zip(first, second))
+
+
+def _csv_source(src: str, label_column, delimiter: str, header: bool | None, block_rows: int | None,
+                collect_classes: bool, notes: list):
     rows = _csv_rows(src, delimiter)
     first = next(rows, None)
     if first is None:
         raise InputError(f"{src} has no data rows")
+    second = next(rows, None)
     names = [f.strip() for f in first[1]]
     ncols = len(names)
     if header is None:
-        header = not _is_numeric(names)
-    n = sum(1 for _ in rows) + (0 if header else 1)
-    label = _label_index(label_column, names if header else None, ncols, src)
-    features = np.array([c for c in range(ncols) if c != label], dtype=np.intp)
+        header = _has_header(names, second[1] if second else None)
+    skipped = [0] if header and ncols > 1 and names[0] in _PANDAS_INDEX else []
+    if skipped:
+        notes.append("column 1 has no name (the index column pandas writes): it is left out")
+    label = None
+    if label_column != NO_LABELS:
+        label = _label_index(label_column, names if header else None, ncols, src)
+        if label_column is None:
+            shown = f"{names[label]!r} (the last)" if header else "the last"
+            notes.append(f"label column: {shown}; --label-column picks another, --label-column none keeps every "
+                         "column as a feature")
+    features = np.array([c for c in range(ncols) if c != label and c not in skipped], dtype=np.intp)
+    n, classes = 0, (set() if collect_classes and label is not None else None)
+    for _, fields in itertools.chain([] if header else [first], [second] if second else [], rows):
+        n += 1
+        if classes is not None and label < len(fields):
+            classes.add(fields[label].strip())
     block = block_rows or default_block_rows(ncols, 8)
 
     def blocks():
         data = itertools.islice(_csv_rows(src, delimiter), 1 if header else 0, None)
         for batch in _batched(data, block):
-            values = _parse_csv_block(batch, ncols, src)
-            yield values[:, features], values[:, label], np.array([line for line, _ in batch])
+            X = _parse_csv_block(batch, ncols, features, src)
+            y = None if label is None else np.array([fields[label].strip() for _, fields in batch], dtype=object)
+            yield X, y, np.array([line for line, _ in batch])
 
-    return n, len(features), blocks(), "line"
+    return n, len(features), blocks(), "line", classes, label
 
 
-def _npy_source(src: str, label_column, block_rows: int | None):
+def _npy_source(src: str, label_column, block_rows: int | None, collect_classes: bool, notes: list):
     try:
         loaded = np.load(src, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise InputError(f"cannot read {src} as .npy or .npz: {exc}") from None
+    label = None
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
-            missing = [k for k in ("X", "y") if k not in loaded.files]
+            wanted = ("X",) if label_column == NO_LABELS else ("X", "y")
+            missing = [k for k in wanted if k not in loaded.files]
             if missing:
                 raise InputError(f"{src} lacks array(s) {', '.join(missing)} (arrays: "
                                  f"{', '.join(loaded.files) or 'none'}); an .npz needs X and y")
-            X, y = loaded["X"], loaded["y"]
-        if X.ndim != 2 or y.ndim != 1 or len(y) != len(X):
-            raise InputError(f"{src}: X must be 2-D and y 1-D of the same length, got {X.shape} and {y.shape}")
-        arrays = (X, y)
+            X = loaded["X"]
+            y = loaded["y"] if "y" in wanted else None
+        if X.ndim != 2 or (y is not None and (y.ndim != 1 or len(y) != len(X))):
+            raise InputError(f"{src}: X must be 2-D and y 1-D of the same length, got {X.shape} and "
+                             f"{getattr(y, 'shape', None)}")
+        arrays, features = (X, y), None
     else:
-        if loaded.ndim != 2 or loaded.shape[1] < 2:
+        if loaded.ndim != 2 or loaded.shape[1] < (1 if label_column == NO_LABELS else 2):
             raise InputError(f"{src}: expected a 2-D array with features and a label column, got shape {loaded.shape}")
-        label = _label_index(label_column, None, loaded.shape[1], src)
+        if label_column != NO_LABELS:
+            label = _label_index(label_column, None, loaded.shape[1], src)
+            if label_column is None:
+                notes.append("label column: the last; --label-column picks another, --label-column none keeps "
+                             "every column as a feature")
         features = np.array([c for c in range(loaded.shape[1]) if c != label], dtype=np.intp)
-        arrays = (loaded,)
+        arrays = (loaded, None)
     for a in arrays:
-        if a.dtype.kind not in "biuf":
+        if a is not None and a.dtype.kind not in "biuf":
             raise InputError(f"{src}: array of dtype {a.dtype} is not real numeric")
-    n, d = (arrays[0].shape[0], arrays[0].shape[1] if len(arrays) == 2 else len(features))
+    n, d = arrays[0].shape[0], arrays[0].shape[1] if features is None else len(features)
+    labelled = arrays[1] is not None or label is not None
     block = block_rows or default_block_rows(max(d, 1), 8)
+
+    def parts(lo: int, hi: int):
+        if features is None:
+            return arrays[0][lo:hi], (arrays[1][lo:hi] if arrays[1] is not None else None)
+        chunk = np.asarray(arrays[0][lo:hi])
+        return chunk[:, features], (chunk[:, label] if label is not None else None)
+
+    classes = None
+    if collect_classes and labelled:
+        classes = set()
+        for lo in range(0, n, block):
+            classes.update(np.unique(parts(lo, min(lo + block, n))[1]).tolist())
 
     def blocks():
         for lo in range(0, n, block):
             hi = min(lo + block, n)
-            if len(arrays) == 2:
-                xb, yb = arrays[0][lo:hi], arrays[1][lo:hi]
-            else:
-                chunk = np.asarray(arrays[0][lo:hi])
-                xb, yb = chunk[:, features], chunk[:, label]
-            yield (np.asarray(xb, dtype=np.float64), np.asarray(yb, dtype=np.float64),
+            xb, yb = parts(lo, hi)
+            yield (np.asarray(xb, dtype=np.float64), None if yb is None else np.asarray(yb, dtype=np.float64),
                    np.arange(lo, hi))
 
-    return n, d, blocks(), "row"
+    return n, d, blocks(), "row", classes, "y" if features is None and labelled else label
 
 
 def _libsvm_records(src: str, offset: int) -> Iterator[tuple[int, float, list[int], list[float]]]:
@@ -199,16 +317,19 @@ def _libsvm_records(src: str, offset: int) -> Iterator[tuple[int, float, list[in
                         raise InputError(f"{src} line {line}: bad feature {token!r}, expected index:value") from None
                 yield line, label, columns, values
     except UnicodeDecodeError:
-        raise InputError(f"{src} is not a text file; is --format right?") from None
+        raise InputError(f"{src} is not a text file; is --from right?") from None
 
 
-def _libsvm_source(src: str, n_features: int | None, zero_based: bool, block_rows: int | None):
+def _libsvm_source(src: str, n_features: int | None, zero_based: bool, block_rows: int | None,
+                   collect_classes: bool, notes: list):
     offset = 0 if zero_based else 1
     if n_features is not None and n_features < 1:
         raise InputError(f"n_features must be >= 1, got {n_features}")
-    n, max_column = 0, -1
-    for line, _, columns, _ in _libsvm_records(src, offset):
+    n, max_column, classes = 0, -1, (set() if collect_classes else None)
+    for line, label, columns, _ in _libsvm_records(src, offset):
         n += 1
+        if classes is not None:
+            classes.add(label)
         if not columns:
             continue
         low, high = min(columns), max(columns)
@@ -220,6 +341,9 @@ def _libsvm_source(src: str, n_features: int | None, zero_based: bool, block_row
                              f"--n-features {n_features}")
         max_column = max(max_column, high)
     d = n_features if n_features is not None else max_column + 1
+    if n_features is None:
+        notes.append(f"{d} features (the largest index in the file); --n-features sets the count, e.g. for a "
+                     "file whose last features never occur")
     block = block_rows or default_block_rows(max(d, 1), 8)
 
     def blocks():
@@ -229,11 +353,11 @@ def _libsvm_source(src: str, n_features: int | None, zero_based: bool, block_row
                 X[i, columns] = values
             yield X, np.array([r[1] for r in batch]), np.array([r[0] for r in batch])
 
-    return n, d, blocks(), "line"
+    return n, d, blocks(), "line", classes, 0
 
 
 def convert_file(src, dst, fmt: str, *, label_column: str | int | None = None, labels: str = "asis",
-                 delimiter: str = ",", header: bool | None = None, n_features: int | None = None,
+                 delimiter: str = "auto", header: bool | None = None, n_features: int | None = None,
                  zero_based: bool = False, dtype="float32", chunk_rows: int | None = None,
                  task: str | None = None, block_rows: int | None = None) -> dict:
     """Convert a CSV, .npy/.npz or libsvm file to a pgd HDF5 dataset, streaming in blocks.
@@ -245,15 +369,18 @@ def convert_file(src, dst, fmt: str, *, label_column: str | int | None = None, l
     fmt : {"csv", "npy", "libsvm"}
         Source format; "npy" also reads an .npz holding arrays ``X`` and ``y``.
     label_column : int or str, optional
-        CSV/.npy label column: index (negative allowed) or CSV header name; default the last.
-    labels : {"asis", "pm1"}
-        "pm1" maps -1 -> 0 and +1 -> 1 and refuses other labels.
+        CSV/.npy label column: index (negative allowed) or CSV header name; default the last; ``"none"``:
+        no labels, every column is a feature (data to predict on).
+    labels : {"asis", "pm1", "classes"}
+        "pm1" maps -1 -> 0 and +1 -> 1 and refuses other labels; "classes" maps the two distinct labels
+        (text or numbers, in sorted order) to 0 and 1 and stores them as the attribute ``label_classes``.
     delimiter : str
-        CSV field delimiter.
+        CSV field delimiter: one character, ``\\t``/``tab``, or ``auto`` (detect ``,`` ``;`` tab ``|``).
     header : bool, optional
-        Whether the CSV has a header line; None detects a non-numeric first line.
+        Whether the CSV has a header line; None detects one. A header whose first name is empty (the
+        index column pandas writes) drops that column.
     n_features : int, optional
-        libsvm: number of features (default: the largest index).
+        libsvm: number of features (default: the largest index; stored as ``n_features_from``).
     zero_based : bool
         libsvm: indices count from 0 instead of 1.
     dtype : {"float32", "float64"}
@@ -268,44 +395,62 @@ def convert_file(src, dst, fmt: str, *, label_column: str | int | None = None, l
     Returns
     -------
     dict
-        Summary: path, n, d, dtype, chunks, task, source, source_format.
+        Summary: path, n, d, dtype, chunks, task, source, source_format, and ``notes`` (what was decided
+        for the user, one sentence each).
     """
     if fmt not in FORMATS:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if labels not in LABEL_MODES:
-        raise InputError(f"labels must be asis or pm1, got {labels!r}")
+        raise InputError(f"labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
     if task not in (None, *TASKS):
         raise InputError(f"task must be regression or binary, got {task!r}")
     if block_rows is not None and block_rows < 1:
         raise InputError(f"block_rows must be >= 1, got {block_rows}")
+    if label_column == NO_LABELS and (labels != "asis" or task):
+        raise InputError("--label-column none converts features only: --labels and --task do not apply")
     dtype = float_dtype(dtype)
     src = os.fspath(src)
     if not os.path.isfile(src):
         raise InputError(f"source file not found: {src}")
+    refuse_same_files({"the source file": src}, {"OUT": os.fspath(dst)})
+    notes, collect = [], labels == "classes"
+    attrs = {"source": src, "source_format": fmt, "converter": "pgd"}
     if fmt == "csv":
-        n, d, blocks, unit = _csv_source(src, label_column, delimiter, header, block_rows)
+        delimiter = resolve_delimiter(src, delimiter, notes)
+        n, d, blocks, unit, classes, label = _csv_source(src, label_column, delimiter, header, block_rows,
+                                                         collect, notes)
     elif fmt == "npy":
-        n, d, blocks, unit = _npy_source(src, label_column, block_rows)
+        n, d, blocks, unit, classes, label = _npy_source(src, label_column, block_rows, collect, notes)
     else:
-        n, d, blocks, unit = _libsvm_source(src, n_features, zero_based, block_rows)
+        n, d, blocks, unit, classes, label = _libsvm_source(src, n_features, zero_based, block_rows, collect,
+                                                            notes)
+        attrs["n_features_from"] = "--n-features" if n_features is not None else "largest index in the file"
     if n == 0:
         raise InputError(f"{src} has no data rows")
     if d == 0:
-        raise InputError(f"{src} has no feature columns")
-    check = _LabelCheck(labels, src, unit)
-    attrs = {"source": src, "source_format": fmt, "converter": "pgd"}
+        raise InputError(f"{src} has no feature columns (is --delimiter right?)")
+    order = _class_order(classes, src) if classes is not None else None
+    if order is not None:
+        attrs["label_classes"] = [str(c) for c in order]
+        notes.append(f"labels mapped: {order[0]!r} -> 0, {order[1]!r} -> 1 (stored as the attribute label_classes)")
+    check = _LabelCheck(labels, src, unit, order)
+    column = label + 1 if fmt == "csv" and label is not None else None
     with atomic_h5_file(dst) as h5:
-        x_dset, y_dset = create_xy(h5, n, d, dtype, chunk_rows, attrs)
+        x_dset, y_dset = create_xy(h5, n, d, dtype, chunk_rows, attrs, labels=label is not None)
         row = 0
         for x_block, y_block, where in blocks:
             x_dset[row:row + len(x_block)] = x_block
-            y_dset[row:row + len(x_block)] = check.apply(y_block, where)
+            if y_dset is not None:
+                y_dset[row:row + len(x_block)] = check.apply(y_block, where, column)
             row += len(x_block)
         check.raise_if_bad()
         if task == "binary" and not check.all01:
             raise InputError(f"task binary needs labels 0/1 but {src} has others; "
-                             "use --labels pm1 for -1/+1 labels")
-        task = task or ("binary" if check.all01 else "regression")
-        h5.attrs["task"] = task
+                             "use --labels pm1 for -1/+1 labels or --labels classes for two other classes")
+        if y_dset is not None:
+            note = None if task else check.multiclass_note()
+            notes += [note] if note else []
+            task = task or ("binary" if check.all01 else "regression")
+            h5.attrs["task"] = task
         chunks = x_dset.chunks
-    return summary(dst, n, d, dtype, chunks, task, source=src, source_format=fmt)
+    return summary(dst, n, d, dtype, chunks, task, source=src, source_format=fmt, notes=notes)

@@ -3,14 +3,17 @@
 Conventions
 -----------
 A dataset file holds ``/X`` with shape ``(n, d)`` (float32 or float64 when written by pgd; any real
-numeric type is accepted and converted on read), chunked by rows, and ``/y`` with shape ``(n,)``.
+numeric type is accepted and converted on read), chunked by rows, and ``/y`` with shape ``(n,)`` (or the
+column vector ``(n, 1)`` that many tools write).
 Root attributes: ``pgd_format = 1`` and optionally ``task`` ("regression" or "binary").
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -24,6 +27,8 @@ DEFAULT_X_KEY = "X"
 DEFAULT_Y_KEY = "y"
 LOCKING_MODES = {"true": True, "false": False, "best-effort": "best-effort"}
 _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float; complex ("c") is refused
+_LOCK_ERRNO = re.compile(r"unable to lock file, errno = (\d+)")
+_TRUNCATED = re.compile(r"truncated file: eof = (\d+), .*stored_eof = (\d+)")
 
 
 @dataclass(frozen=True)
@@ -94,14 +99,27 @@ def open_h5(path, locking: str = "best-effort", what: str = "data file") -> Iter
     except IsADirectoryError:
         raise InputError(f"expected an HDF5 file, got a directory: {path}") from None
     except OSError as exc:
-        if "lock" in str(exc).lower():
-            raise InputError(f"cannot lock {path} (file system without locking?): "
-                             "retry with --hdf5-locking false or HDF5_USE_FILE_LOCKING=FALSE") from None
-        raise InputError(f"not an HDF5 file: {path} (expected a {what})") from None
+        raise InputError(_open_failure(path, str(exc), what)) from None
     try:
         yield h5
     finally:
         h5.close()
+
+
+def _open_failure(path: str, message: str, what: str) -> str:
+    """The one-line reason why HDF5 could not open ``path``, from HDF5's message."""
+    lock = _LOCK_ERRNO.search(message)
+    if lock and int(lock.group(1)) in (errno.EAGAIN, errno.EWOULDBLOCK):
+        return (f"{path} is open for writing by another process (HDF5 holds a lock on it): wait until that "
+                "process has finished writing it")
+    if lock:
+        return (f"cannot lock {path} ({os.strerror(int(lock.group(1)))}; a file system without locking?): "
+                "retry with --hdf5-locking false or HDF5_USE_FILE_LOCKING=FALSE")
+    if "truncated file" in message:
+        sizes = _TRUNCATED.search(message)
+        detail = f": {sizes.group(1)} bytes of {sizes.group(2)}" if sizes else ""
+        return f"{path} is truncated{detail} (an incomplete copy or an interrupted write?)"
+    return f"not an HDF5 file: {path} (expected a {what})"
 
 
 def _read_attrs(h5: h5py.File) -> dict:
@@ -122,11 +140,19 @@ def _check_numeric(path: str, key: str, dtype: np.dtype) -> None:
 
 
 def _dataset(h5: h5py.File, path: str, key: str) -> h5py.Dataset:
-    if key not in h5:
+    link = h5.get(key, getlink=True)
+    if link is None:
         keys = ", ".join(sorted(h5.keys())) or "none"
         raise InputError(f"{path}: no key '{key}' (keys in the file: {keys}); "
                          "choose another with --x-key/--y-key")
-    obj = h5[key]
+    try:
+        obj = h5[key]
+    except (KeyError, OSError):
+        if isinstance(link, h5py.ExternalLink):
+            target = f"an external link to {link.path} in {link.filename}"
+        else:
+            target = f"a link to {getattr(link, 'path', '?')}"
+        raise InputError(f"{path}: /{key} is {target}, which does not exist") from None
     if not isinstance(obj, h5py.Dataset):
         raise InputError(f"{path}: /{key} is a group, not a dataset")
     return obj
@@ -161,8 +187,8 @@ def inspect_dataset(path, x_key: str = DEFAULT_X_KEY, y_key: str | None = DEFAUL
         n, d = (int(s) for s in x.shape)
         if y_key is not None and (require_y or y_key in h5):
             y = _dataset(h5, path, y_key)
-            if y.ndim != 1:
-                raise InputError(f"{path}: /{y_key} must be 1-D, got shape {y.shape}")
+            if y.ndim != 1 and not (y.ndim == 2 and y.shape[1] == 1):  # a column vector (n, 1) is fine
+                raise InputError(f"{path}: /{y_key} must be 1-D (or one column), got shape {y.shape}")
             _check_numeric(path, y_key, y.dtype)
             if y.shape[0] != n:
                 raise InputError(f"{path}: /{y_key} has {y.shape[0]} labels but /{x_key} has {n} rows")

@@ -12,7 +12,7 @@ import h5py
 
 from pgd.data.format import inspect_dataset, open_h5
 from pgd.errors import InputError
-from pgd.fileio import atomic_h5_file
+from pgd.fileio import atomic_h5_file, refuse_same_files
 
 DEFAULT_MEMORY_BYTES = 64 << 20  # default bound on the copy buffer
 
@@ -77,6 +77,7 @@ def rechunk_dataset(path: str, out: str, chunks: str, *, x_key: str = "X", y_key
     dict
         n, d, chunks, and the largest tile copied in bytes.
     """
+    refuse_same_files({"the source file": path}, {"OUT": out})
     meta = inspect_dataset(path, x_key, y_key, require_y=False, locking=locking)
     shape = parse_chunks(chunks, meta.n, meta.d)
     with open_h5(meta.path, locking) as source, atomic_h5_file(out) as target:

@@ -50,6 +50,8 @@ def _copy_rows(dset, start: int, stop: int, out: np.ndarray, block_rows: int, co
     """Copy ``dset[start:stop]`` (only columns ``cols = (c0, c1)`` if given) into ``out``, converting one
     block at a time."""
     columns = np.s_[:] if cols is None else np.s_[cols[0]:cols[1]]
+    if dset.ndim == 2 and out.ndim == 1:  # labels stored as a column vector (n, 1)
+        out = out.reshape(-1, 1)
     if dset.dtype == out.dtype:
         source = np.s_[start:stop] if cols is None else np.s_[start:stop, columns]
         dset.read_direct(out, source_sel=source, dest_sel=np.s_[0:stop - start])
@@ -108,6 +110,33 @@ def read_rows(meta: DatasetMeta, start: int, stop: int, dtype, *, x_out=None, y_
     return x_out, y_out
 
 
+def read_weights(path: str, key: str | None, n: int, start: int, stop: int, dtype, *,
+                 locking: str = "best-effort") -> np.ndarray | None:
+    """Rows ``[start, stop)`` of the sample-weight dataset ``key`` as ``dtype``, or None when the file has
+    no such dataset (or ``key`` is None).
+
+    Raises
+    ------
+    InputError
+        When the dataset is not a numeric vector of ``n`` values (``(n, 1)`` is accepted).
+    """
+    if not key:
+        return None
+    with open_h5(path, locking) as h5:
+        if key not in h5:
+            return None
+        dset = h5[key]
+        shape = getattr(dset, "shape", None)
+        if shape not in ((n,), (n, 1)) or dset.dtype.kind not in "biuf":
+            raise InputError(f"{path}: /{key} (sample weights) must hold {n} numbers, one per row; found "
+                             f"{'a group' if shape is None else f'shape {shape} of {dset.dtype}'}")
+        try:
+            values = dset[start:stop]
+        except OSError as exc:
+            raise InputError(f"cannot read rows {start}:{stop} of /{key} in {path}: {exc}") from None
+    return np.ascontiguousarray(values.reshape(-1), dtype=dtype)
+
+
 def iter_row_blocks(meta: DatasetMeta, start: int, stop: int, block_rows: int | None,
                     dtype=None, locking: str = "best-effort"
                     ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
@@ -125,7 +154,7 @@ def iter_row_blocks(meta: DatasetMeta, start: int, stop: int, block_rows: int | 
         for a in range(start, stop, block):
             b = min(a + block, stop)
             try:
-                x_block, y_block = x[a:b], (y[a:b] if y is not None else None)
+                x_block, y_block = x[a:b], (y[a:b].reshape(-1) if y is not None else None)
             except OSError as exc:
                 raise InputError(f"cannot read rows {a}:{b} of {meta.path}: {exc}") from None
             if dtype is not None:

@@ -32,13 +32,13 @@ def float_dtype(dtype) -> np.dtype:
 
 
 def create_xy(h5: h5py.File, n: int, d: int, dtype: np.dtype, chunk_rows: int | None,
-              attrs: dict) -> tuple[h5py.Dataset, h5py.Dataset]:
+              attrs: dict, labels: bool = True) -> tuple[h5py.Dataset, h5py.Dataset | None]:
     """Create ``/X`` (n, d) and ``/y`` (n,) chunked by rows, and set the root attributes.
 
     Returns
     -------
-    tuple of h5py.Dataset
-        ``(X, y)``, both of ``dtype``.
+    tuple
+        ``(X, y)``, both of ``dtype``; y is None without ``labels`` (data to predict on).
     """
     if chunk_rows is None:
         chunk_rows = default_chunk_rows(n, d, dtype.itemsize)
@@ -46,7 +46,7 @@ def create_xy(h5: h5py.File, n: int, d: int, dtype: np.dtype, chunk_rows: int | 
         raise InputError(f"chunk_rows must be >= 1, got {chunk_rows}")
     chunk_rows = min(int(chunk_rows), n)
     x = h5.create_dataset(DEFAULT_X_KEY, shape=(n, d), dtype=dtype, chunks=(chunk_rows, d))
-    y = h5.create_dataset(DEFAULT_Y_KEY, shape=(n,), dtype=dtype, chunks=(chunk_rows,))
+    y = h5.create_dataset(DEFAULT_Y_KEY, shape=(n,), dtype=dtype, chunks=(chunk_rows,)) if labels else None
     h5.attrs["pgd_format"] = FORMAT_VERSION
     for key, value in attrs.items():
         if value is not None:

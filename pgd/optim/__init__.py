@@ -29,7 +29,9 @@ class Optimizer:
     """
 
     name = "base"
-    needs_lr = True  # False: the optimizer picks its own steps, so --lr auto needs no Lipschitz estimate
+    needs_lr = True  # --lr auto is 1/L (power iterations); False: it is ``auto_lr``, no Lipschitz estimate
+    auto_lr = 1.0  # what --lr auto stands for when ``needs_lr`` is False
+    fixed_step = True  # steps of a fixed size, which diverge when it is too large (see pgd.train)
     fresh = True
     stop_reason = None
 
@@ -58,6 +60,10 @@ class Optimizer:
     def grad_norm(self) -> float:
         """Global Euclidean norm of the current gradient."""
         return math.sqrt(max(self.objective.dot(self.grad, self.grad), 0.0))
+
+    def optimality(self) -> float:
+        """``‖∇f‖∞`` at the current point: the measure of the convergence test (see :mod:`pgd.train`)."""
+        return self.objective.norm_inf(self.grad)
 
     def step(self) -> float:
         """Move to the next iterate; returns the loss there."""
@@ -103,9 +109,12 @@ class GradientDescent(Optimizer):
 
 OPTIMIZERS = {GradientDescent.name: GradientDescent}
 
+from pgd.optim.direct import GramCoordinateDescent, NormalEquations  # noqa: E402 - they import Optimizer
 from pgd.optim.methods import METHODS  # noqa: E402 - the other optimizers (they import Optimizer from here)
 
 OPTIMIZERS.update(METHODS)
+#: Solvers of the Gram objective, chosen by ``--solver`` rather than ``--optimizer``.
+OPTIMIZERS.update({NormalEquations.name: NormalEquations, GramCoordinateDescent.name: GramCoordinateDescent})
 
 
 def make_optimizer(name: str, objective, *, xp, lr: float, cfg=None) -> Optimizer:

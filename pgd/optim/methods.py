@@ -38,6 +38,7 @@ class ProximalGradient(Composite):
     def __init__(self, objective, *, xp, lr: float, cfg=None):
         super().__init__(objective, xp=xp, lr=lr, cfg=cfg)
         self.line_search = bool(option(cfg, "line_search", False))
+        self.fixed_step = not self.line_search
         self.resolution = loss_resolution(objective)
         self.step_size = self.lr
 
@@ -177,6 +178,10 @@ class Adam(ProximalMixin, Optimizer):
     ``x ← x − lr·m̂/(√v̂ + ε)`` with ``m̂ = m/(1−β₁ᵗ)``, ``v̂ = v/(1−β₂ᵗ)`` (full-batch gradients)."""
 
     name = "adam"
+    # A step moves each coordinate by about lr whatever the gradient's scale, so 1/L (a rate for the
+    # gradient, 2.4e-6 on badly scaled data) is the wrong unit: --lr auto is a fixed distance instead.
+    needs_lr = False
+    auto_lr = 0.01
 
     def __init__(self, objective, *, xp, lr: float, cfg=None):
         super().__init__(objective, xp=xp, lr=lr, cfg=cfg)
@@ -228,11 +233,18 @@ class LBFGS(ProximalMixin, Optimizer):
     point is a global evaluation.  The first step starts at ``1/‖∇f‖``, later ones at 1 with the usual
     ``sᵀy/yᵀy`` scaling.
 
+    With ``--l1`` it is OWL-QN (Andrew & Gao, 2007): the quasi-Newton direction of the pseudo-gradient
+    (the minimum-norm subgradient), projected onto the orthant it points into, and a backtracking
+    Armijo search whose trial points are projected back onto that orthant; the curvature pairs use the
+    smooth gradient only.  ``loss`` is then ``F = f + α Σ κ_j |p_j|`` (``smooth`` holds ``f``).
+
     Instrumented: ``wolfe_log`` holds ``(alpha, f0, g0·p, f1, g1·p)`` of every accepted step.
     """
 
     name = "lbfgs"
     needs_lr = False
+    fixed_step = False
+    supports_l1 = True
     c1, c2 = 1e-4, 0.9
     max_trials = 30
 
@@ -243,19 +255,26 @@ class LBFGS(ProximalMixin, Optimizer):
         self.resolution = loss_resolution(objective)
         self.wolfe_log = []
         self.line_search_evaluations = 0
+        self.smooth = math.nan
 
     def start(self, params) -> float:
-        loss = super().start(params)
+        self.smooth = super().start(params)
         self.s, self.y = [], []
         self._trial = self.xp.empty_like(self.params)
         self._trial_grad = self.xp.empty_like(self.params)
         self._direction = self.xp.empty_like(self.params)
-        return loss
+        self._pseudo = self.xp.empty_like(self.params)
+        self._l1_buffers()
+        self.loss = self.smooth + self.l1_value(self.params)
+        return self.loss
 
-    def _two_loop(self) -> None:
-        """``_direction = −H∇f`` from the stored pairs."""
+    def grad_norm(self) -> float:
+        return self.composite_grad_norm()
+
+    def _two_loop(self, gradient) -> None:
+        """``_direction = −H·gradient`` from the stored pairs."""
         dot, q = self.objective.dot, self._direction
-        q[...] = self.grad
+        q[...] = gradient
         alphas = []
         for s, y in zip(reversed(self.s), reversed(self.y)):
             rho = 1.0 / dot(y, s)
@@ -327,21 +346,9 @@ class LBFGS(ProximalMixin, Optimizer):
                 break
         return None
 
-    def step(self) -> float:
+    def _remember(self) -> None:
+        """Keep the curvature pair of the step from ``params`` to the trial point (smooth gradients)."""
         dot = self.objective.dot
-        self._two_loop()
-        g0p = dot(self.grad, self._direction)
-        if not g0p < 0:  # not a descent direction: forget the curvature pairs
-            self.s, self.y = [], []
-            self._two_loop()
-            g0p = dot(self.grad, self._direction)
-        alpha0 = 1.0 if self.s else min(1.0, 1.0 / math.sqrt(max(dot(self.grad, self.grad), 1e-300)))
-        found = self._line_search(self.loss, g0p, alpha0)
-        if found is None:
-            self.stop_reason = "line search found no Wolfe step (rounding level)"
-            return self.loss
-        alpha, f_a, d_a = found
-        self.wolfe_log.append((alpha, self.loss, g0p, f_a, d_a))
         s = self._trial - self.params
         y = self._trial_grad - self.grad
         if dot(s, y) > 1e-12 * math.sqrt(dot(s, s) * dot(y, y)):
@@ -350,9 +357,67 @@ class LBFGS(ProximalMixin, Optimizer):
             if len(self.s) > self.memory:
                 self.s.pop(0)
                 self.y.pop(0)
+
+    def _accept(self) -> None:
         self.params, self._trial = self._trial, self.params
         self.grad, self._trial_grad = self._trial_grad, self.grad
-        self.loss = f_a
+
+    def step(self) -> float:
+        if self.l1:
+            return self._orthant_step()
+        dot = self.objective.dot
+        self._two_loop(self.grad)
+        g0p = dot(self.grad, self._direction)
+        if not g0p < 0:  # not a descent direction: forget the curvature pairs
+            self.s, self.y = [], []
+            self._two_loop(self.grad)
+            g0p = dot(self.grad, self._direction)
+        alpha0 = 1.0 if self.s else min(1.0, 1.0 / math.sqrt(max(dot(self.grad, self.grad), 1e-300)))
+        found = self._line_search(self.loss, g0p, alpha0)
+        if found is None:
+            self.stop_reason = "line search found no Wolfe step (rounding level)"
+            return self.loss
+        alpha, f_a, d_a = found
+        self.wolfe_log.append((alpha, self.loss, g0p, f_a, d_a))
+        self._remember()
+        self._accept()
+        self.loss = self.smooth = f_a
+        return self.loss
+
+    def _orthant_step(self) -> float:
+        """One OWL-QN step (``--l1``)."""
+        xp, dot = self.xp, self.objective.dot
+        pseudo = self._pseudo
+        pseudo[...] = self.composite_gradient(self.params, self.grad)
+        self._two_loop(pseudo)
+        direction = self._direction
+        direction[direction * pseudo >= 0] = 0.0   # keep the signs of −pseudo-gradient
+        if not dot(pseudo, direction) < 0:
+            self.s, self.y = [], []
+            xp.negative(pseudo, out=direction)
+        orthant = xp.sign(self.params)
+        free = orthant == 0
+        orthant[free] = -xp.sign(pseudo)[free]
+        penalised = self._kappa > 0
+        norm = math.sqrt(max(dot(pseudo, pseudo), 1e-300))
+        alpha = 1.0 if self.s else min(1.0, 1.0 / norm)
+        slack = self.resolution * abs(self.loss)
+        for _ in range(self.max_trials):
+            xp.multiply(direction, alpha, out=self._trial)
+            self._trial += self.params
+            self._trial[penalised & (xp.sign(self._trial) != orthant)] = 0.0
+            self.line_search_evaluations += 1
+            smooth = self.evaluate(self._trial, self._trial_grad)
+            total = smooth + self.l1_value(self._trial)
+            if total <= self.loss + self.c1 * dot(pseudo, self._trial - self.params) + slack:
+                break
+            alpha *= 0.5
+        else:
+            self.stop_reason = "line search found no decrease (rounding level)"
+            return self.loss
+        self._remember()
+        self._accept()
+        self.smooth, self.loss = smooth, total
         return self.loss
 
     def summary(self) -> dict:

@@ -27,7 +27,10 @@ def option(cfg, name: str, default):
 class ProximalMixin:
     """Soft-thresholding, the L1 value and the optimality measure for optimizers with ``--l1``.
 
-    Subclasses set ``supports_l1 = True``; others reject ``--l1`` with a one-line error.
+    The penalty is ``α Σ_j κ_j |p_j|`` with per-coordinate factors ``κ`` from ``objective.l1_weights``
+    (``1/σ_j`` in standardised coordinates, so that the penalty stays ``α‖w‖₁`` on the original scale) or
+    ones; ``κ = 0`` for the intercept, which is never penalised.  Subclasses set ``supports_l1 = True``;
+    others reject ``--l1`` with a one-line error.
     """
 
     supports_l1 = False
@@ -35,48 +38,64 @@ class ProximalMixin:
     def _setup_l1(self) -> None:
         self.l1 = float(option(self.cfg, "l1", 0.0))
         if self.l1 and not self.supports_l1:
-            raise InputError(f"--l1 needs --optimizer gd (ISTA), nesterov (FISTA) or sgd, not {self.name}",
-                             collective=True)
+            raise InputError(f"--l1 needs --optimizer gd (ISTA), nesterov (FISTA), sgd or lbfgs (OWL-QN), not "
+                             f"{self.name}", collective=True)
 
     def _l1_buffers(self) -> None:
         xp = self.xp
-        self._mask = xp.ones_like(self.params)
-        self._mask[-1] = 0.0
+        weights = getattr(self.objective, "l1_weights", None)
+        if weights is None:
+            self._kappa = xp.ones_like(self.params)
+            self._kappa[-1] = 0.0
+        else:
+            self._kappa = xp.array(weights, dtype=xp.float64, copy=True)
         self._abs = xp.empty_like(self.params)
+        self._threshold = xp.empty_like(self.params)
+        self._subgradient = xp.empty_like(self.params)
 
     def prox(self, params, step: float) -> None:
-        """In place: soft-threshold ``w`` by ``step·α`` (the intercept is untouched)."""
+        """In place: soft-threshold every coordinate by ``step·α·κ_j`` (the intercept has ``κ = 0``)."""
         if not self.l1:
             return
-        xp, w = self.xp, params[:-1]
-        threshold = step * self.l1
-        magnitude = self._abs[:-1]
-        xp.abs(w, out=magnitude)
-        xp.subtract(magnitude, threshold, out=magnitude)
+        xp = self.xp
+        xp.multiply(self._kappa, step * self.l1, out=self._threshold)
+        magnitude = self._abs
+        xp.abs(params, out=magnitude)
+        xp.subtract(magnitude, self._threshold, out=magnitude)
         xp.maximum(magnitude, 0.0, out=magnitude)
-        xp.copysign(magnitude, w, out=w)
+        xp.copysign(magnitude, params, out=params)
 
     def l1_value(self, params) -> float:
-        """``α‖w‖₁`` (0 without L1), reduced through ``objective.dot``."""
+        """``α Σ κ_j |p_j|`` (0 without L1), reduced through ``objective.dot``."""
         if not self.l1:
             return 0.0
         self.xp.abs(params, out=self._abs)
-        return self.l1 * self.objective.dot(self._abs, self._mask)
+        return self.l1 * self.objective.dot(self._abs, self._kappa)
+
+    def composite_gradient(self, params, grad):
+        """The minimum-norm subgradient of ``F = f + α Σ κ_j|p_j|`` at ``params`` (``grad`` without L1):
+        ``g_j + ακ_j sign(p_j)`` where ``p_j ≠ 0``, else ``soft(g_j, ακ_j)``.  A reused buffer."""
+        if not self.l1:
+            return grad
+        xp, r = self.xp, self._subgradient
+        xp.multiply(self._kappa, self.l1, out=self._threshold)
+        xp.abs(grad, out=r)
+        xp.subtract(r, self._threshold, out=r)
+        xp.maximum(r, 0.0, out=r)
+        xp.copysign(r, grad, out=r)
+        moved = params != 0
+        r[moved] = grad[moved] + (self._threshold * xp.sign(params))[moved]
+        return r
 
     def composite_grad_norm(self) -> float:
-        """Norm of the minimum-norm subgradient of ``F`` at ``params`` (the gradient norm without L1)."""
-        if not self.l1:
-            return math.sqrt(max(self.objective.dot(self.grad, self.grad), 0.0))
-        xp, w, g = self.xp, self.params[:-1], self.grad[:-1]
-        r = self._abs
-        # at w_i = 0: soft(g_i, α); elsewhere g_i + α sign(w_i)
-        xp.abs(g, out=r[:-1])
-        xp.subtract(r[:-1], self.l1, out=r[:-1])
-        xp.maximum(r[:-1], 0.0, out=r[:-1])
-        xp.copysign(r[:-1], g, out=r[:-1])
-        r[:-1] = xp.where(w != 0, g + self.l1 * xp.sign(w), r[:-1])
-        r[-1] = self.grad[-1]
+        """Euclidean norm of :meth:`composite_gradient` at the current point."""
+        r = self.composite_gradient(self.params, self.grad)
         return math.sqrt(max(self.objective.dot(r, r), 0.0))
+
+    def optimality(self) -> float:
+        """``‖∇F‖∞`` (the minimum-norm subgradient with L1) at the current point, in the optimizer's
+        coordinates: the measure of the convergence test."""
+        return self.objective.norm_inf(self.composite_gradient(self.params, self.grad))
 
 
 def loss_resolution(objective) -> float:

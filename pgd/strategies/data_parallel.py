@@ -15,7 +15,8 @@ from pgd.gpu_comm import make_device_communicator
 from pgd.loader import load_row_slab
 from pgd.losses import LocalLinearGradient, get_loss
 from pgd.strategies.grid import grid_shape
-from pgd.strategies.power import power_iteration
+from pgd.strategies.power import curvature_bound
+from pgd.strategies.standardize import column_moments
 
 
 class ReplicatedParameters:
@@ -24,9 +25,26 @@ class ReplicatedParameters:
     Needs the attributes ``d`` and ``xp``.
     """
 
+    _norm_work = None
+    splits_parameters = False  # every rank holds the whole [w, b]
+
     def zeros(self):
         """Initial parameters ``[w = 0, b = 0]`` (length d + 1)."""
         return self.xp.zeros(self.d + 1, dtype=self.xp.float64)
+
+    def start_vector(self, seed: int):
+        """The power iteration's start vector for ``seed`` (0 in the intercept slot without intercept)."""
+        vector = self.xp.asarray(np.random.default_rng(seed).standard_normal(self.d + 1))
+        if not self.fit_intercept:
+            vector[self.d] = 0.0
+        return vector
+
+    def norm_inf(self, v) -> float:
+        """Max-norm of a replicated parameter vector (no communication needed)."""
+        if self._norm_work is None or self._norm_work.shape != v.shape:
+            self._norm_work = self.xp.empty_like(v)
+        self.xp.abs(v, out=self._norm_work)
+        return float(self._norm_work.max()) if v.size else 0.0
 
     def full_params(self, params) -> np.ndarray:
         """The whole ``[w, b]`` as a host float64 vector (every rank holds all of it already)."""
@@ -38,26 +56,35 @@ class ReplicatedParameters:
 
 
 class DataParallelObjective(ReplicatedParameters):
-    """The global objective over row-partitioned data.
+    """The global objective ``(1/Σs) Σ s_i loss_i + (λ/2)‖w‖²`` over row-partitioned data.
 
     Parameters
     ----------
     local : pgd.losses.LocalLinearGradient
-        This rank's rows and the blocked gradient kernel.
+        This rank's rows (and weights) and the blocked gradient kernel.
     comm : pgd.comm.Communicator
         Sums the per-rank buffers.
     n_global : int
-        Rows over all ranks (the one normalisation).
+        Rows over all ranks.
     l2 : float
         Penalty λ on ``w`` (never on the intercept).
     xp : module
         Array module of ``local``.
+    curvature : float
+        The loss's bound on its second derivative.
+    finish : callable, optional
+        The GPU finishing kernel.
+    total_weight : float, optional
+        ``Σ s_i`` over all ranks, the one normalisation (``n_global`` without sample weights).
     """
 
-    def __init__(self, local, comm, n_global: int, l2: float, xp, curvature: float, finish=None):
+    def __init__(self, local, comm, n_global: int, l2: float, xp, curvature: float, finish=None,
+                 total_weight: float | None = None):
         self.local = local
         self.comm = comm
         self.n_global = int(n_global)
+        self.normalizer = float(self.n_global if total_weight is None else total_weight)
+        self.fit_intercept = local.fit_intercept
         self.l2 = float(l2)
         self.xp = xp
         self.curvature = float(curvature)
@@ -79,9 +106,9 @@ class DataParallelObjective(ReplicatedParameters):
         return self._sums
 
     def _reduced_sums(self, params, *, gram: bool = False, rows=None, count=None):
-        """:meth:`_summed` divided by ``count`` (n by default)."""
+        """:meth:`_summed` divided by ``count`` (the normalisation Σs by default)."""
         sums = self._summed(params, gram=gram, rows=rows)
-        sums /= self.n_global if count is None else count
+        sums /= self.normalizer if count is None else count
         return sums
 
     def value_and_grad(self, params, grad_out) -> float:
@@ -92,13 +119,13 @@ class DataParallelObjective(ReplicatedParameters):
         """
         if self.finish is None:
             return self._penalised(self._reduced_sums(params), params, grad_out)
-        loss, norm_sq = self.finish(self._summed(params), params, grad_out, self.n_global, self.l2)
+        loss, norm_sq = self.finish(self._summed(params), params, grad_out, self.normalizer, self.l2)
         self._norm_sq = (grad_out, norm_sq)
         return loss
 
-    def value_and_grad_batch(self, params, grad_out, local_rows, batch_size: int) -> float:
+    def value_and_grad_batch(self, params, grad_out, local_rows, batch_size: float) -> float:
         """Mini-batch objective: this rank's ``local_rows`` (index array, local numbering) belong to a
-        global batch of ``batch_size`` rows; one Allreduce, one division by ``batch_size``."""
+        global batch worth ``batch_size`` rows; one Allreduce, one division by ``batch_size``."""
         sums = self._reduced_sums(params, rows=local_rows, count=batch_size)
         return self._penalised(sums, params, grad_out)
 
@@ -119,19 +146,23 @@ class DataParallelObjective(ReplicatedParameters):
             loss += 0.5 * self.l2 * float(self.xp.dot(w, w))
         return loss
 
-    def lipschitz(self, power_iters: int, seed: int) -> float:
-        """Upper-curvature estimate ``L = c·λmax(X̃ᵀX̃/n) + λ`` by distributed power iteration.
+    def column_moments(self):
+        """``(Σs, mean, Σ s (x − mean)²)`` of every column over all ranks' rows (collective; host float64)."""
+        local = self.local
+        return column_moments(self.comm.mpi_comm, local.X, local.sample_weight, self.xp, local.block_rows)
 
-        ``c`` is the loss's curvature bound (1 for squared, ¼ for logistic); X̃ includes the intercept
-        column when one is fitted.  The start vector comes from ``seed``, identical on every rank.
-        """
-        rng = np.random.default_rng(seed)
-        vector = self.xp.asarray(rng.standard_normal(self.d + 1))
-        if not self.local.fit_intercept:
-            vector[self.d] = 0.0
-        eigenvalue = power_iteration(
-            vector, lambda v: self._reduced_sums(v, gram=True)[: self.d + 1], self.dot, power_iters)
-        return self.curvature * eigenvalue + self.l2
+    def gram_product(self, params, out) -> None:
+        """``out = X̃ᵀSX̃ params / Σs`` (one pass and one Allreduce; X̃ has the intercept column if fitted)."""
+        out[...] = self._reduced_sums(params, gram=True)[: self.d + 1]
+
+    def lipschitz(self, power_iters: int, seed: int) -> float:
+        """Upper-curvature estimate ``L = λmax(c·X̃ᵀSX̃/Σs + λ·diag(1..1, 0))`` by distributed power
+        iteration (``c``: the loss's curvature bound, 1 for squared, ¼ for logistic)."""
+        penalty = None
+        if self.l2:
+            penalty = self.xp.full(self.d + 1, self.l2)
+            penalty[self.d] = 0.0
+        return curvature_bound(self, power_iters, seed, penalty)
 
 
 def device_finish(backend):
@@ -154,12 +185,14 @@ def build_data_parallel(cfg, world, backend):
     if getattr(cfg, "grid", None):
         grid_shape("data", cfg.grid, world.Get_size())  # --grid must then be Nx1
     slab = load_row_slab(world, cfg.data, backend=backend, dtype=cfg.dtype, x_key=cfg.x_key,
-                         y_key=cfg.y_key, locking=cfg.hdf5_locking, loss=cfg.loss)
+                         y_key=cfg.y_key, locking=cfg.hdf5_locking, loss=cfg.loss,
+                         weight_key=cfg.weight_key, class_weight=cfg.class_weight)
     loss = get_loss(cfg.loss)
     local = LocalLinearGradient(slab.X, slab.y, loss, fit_intercept=cfg.fit_intercept, xp=backend.xp,
-                                block_bytes=cfg.block_bytes)
+                                block_bytes=cfg.block_bytes, sample_weight=slab.weight)
     comm = make_device_communicator(cfg.comm, world, backend, getattr(cfg, "cuda_aware", "auto"))
     objective = DataParallelObjective(local, comm, slab.n_global, cfg.l2, backend.xp,
-                                      curvature=loss.curvature_bound, finish=device_finish(backend))
+                                      curvature=loss.curvature_bound, finish=device_finish(backend),
+                                      total_weight=slab.total_weight)
     objective.row_range = (slab.start, slab.stop)
     return objective, slab

@@ -31,7 +31,9 @@ from pgd.data.rechunk import chunk_advice
 from pgd.errors import InputError
 from pgd.loader import inspect_collectively, load_block
 from pgd.losses import get_loss
-from pgd.strategies.power import power_iteration
+from pgd.losses import sum64
+from pgd.strategies.power import curvature_bound
+from pgd.strategies.standardize import column_moments
 
 
 def parse_grid(text: str) -> tuple[int, int]:
@@ -107,12 +109,16 @@ def _sum(comm, buf) -> None:
 class GridObjective:
     """The global objective over a P×Q block partition of ``X``.
 
+    A rank holds the block ``[w_q, b]`` of the parameters (``splits_parameters``).
+
     Parameters
     ----------
     X : array, (n_p, d_q)
         This rank's block, C-contiguous float32 or float64 (either side may be 0).
     y : array, (n_p,)
         Targets of this rank's rows.
+    sample_weight : array, (n_p,), or None
+        Weights of this rank's rows (data dtype).
     loss : SquaredLoss or LogisticLoss
         Pointwise loss.
     comms : GridCommunicators
@@ -129,14 +135,20 @@ class GridObjective:
         Whether ``b`` is fitted.
     xp : module
         Array namespace of ``X``.
+    total_weight : float, optional
+        ``Σ s_i`` over the dataset, the normalisation (``n_global`` without weights).
     """
 
+    splits_parameters = True
+
     def __init__(self, X, y, loss, comms, *, coords, n_global: int, d_global: int, col_range, l2: float,
-                 fit_intercept: bool, xp):
+                 fit_intercept: bool, xp, sample_weight=None, total_weight: float | None = None):
         self.X, self.y, self.loss, self.xp = X, y, loss, xp
+        self.sample_weight = sample_weight
         self.comm = comms
         self.p, self.q = coords
         self.n_global, self.d = int(n_global), int(d_global)
+        self.normalizer = float(self.n_global if total_weight is None else total_weight)
         self.col_start, self.col_stop = col_range
         self.d_local = self.col_stop - self.col_start
         self.l2 = float(l2)
@@ -151,6 +163,8 @@ class GridObjective:
         self._grad = xp.zeros(self.d_local, dtype=xp.float64)
         self._scalars = np.zeros(3)
         self._dot = np.zeros(1)
+        self._max = np.zeros(1)
+        self._abs = xp.empty(self.d_local + 1, dtype=xp.float64)
 
     def __getattr__(self, name):
         """Refuse, in one line on every rank, what an optimizer needs beyond the common interface
@@ -165,7 +179,7 @@ class GridObjective:
         return self.xp.zeros(self.d_local + 1, dtype=self.xp.float64)
 
     def _pass(self, params, transform) -> None:
-        """``z = Σ_q X w_q + b``, ``r = transform(y, z, work)``, ``_grad = Σ_p Xᵀ r``, global scalars."""
+        """``z = Σ_q X w_q + b``, ``r = transform(y, z, work, s)``, ``_grad = Σ_p Xᵀ r``, global scalars."""
         xp, dq = self.xp, self.d_local
         started = time.perf_counter()
         self._w[...] = params[:dq]
@@ -176,26 +190,26 @@ class GridObjective:
         offset = float(params[dq]) if self.fit_intercept else 0.0
         if offset != 0.0:
             xp.add(self._z, offset, out=self._z)
-        scalar = transform(self.y, self._z, self._work)
+        scalar = transform(self.y, self._z, self._work, self.sample_weight)
         xp.dot(self._z, self.X, out=self._row_sum)
         self._grad[...] = self._row_sum
         owner = self.q == 0  # the row group's replicas of r: counted once
-        self._scalars[0] = float(self._z.sum()) if owner and self.fit_intercept else 0.0
+        self._scalars[0] = sum64(self._z, xp) if owner and self.fit_intercept else 0.0
         self._scalars[1] = scalar if owner else 0.0
         w = params[:dq]
         self._scalars[2] = float(xp.dot(w, w)) if self.p == 0 and self.l2 else 0.0
         self.compute_seconds += time.perf_counter() - started
         _sum(self.comm.col, self._grad)
         _sum(self.comm.whole, self._scalars)
-        self._grad /= self.n_global
+        self._grad /= self.normalizer
 
     def value_and_grad(self, params, grad_out) -> float:
         """Global loss at the local ``params``; this rank's gradient block goes to ``grad_out``."""
         xp, loss, dq = self.xp, self.loss, self.d_local
-        self._pass(params, lambda y, z, work: loss.sum_and_derivative(y, z, work, xp))
+        self._pass(params, lambda y, z, work, s: loss.sum_and_derivative(y, z, work, xp, s))
         grad_out[:dq] = self._grad
-        grad_out[dq] = self._scalars[0] / self.n_global
-        value = float(self._scalars[1] / self.n_global)
+        grad_out[dq] = self._scalars[0] / self.normalizer
+        value = float(self._scalars[1] / self.normalizer)
         if self.l2:
             grad_out[:dq] += self.l2 * params[:dq]
             value += 0.5 * self.l2 * float(self._scalars[2])
@@ -211,24 +225,46 @@ class GridObjective:
         _sum(self.comm.whole, self._dot)
         return float(self._dot[0])
 
-    def lipschitz(self, power_iters: int, seed: int) -> float:
-        """``L = c·λmax(X̃ᵀX̃/n) + λ`` by power iteration with global norms (the start vector is the
-        data-parallel one's slice, so both modes pick the same step)."""
-        xp, dq = self.xp, self.d_local
+    def column_moments(self):
+        """``(Σs, mean, Σ s (x − mean)²)`` of this rank's columns over all rows (collective over the ranks
+        sharing the columns; host float64)."""
+        block_rows = max(1, (1 << 20) // max(1, self.d_local * self.X.itemsize))
+        return column_moments(self.comm.col.mpi_comm, self.X, self.sample_weight, self.xp, block_rows)
+
+    def norm_inf(self, v) -> float:
+        """Global max-norm of a local parameter vector (one scalar Allreduce over all ranks)."""
+        self.xp.abs(v, out=self._abs)
+        self._max[0] = float(self._abs.max())
+        self.comm.whole.mpi_comm.Allreduce(MPI.IN_PLACE, self._max, op=MPI.MAX)
+        return float(self._max[0])
+
+    def start_vector(self, seed: int):
+        """The data-parallel start vector's slice, so both modes pick the same step."""
         full = np.random.default_rng(seed).standard_normal(self.d + 1)
-        vector = xp.asarray(np.concatenate([full[self.col_start:self.col_stop], full[self.d:]]))
+        vector = self.xp.asarray(np.concatenate([full[self.col_start:self.col_stop], full[self.d:]]))
         if not self.fit_intercept:
-            vector[dq] = 0.0
-        image = xp.empty_like(vector)
+            vector[self.d_local] = 0.0
+        return vector
 
-        def image_of(v):
-            self._pass(v, lambda y, z, work: 0.0)
-            image[:dq] = self._grad
-            image[dq] = self._scalars[0] / self.n_global
-            return image
+    def _weighted_direction(self, y, z, work, s) -> float:
+        """Gram products: ``r = s u`` (``u`` itself without weights); no scalar."""
+        if s is not None:
+            self.xp.multiply(z, s, out=z)
+        return 0.0
 
-        eigenvalue = power_iteration(vector, image_of, self.dot, power_iters)
-        return self.curvature * eigenvalue + self.l2
+    def gram_product(self, params, out) -> None:
+        """``out = X̃ᵀSX̃ params / Σs`` on this rank's parameter block."""
+        self._pass(params, self._weighted_direction)
+        out[:self.d_local] = self._grad
+        out[self.d_local] = self._scalars[0] / self.normalizer
+
+    def lipschitz(self, power_iters: int, seed: int) -> float:
+        """``L = λmax(c·X̃ᵀSX̃/Σs + λ·diag(1..1, 0))`` by power iteration with global norms."""
+        penalty = None
+        if self.l2:
+            penalty = self.xp.full(self.d_local + 1, self.l2)
+            penalty[self.d_local] = 0.0
+        return curvature_bound(self, power_iters, seed, penalty)
 
     def full_params(self, params) -> np.ndarray:
         """The whole ``[w, b]`` as a host float64 vector on every rank (gathered over ``row_comm``)."""
@@ -262,10 +298,12 @@ def build_grid(cfg, world, backend):
         print(advice, file=sys.stderr, flush=True)
     slab = load_block(world, cfg.data, rows=block_range(meta.n, rows_p, p), cols=block_range(meta.d, cols_q, q),
                       backend=backend, dtype=cfg.dtype, x_key=cfg.x_key, y_key=cfg.y_key,
-                      locking=cfg.hdf5_locking, loss=cfg.loss, meta=meta)
+                      locking=cfg.hdf5_locking, loss=cfg.loss, meta=meta, weight_key=cfg.weight_key,
+                      class_weight=cfg.class_weight)
     comms = GridCommunicators(f"{cfg.comm} on a {rows_p}x{cols_q} grid", make_communicator(cfg.comm, row_comm),
                               make_communicator(cfg.comm, col_comm), make_communicator(cfg.comm, cart))
     objective = GridObjective(slab.X, slab.y, get_loss(cfg.loss), comms, coords=(p, q), n_global=meta.n,
                               d_global=meta.d, col_range=(slab.col_start, slab.col_stop), l2=cfg.l2,
-                              fit_intercept=cfg.fit_intercept, xp=backend.xp)
+                              fit_intercept=cfg.fit_intercept, xp=backend.xp, sample_weight=slab.weight,
+                              total_weight=slab.total_weight)
     return objective, slab

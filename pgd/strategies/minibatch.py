@@ -8,8 +8,12 @@ final loss and gradient over all ranks, writes the model (rank 0) and prints the
 Conventions
 -----------
 - Parameters ``params = [w, b]`` are host float64 vectors of length ``d + 1`` (message buffers).
-- A mini-batch gradient is the *mean* over the batch rows plus the penalty ``λ w``; the monitored
-  objective is the full ``(1/n) Σ loss_i + (λ/2)‖w‖²``.
+- A mini-batch gradient is the *mean* over the batch rows (weighted: ``(n/Σs)·mean(s_i ∇loss_i)``, an
+  unbiased estimate) plus the penalty's gradient; the monitored objective is the full
+  ``(1/Σs) Σ s_i loss_i + (λ/2)‖w‖²``.
+- With ``--standardize`` (the default) the runners' parameters are standardised ``[v, c]``
+  (:mod:`pgd.strategies.standardize`): :class:`MiniBatchStepper` maps them to the original ``[w, b]`` for
+  its rows and its gradient back, both O(d); the model file gets the original coefficients.
 - Update budget: ``--updates`` mini-batch updates summed over workers, capped by ``--epochs`` when that
   option exists and was given (``epochs · n / local_batch`` updates).
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -26,13 +31,17 @@ from mpi4py import MPI
 
 import pgd
 from pgd.comm import collectively, make_communicator, max_over_ranks
-from pgd.errors import TrainingError
+from pgd.convergence import OptimalityTest, effective_tol, unconverged_warning
+from pgd.errors import DivergedError, NotConvergedError, TrainingError
 from pgd.fileio import atomic_path
 from pgd.loader import load_row_slab
 from pgd.losses import LocalLinearGradient, get_loss
 from pgd.model_io import save_run_model
+from pgd.preempt import Resilience
 from pgd.progress import format_summary
 from pgd.strategies.data_parallel import DataParallelObjective
+from pgd.strategies.standardize import (ColumnScaling, StandardizedObjective, describe, penalty_factors,
+                                        scaling_for)
 
 
 def update_budget(cfg, n_global: int) -> int:
@@ -58,8 +67,10 @@ def slow_factor(cfg, rank: int) -> float:
 class RowData:
     """This rank's rows (possibly none) and the dataset facts every rank knows."""
 
-    def __init__(self, X, y, meta, dtype, start: int):
+    def __init__(self, X, y, meta, dtype, start: int, weight=None, total_weight: float = 0.0,
+                 weight_source: str = "none"):
         self.X, self.y, self.meta, self.dtype, self.start = X, y, meta, np.dtype(dtype), start
+        self.weight, self.total_weight, self.weight_source = weight, float(total_weight), weight_source
 
     @property
     def n_global(self) -> int:
@@ -79,34 +90,45 @@ def load_rows(cfg, world, backend, holds_data: bool) -> RowData:
         try:
             if holds_data:
                 slab = load_row_slab(data_comm, cfg.data, backend=backend, dtype=cfg.dtype, x_key=cfg.x_key,
-                                     y_key=cfg.y_key, locking=cfg.hdf5_locking, loss=cfg.loss)
+                                     y_key=cfg.y_key, locking=cfg.hdf5_locking, loss=cfg.loss,
+                                     weight_key=cfg.weight_key, class_weight=cfg.class_weight)
         finally:
             data_comm.Free()
     holders = world.allgather(holds_data)
     root = holders.index(True)
-    meta, dtype = world.bcast((slab.meta, str(slab.dtype)) if rank == root else None, root=root)
+    meta, dtype, total, source = world.bcast(
+        (slab.meta, str(slab.dtype), slab.total_weight, slab.weight_source) if rank == root else None, root=root)
     if slab is not None:
-        return RowData(slab.X, slab.y, meta, dtype, slab.start)
+        return RowData(slab.X, slab.y, meta, dtype, slab.start, slab.weight, total, source)
     xp = backend.xp
-    return RowData(xp.zeros((0, meta.d), dtype=dtype), xp.zeros(0, dtype=dtype), meta, dtype, 0)
+    weight = None if source == "none" else xp.zeros(0, dtype=dtype)
+    return RowData(xp.zeros((0, meta.d), dtype=dtype), xp.zeros(0, dtype=dtype), meta, dtype, 0, weight, total,
+                   source)
 
 
 def global_objective(cfg, world, backend, rows: RowData):
-    """The exact objective over every rank's rows (a rank without rows contributes zeros)."""
+    """The exact objective over every rank's rows (a rank without rows contributes zeros), standardised
+    unless ``--no-standardize`` (collective: one pass for the column scales)."""
     loss = get_loss(cfg.loss)
     local = LocalLinearGradient(rows.X, rows.y, loss, fit_intercept=cfg.fit_intercept, xp=backend.xp,
-                                block_bytes=cfg.block_bytes)
-    return DataParallelObjective(local, make_communicator("allreduce", world), rows.n_global, cfg.l2,
-                                 backend.xp, curvature=loss.curvature_bound)
+                                block_bytes=cfg.block_bytes, sample_weight=rows.weight)
+    objective = DataParallelObjective(local, make_communicator("allreduce", world), rows.n_global, cfg.l2,
+                                      backend.xp, curvature=loss.curvature_bound, total_weight=rows.total_weight)
+    scaling = scaling_for(objective, standardize=cfg.standardize, fit_intercept=cfg.fit_intercept, l2=cfg.l2,
+                          penalty_scale=cfg.penalty_scale)
+    if scaling.is_identity:
+        return objective
+    return StandardizedObjective(objective, scaling, l2=cfg.l2, penalty_scale=cfg.penalty_scale)
 
 
-def exact_loss(objective, params: np.ndarray) -> tuple[float, float]:
-    """The global objective and its gradient norm at host ``params`` (a collective over ``objective``)."""
+def exact_loss(objective, params: np.ndarray) -> tuple[float, float, float]:
+    """The global objective, its gradient's norm and its max-norm (the optimality measure) at host
+    ``params`` (a collective over ``objective``)."""
     xp = objective.xp
     point = xp.asarray(params)
     gradient = xp.zeros_like(point)
     loss = objective.value_and_grad(point, gradient)
-    return loss, math.sqrt(float(xp.dot(gradient, gradient)))
+    return loss, math.sqrt(float(xp.dot(gradient, gradient))), objective.norm_inf(gradient)
 
 
 def step_size(cfg, objective, writers: int = 1) -> tuple[float, float]:
@@ -144,6 +166,17 @@ class MiniBatchStepper:
         xp = backend.xp
         self.d = self.local.d
         self.l2 = float(cfg.l2)
+        scaling = getattr(objective, "scaling", None)
+        self.scaling = None if scaling is None else ColumnScaling(
+            scaling.mean_host, scaling.scale_host, np, centred=scaling.centred)
+        # the penalty's gradient in the runners' coordinates: λ·factor²·p (factor 1/σ, or 1 on v itself)
+        factors = penalty_factors(self.scaling, cfg.penalty_scale) if self.scaling else np.append(
+            np.ones(self.d), 0.0)
+        self.penalty = self.l2 * factors * factors
+        self.weighted = self.local.sample_weight is not None
+        self.row_factor = objective.n_global / objective.normalizer   # n/Σs: unbiased weighted means
+        self._original = np.zeros(self.d + 1)
+        self._raw = np.zeros(self.d + 1)
         self.n_local = self.local.n_local
         self.batch = min(int(cfg.local_batch), self.n_local)
         self.factor = slow_factor(cfg, rank)
@@ -154,6 +187,17 @@ class MiniBatchStepper:
         self.w = xp.zeros(self.d, dtype=self.local.dtype)
         self.grad = np.zeros(self.d + 1)
         self.compute_seconds = 0.0
+
+    def state_dict(self) -> dict:
+        """The shuffle: generator state, the current permutation and the position in it."""
+        return {"rng": self.rng.bit_generator.state, "order": self.backend.to_host(self.order),
+                "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the shuffle of :meth:`state_dict`."""
+        self.rng.bit_generator.state = state["rng"]
+        self.order = self.backend.xp.asarray(np.asarray(state["order"], dtype=np.int64))
+        self.cursor = int(state["cursor"])
 
     def _next_rows(self):
         if self.cursor + self.batch > self.n_local:
@@ -169,18 +213,29 @@ class MiniBatchStepper:
             time.sleep(elapsed * (self.factor - 1.0))
         self.compute_seconds += time.perf_counter() - started
 
+    def _to_original(self, params: np.ndarray) -> np.ndarray:
+        """The original ``[w, b]`` of the runners' ``params`` (themselves without standardisation)."""
+        if self.scaling is None:
+            return params
+        self.scaling.to_original(params, self._original)
+        return self._original
+
     def gradient(self, params: np.ndarray) -> np.ndarray:
-        """Mean mini-batch gradient at ``params`` (plus ``λ w``) into :attr:`grad`, which is returned."""
+        """Mean mini-batch gradient at ``params`` (plus the penalty's) into :attr:`grad`, which is returned."""
         started = time.perf_counter()
         if self.batch == 0:
             self.grad[:] = 0.0
         else:
-            self.w[...] = self.backend.xp.asarray(params[: self.d])
-            self.local.loss_gradient(self.w, float(params[self.d]), self.sums, rows=self._next_rows())
-            self.grad[:] = self.backend.to_host(self.sums[: self.d + 1])
-            self.grad /= self.batch
+            original = self._to_original(params)
+            self.w[...] = self.backend.xp.asarray(original[: self.d])
+            self.local.loss_gradient(self.w, float(original[self.d]), self.sums, rows=self._next_rows())
+            raw = self._raw if self.scaling is not None else self.grad
+            raw[:] = self.backend.to_host(self.sums[: self.d + 1])
+            raw /= self.batch / self.row_factor if self.weighted else self.batch
+            if self.scaling is not None:
+                self.scaling.gradient_to_std(raw, self.grad)
         if self.l2:
-            self.grad[: self.d] += self.l2 * params[: self.d]
+            self.grad += self.penalty * params
         self._timed(started)
         return self.grad
 
@@ -189,13 +244,46 @@ class MiniBatchStepper:
         started = time.perf_counter()
         total = 0.0
         if self.n_local:
-            self.w[...] = self.backend.xp.asarray(params[: self.d])
-            self.local.loss_gradient(self.w, float(params[self.d]), self.sums)
+            original = self._to_original(params)
+            self.w[...] = self.backend.xp.asarray(original[: self.d])
+            self.local.loss_gradient(self.w, float(original[self.d]), self.sums)
             total = float(self.sums[self.d + 1])
-        w = params[: self.d]
-        share = total / n_global + 0.5 * self.l2 * float(w @ w) * self.n_local / n_global
+        share = (total * self.row_factor / n_global
+                 + 0.5 * float(self.penalty @ (params * params)) * self.n_local / n_global)
         self._timed(started)
         return share
+
+
+class MiniBatchState:
+    """What local SGD and ``--mode shm`` checkpoint: the weights, the steps taken, this rank's shuffle.
+
+    The loop updates ``params`` in place and counts ``step``; a resumed run continues both.
+    """
+
+    def __init__(self, params: np.ndarray, stepper: MiniBatchStepper):
+        self.params, self.stepper, self.step = params, stepper, 0
+
+    def state_dict(self) -> dict:
+        """Weights, step and shuffle (the shuffle differs by rank, so checkpoints keep one per rank)."""
+        return {"params": np.array(self.params), "step": self.step, "stepper": self.stepper.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`."""
+        self.params[:] = state["params"]
+        self.step = int(state["step"])
+        self.stepper.load_state_dict(state["stepper"])
+
+
+def start_resilience(cfg, world, state, rows: "RowData", monitor: "LossMonitor | None", **options) -> Resilience:
+    """The run's :class:`pgd.preempt.Resilience` over ``state``, bound to the monitored history (rank 0's
+    goes into checkpoints); with ``--resume`` the state and the history continue from the checkpoint.
+    A collective call; ``options`` go to :class:`pgd.preempt.Resilience` (``quiesce``).
+    """
+    resilience = Resilience(cfg, world, state, unit="update", **options)
+    history = monitor.history if monitor is not None else {}
+    if resilience.bind(history, rows) is not None and monitor is not None and history.get("time"):
+        monitor.started -= history["time"][-1]  # times continue those of the runs before
+    return resilience
 
 
 class LossMonitor:
@@ -214,8 +302,9 @@ class LossMonitor:
         return self.target is not None and loss <= self.target
 
 
-def run_facts(cfg, world, backend, rows: RowData, lr: float, lipschitz: float) -> dict:
+def run_facts(cfg, world, backend, rows: RowData, lr: float, lipschitz: float, objective) -> dict:
     """The facts of a run that the summary and the model file report."""
+    scaling = getattr(objective, "scaling", None)
     return {
         "pgd_version": pgd.__version__, "data": os.path.abspath(cfg.data), "n": rows.n_global,
         "d": rows.meta.d, "loss": cfg.loss, "l2": cfg.l2, "fit_intercept": cfg.fit_intercept,
@@ -223,6 +312,9 @@ def run_facts(cfg, world, backend, rows: RowData, lr: float, lipschitz: float) -
         "lr_rule": "1/(L * concurrent writers)" if cfg.lr == "auto" else "--lr",
         "lipschitz": lipschitz, "ranks": world.Get_size(), "device": f"{backend.device} ({backend.name})",
         "dtype": str(rows.dtype), "mode": cfg.mode,
+        "standardize": "off" if scaling is None else describe(scaling, cfg.penalty_scale),
+        "penalty_scale": cfg.penalty_scale, "sample_weight": rows.weight_source,
+        "total_weight": rows.total_weight, "tol": cfg.tol, "tol_effective": effective_tol(cfg.tol, rows.dtype),
     }
 
 
@@ -237,7 +329,8 @@ def prepare_run(cfg, world, backend, *, plan: str, holds_data: bool = True, writ
     rows = load_rows(cfg, world, backend, holds_data=holds_data)
     objective = global_objective(cfg, world, backend, rows)
     lr, lipschitz = step_size(cfg, objective, writers=writers)
-    facts = run_facts(cfg, world, backend, rows, lr, lipschitz)
+    facts = run_facts(cfg, world, backend, rows, lr, lipschitz, objective)
+    facts["start_loss"], _, facts["start_optimality"] = exact_loss(objective, np.zeros(rows.meta.d + 1))
     if cfg.dry_run:
         facts["dry_run"] = True
         if world.Get_rank() == 0:
@@ -269,15 +362,18 @@ def finish_run(cfg, world, objective, params: np.ndarray, facts: dict, monitor: 
         over ranks here (collective).
     """
     rank = world.Get_rank()
-    final_loss, grad_norm = exact_loss(objective, params)
-    if not math.isfinite(final_loss):
-        raise TrainingError(f"diverged (final loss {final_loss}); use a smaller --lr", collective=True)
+    final_loss, grad_norm, optimality = exact_loss(objective, params)
+    start_loss = facts["start_loss"]
+    if not math.isfinite(final_loss) or final_loss > start_loss:
+        raise DivergedError(f"diverged: the objective went from {start_loss:.6g} to {final_loss:.6g}; use a "
+                            f"smaller --lr; no model written", collective=True)
+    test = OptimalityTest.at_start(cfg.tol, facts["dtype"], facts["start_optimality"])
     wall, compute, wait, updates = max_over_ranks(
         world, [stats["wall"], stats["compute"], stats["wait"], stats["updates"]])
     updates = int(updates)
     summary = dict(
         facts, iterations=updates, updates=updates, final_loss=final_loss, grad_norm=grad_norm,
-        converged=stats["stop_reason"].startswith("target"), stop_reason=stats["stop_reason"],
+        **test.facts(optimality), converged=test.holds(optimality), stop_reason=stats["stop_reason"],
         communicator=stats["communicator"], wait_seconds=wait, out=cfg.out, metrics=cfg.metrics,
         comm_bytes_per_iteration=int(stats.get("bytes_per_update", 0)),
         timing={"wall": wall, "compute": compute, "comm": wait, "other": max(wall - compute - wait, 0.0),
@@ -289,16 +385,27 @@ def finish_run(cfg, world, objective, params: np.ndarray, facts: dict, monitor: 
     if "clock_gap_max" in stats:
         summary["clock_gap_max"] = int(_stat(world, stats["clock_gap_max"], MPI.MAX))
         summary["staleness_bound"] = cfg.staleness
-    if rank == 0:
-        history = monitor.history if monitor is not None else {}
-        if cfg.out:
-            save_run_model(cfg, params, summary, history)
-        if cfg.metrics:
-            with atomic_path(cfg.metrics) as temporary, open(temporary, "w", encoding="utf-8") as handle:
+    summary["warnings"] = [] if summary["converged"] else [unconverged_warning(
+        test, optimality, updates, stats["stop_reason"], method="sgd", dtype=facts["dtype"],
+        standardized=facts["standardize"] != "off", budget_option="--updates")]
+    original = objective.full_params(objective.xp.asarray(params))
+    history = monitor.history if monitor is not None else {}
+    with collectively(world):  # a failed write (disk full) is one line on every rank
+        if rank == 0 and cfg.out and (summary["converged"] or not cfg.require_convergence):
+            save_run_model(cfg, original, summary, history)
+        if rank == 0 and cfg.metrics:
+            with atomic_path(cfg.metrics, "metrics file") as temporary, \
+                    open(temporary, "w", encoding="utf-8") as handle:
                 for updates, loss, seconds in zip(*(history.get(key, []) for key in ("updates", "loss", "time"))):
                     handle.write(json.dumps({"updates": int(updates), "loss": loss, "time": seconds}) + "\n")
+    if rank == 0:
         if not getattr(cfg, "silent", False):
             print(format_summary(summary), flush=True)
+            for text in summary["warnings"]:
+                print(f"pgd: warning: {text}", file=sys.stderr, flush=True)
         summary["history"] = history
     world.Barrier()
+    if cfg.require_convergence and not summary["converged"]:
+        raise NotConvergedError(f"not converged (--require-convergence): optimality {optimality:.3e} > "
+                                f"{test.target:.3e}; no model written", collective=True)
     return summary

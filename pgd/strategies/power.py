@@ -31,3 +31,23 @@ def power_iteration(vector, image_of, dot, iterations: int) -> float:
         if abs(eigenvalue - previous) <= 1e-4 * eigenvalue:
             break
     return eigenvalue
+
+
+def curvature_bound(objective, iterations: int, seed: int, penalty_diagonal=None) -> float:
+    """Largest eigenvalue of ``c·G + P``: the loss's curvature bound ``c`` times the objective's Gram
+    operator (``objective.gram_product``), plus the penalty's diagonal Hessian ``P``, by power iteration.
+
+    This bounds the Lipschitz constant of the objective's gradient (``--lr auto`` takes ``1/L``).  The start
+    vector comes from ``seed`` (``objective.start_vector``), identical on every rank for any rank count.
+    """
+    vector = objective.start_vector(seed)
+    image = objective.xp.empty_like(vector)
+
+    def image_of(v):
+        objective.gram_product(v, image)
+        image[...] *= objective.curvature
+        if penalty_diagonal is not None:
+            image[...] += penalty_diagonal * v
+        return image
+
+    return power_iteration(vector, image_of, objective.dot, iterations)

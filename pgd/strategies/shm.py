@@ -10,6 +10,12 @@ With several nodes, the node copies are averaged over the nodes' first ranks eve
 (every step when it is 0). The loss is evaluated on the (then quiet) shared weights about four times per
 pass over the rows. ``PGD_SHM_NODE_RANKS=m`` splits the ranks into simulated nodes of ``m`` ranks, to
 exercise the multi-node path on one machine (tests).
+
+Signals, ``--max-time`` and checkpoints are decided at agreed steps (:class:`pgd.preempt.DecisionSchedule`,
+about twice a second) by :class:`pgd.preempt.Resilience`. A checkpoint holds each node's weights, the step
+and every rank's shuffle. Lock-free updates race, so a resumed run continues from the checkpoint but is
+not bit-identical to an uninterrupted one, except with one rank per node (``PGD_SHM_NODE_RANKS=1``), where
+nothing races.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ import os
 import numpy as np
 from mpi4py import MPI
 
-from pgd.strategies.minibatch import (LossMonitor, MiniBatchStepper, eval_interval, exact_loss,
-                                      finish_run, prepare_run, update_budget)
+from pgd.preempt import DecisionSchedule
+from pgd.strategies.minibatch import (LossMonitor, MiniBatchState, MiniBatchStepper, eval_interval, exact_loss,
+                                      finish_run, prepare_run, start_resilience, update_budget)
 
 
 def node_communicator(world):
@@ -89,48 +96,67 @@ def run_shm(cfg, world, backend) -> dict:
     monitor = LossMonitor(cfg.target_loss)
     snapshot = np.zeros(rows.meta.d + 1)
     scaled = np.zeros_like(snapshot)
-    stop_reason = f"update budget reached (--updates {cfg.updates})"
-    staleness_max, staleness_sum, wait = 0, 0.0, 0.0
-    world.Barrier()
-    monitor.started = started = MPI.Wtime()
-    step = 0
-    while step < steps:
-        shared.window.Sync()
-        seen = shared.updates()
-        snapshot[:] = shared.params
-        np.multiply(stepper.gradient(snapshot), lr, out=scaled)
-        np.subtract(shared.params, scaled, out=shared.params)
-        staleness = shared.updates(add=True) - seen
-        staleness_max, staleness_sum = max(staleness_max, staleness), staleness_sum + staleness
-        step += 1
-        if (nodes == 1 or step % sync_every) and step % evaluate_every and step < steps:
-            continue
-        waited = MPI.Wtime()
+    state = MiniBatchState(shared.params, stepper)
+
+    def settle(average: bool = True) -> None:
+        """Quiet weights: wait for the node's writes; with ``average``, make the node copies equal."""
         shared.window.Sync()
         node.Barrier()
-        if nodes > 1 and (step % sync_every == 0 or step == steps):
+        if nodes > 1 and average:
             if leaders != MPI.COMM_NULL:
                 leaders.Allreduce(MPI.IN_PLACE, shared.params, op=MPI.SUM)
                 shared.params /= nodes
             shared.window.Sync()
             node.Barrier()
-        wait += MPI.Wtime() - waited
-        if step % evaluate_every == 0 or step == steps:
+
+    stop_reason = f"update budget reached (--updates {cfg.updates})"
+    staleness_max, staleness_sum, wait = 0, 0.0, 0.0
+    world.Barrier()
+    monitor.started = started = MPI.Wtime()
+    # a checkpoint holds each node's copy as it is (each rank saves its node's): resuming changes nothing
+    resilience = start_resilience(cfg, world, state, rows, monitor, quiesce=lambda: settle(average=False))
+    settle(average=False)  # a resumed node copy is seen by every rank of the node before anyone steps
+    schedule = DecisionSchedule(state.step, resilience.agreement.elapsed)
+    try:
+        while state.step < steps:
+            shared.window.Sync()
+            seen = shared.updates()
             snapshot[:] = shared.params
-            loss, _ = exact_loss(objective, snapshot)
-            if monitor.record(loss, step * size):
-                stop_reason = f"target loss reached (loss {loss:.6g} <= {cfg.target_loss:g})"
-                break
+            np.multiply(stepper.gradient(snapshot), lr, out=scaled)
+            np.subtract(shared.params, scaled, out=shared.params)
+            staleness = shared.updates(add=True) - seen
+            staleness_max, staleness_sum = max(staleness_max, staleness), staleness_sum + staleness
+            state.step += 1
+            resilience.faults.pause()
+            step = state.step
+            if step == schedule.next and step < steps:
+                reason = resilience.decide(step * size)
+                schedule.advance(step, resilience.agreement.elapsed)
+                if reason:
+                    stop_reason = reason
+                    break
+            if (nodes == 1 or step % sync_every) and step % evaluate_every and step < steps:
+                continue
+            waited = MPI.Wtime()
+            settle(average=step % sync_every == 0 or step == steps)
+            wait += MPI.Wtime() - waited
+            if step % evaluate_every == 0 or step == steps:
+                snapshot[:] = shared.params
+                loss = exact_loss(objective, snapshot)[0]
+                if monitor.record(loss, step * size):
+                    stop_reason = f"target loss reached (loss {loss:.6g} <= {cfg.target_loss:g})"
+                    break
+    finally:
+        resilience.close()
     wall = MPI.Wtime() - started
-    shared.window.Sync()
-    node.Barrier()
+    settle()
     snapshot[:] = shared.params
     shared.free()
     node.Free()
     if leaders != MPI.COMM_NULL:
         leaders.Free()
-    stats = {"wall": wall, "compute": stepper.compute_seconds, "wait": wait, "updates": step * size,
+    stats = {"wall": wall, "compute": stepper.compute_seconds, "wait": wait, "updates": state.step * size,
              "stop_reason": stop_reason, "communicator": f"shared memory ({nodes} node(s))",
-             "staleness_max": staleness_max, "staleness_sum": staleness_sum, "staleness_count": step,
+             "staleness_max": staleness_max, "staleness_sum": staleness_sum, "staleness_count": state.step,
              "bytes_per_update": 0}
     return finish_run(cfg, world, objective, snapshot, facts, monitor if rank == 0 else None, stats)
