@@ -39,7 +39,9 @@ LOCAL_SLURM = os.path.join(JOBS, "testing", "local-slurm.sh")
 START_TIMEOUT = 240  # seconds: a cold start installs the packages (about 20 s here)
 WAIT = 90  # seconds for any one job transition
 SLOW = "0.05"  # PGD_TEST_SLEEP_PER_ITER: seconds per iteration, so signals land mid-run
-TRAIN_ARGS = "--tol 0 --rtol 0 --log-every 1000"  # a fixed number of iterations, little output
+# plain gradient descent on the collinear data below: thousands of iterations from convergence, so every run
+# takes exactly --max-iter iterations (or runs until it is stopped); little output
+TRAIN_ARGS = "--optimizer gd --tol 0 --rtol 0 --log-every 1000"
 NOISE = ("Sorry!", "find-available", ".txt: No such file")  # PMIx/Open MPI boxes without their help files
 
 
@@ -154,8 +156,10 @@ def _output(tmp, job_id) -> str:
 def train(slurm, tmp_path):
     """Submits jobs/train.sbatch on 2 tasks of the node: ``train(**params) -> job id``, with the paths."""
     rng = np.random.default_rng(3)
-    X = rng.standard_normal((240, 4))
-    data = write_dataset(tmp_path / "d.h5", X, (X @ [1.0, -2.0, 0.5, 0.0] > 0).astype(float))
+    z = rng.standard_normal((240, 1))  # two nearly equal columns: badly conditioned; noisy labels
+    X = np.hstack([z, z + 1e-3 * rng.standard_normal((240, 1)), rng.standard_normal((240, 2))])
+    y = (rng.random(240) < 1 / (1 + np.exp(-(X[:, 0] + X[:, 2])))).astype(float)
+    data = write_dataset(tmp_path / "d.h5", X, y)
 
     def submit(*options, slow: bool = True, **params) -> str:
         params = dict(dict(DATA=data, LOSS="logistic", MAX_ITER=40, OUT=tmp_path / "model.h5",
