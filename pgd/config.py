@@ -181,7 +181,7 @@ OPTIMIZER_OPTIONS = [
     option("--max-iter", type=click.IntRange(min=0), default=1000, help="Iteration budget."),
     option("--tol", type=NONNEG_FLOAT, default=1e-6,
            help="Converged when ‖∇F‖∞ ≤ tol·max(1, ‖∇F(start)‖∞) in the optimizer's coordinates "
-                "(never below the data dtype's rounding floor)."),
+                "(never below the data dtype's rounding floor); 0: never stop on it."),
     option("--rtol", type=NONNEG_FLOAT, default=1e-12,
            help="Stop when |f_k − f_(k−1)| ≤ rtol·|f_k| (0 disables); a stop, not a claim of convergence."),
     option("--require-convergence", is_flag=True, default=False,

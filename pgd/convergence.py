@@ -29,16 +29,22 @@ def effective_tol(tol: float, dtype) -> float:
 
 @dataclass(frozen=True)
 class OptimalityTest:
-    """``optimality ≤ tol · reference`` with ``reference = max(1, ‖∇F(p₀)‖∞)``."""
+    """``optimality ≤ tol · reference`` with ``reference = max(1, ‖∇F(p₀)‖∞)``; ``stops`` is False for
+    ``--tol 0``, which disables the stop (the verdict ``converged`` still uses the rounding floor)."""
 
     tol: float
     reference: float
+    stops: bool = True
 
     @classmethod
     def at_start(cls, tol: float, dtype, start_optimality: float) -> "OptimalityTest":
         """The test of a run whose start point has the optimality measure ``start_optimality``."""
         reference = max(1.0, start_optimality) if np.isfinite(start_optimality) else 1.0
-        return cls(effective_tol(tol, dtype), reference)
+        return cls(effective_tol(tol, dtype), reference, stops=float(tol) > 0)
+
+    def stops_at(self, optimality: float) -> bool:
+        """Whether the loop stops here (the test holds and ``--tol`` is not 0)."""
+        return self.stops and self.holds(optimality)
 
     @property
     def target(self) -> float:

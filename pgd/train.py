@@ -263,7 +263,7 @@ def _train(cfg, world) -> dict:
         previous, first_iteration = optimizer.loss, iteration
         bytes_before = objective.comm.bytes  # bytes per iteration count this run's iterations only
         while True:
-            if optimizer.fresh and test.holds(optimality):
+            if optimizer.fresh and test.stops_at(optimality):
                 stop_reason = test.describe(optimality)
                 break
             if iteration >= budget:

@@ -71,7 +71,8 @@ def _check(tmp_path, results, budget, exact):
             assert np.array_equal(first["history/loss"][...], second["history/loss"][...])
     assert timed["code"] == 0, timed["stderr"]
     _, _, attrs = read_weights(tmp_path / "timed.h5")
-    assert attrs["stop_reason"].startswith("time budget --max-time 1.5 s") and not attrs["converged"]
+    assert attrs["stop_reason"].startswith("time budget --max-time 1.5 s")
+    assert attrs["converged"] == (attrs["optimality"] <= attrs["optimality_target"])  # a time stop claims nothing
     for result in timed_ck:
         assert result["codes_by_rank"] == [75] * len(result["codes_by_rank"]), result["stderr"]
         assert "pgd: stopped: time budget --max-time 1.5 s nearly used" in result["stderr"]
