@@ -81,7 +81,7 @@ def problems(workdir: str, n: int, d: int) -> list[dict]:
     ]
     out = []
     for index, (name, X_, y_, loss, l2, dtype) in enumerate(cases):
-        path = os.path.join(workdir, f"problem{index}.h5")
+        path = os.path.join(workdir, f"problem{index}-{n}x{d}.h5")
         if not os.path.exists(path):
             _write(path, X_, y_, dtype)
         out.append({"name": name, "path": path, "loss": loss, "l2": l2, "dtype": np.dtype(dtype).name})
