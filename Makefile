@@ -55,7 +55,7 @@ bench: $(VENV)/.installed
 	mkdir -p bench-results
 	for np in 1 2; do mpirun $(MPIRUN_FLAGS) -n $$np $(BIN)/pgd bench gradient --n 1000000 --d 100 \
 	  --json > bench-results/gradient-$${np}rank.json || exit 1; \
-	  $(BIN)/python -c 'import json,sys; from pgd.bench import format_gradient_bench as f; \
+	  $(BIN)/python -c 'import json,sys; from pgd.bench.common import format_gradient_bench as f; \
 	  print(f(json.load(open(sys.argv[1]))))' bench-results/gradient-$${np}rank.json; done
 	$(BIN)/pgd bench scaling --kind strong --ranks 1,2 --n 400000 --d 100 --out bench-results/strong
 	$(BIN)/pgd bench scaling --kind weak --ranks 1,2 --n 200000 --d 100 --out bench-results/weak

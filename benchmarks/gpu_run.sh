@@ -20,7 +20,7 @@ echo "pytest rc=$?"; tail -25 "$OUTDIR/pytest.txt"
 for dtype in float32 float64; do
   timeout 240 $MPIRUN -n 1 $PY -m pgd bench kernels --elements $((1 << 30)) --dtype $dtype \
     --loss squared --loss logistic --json > "$OUTDIR/kernels-$dtype.json" 2> "$OUTDIR/kernels-$dtype.err"
-  $PY -c 'import json,sys; from pgd.gpu_bench import format_kernel_bench as f; r=json.load(open(sys.argv[1])); print(f(r["kernels"], r["steps"]))' \
+  $PY -c 'import json,sys; from pgd.bench.kernels import format_kernel_bench as f; r=json.load(open(sys.argv[1])); print(f(r["kernels"], r["steps"]))' \
     "$OUTDIR/kernels-$dtype.json" | tee "$OUTDIR/kernels-$dtype.txt" || tail -5 "$OUTDIR/kernels-$dtype.err"
 done
 # the step with 2 ranks sharing the GPU (host staging) and NCCL on one rank

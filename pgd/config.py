@@ -1,6 +1,6 @@
 """Run configuration: every option is resolved as flag > ``PGD_*`` environment variable > default.
 
-Options are declared once here, in groups, and reused by the commands of :mod:`pgd.cli` (rasterio
+Options are declared once here, in groups, and reused by the commands of :mod:`pgd.cli.app` (rasterio
 style). Every option can also be set with an environment variable named after the command and the option,
 so that no two commands share a variable: ``pgd train --some-name`` reads ``PGD_SOME_NAME`` (the main
 command keeps the short names), every other command ``PGD_<COMMAND>_<OPTION>`` (``pgd data generate
@@ -268,14 +268,28 @@ OUTPUT_OPTIONS = [
 ]
 
 
+def parse_duration(text) -> float:
+    """Seconds from ``S``, ``MM:SS``, ``HH:MM:SS`` or ``D-HH:MM:SS`` (SLURM's time format)."""
+    text = str(text).strip()
+    days = 0
+    if "-" in text[1:]:
+        day_text, text = text.split("-", 1)
+        days = int(day_text)
+    parts = [float(part) for part in text.split(":")]
+    if len(parts) > 3 or days < 0 or any(not math.isfinite(p) or p < 0 for p in parts):
+        raise ValueError(text)
+    seconds = 0.0
+    for part in parts:
+        seconds = seconds * 60 + part
+    return days * 86400 + seconds
+
+
 class Duration(click.ParamType):
     """Seconds as ``S``, ``MM:SS``, ``HH:MM:SS`` or ``D-HH:MM:SS`` (SLURM's format); positive."""
 
     name = "SECONDS|[D-]HH:MM:SS"
 
     def convert(self, value, param, ctx):
-        from pgd.preempt import parse_duration  # noqa: PLC0415 - keeps `pgd --help` light
-
         if isinstance(value, float):
             return value
         try:
@@ -351,7 +365,7 @@ def option_label(cfg: RunConfig, name: str, command: tuple = MAIN_COMMAND) -> st
 
 
 def train_config(**values) -> RunConfig:
-    """A :class:`RunConfig` for :func:`pgd.train.train` (Python API): the defaults of every ``pgd train``
+    """A :class:`RunConfig` for :func:`pgd.training.sync.train` (Python API): the defaults of every ``pgd train``
     option (environment variables ignored), overridden by ``values`` (which must include ``data`` and
     ``loss``)."""
     command = click.command()(apply_options(TRAIN_OPTIONS)(lambda **kwargs: None))

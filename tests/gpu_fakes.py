@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pgd.device_ops import DeviceOps
+from pgd.device.ops import DeviceOps
 
 
 class DeviceArray(np.ndarray):
@@ -12,7 +12,7 @@ class DeviceArray(np.ndarray):
 
 
 class FakeOps(DeviceOps):
-    """:class:`pgd.device_ops.DeviceOps` on NumPy; ``pending`` counts queued copies not yet synchronised."""
+    """:class:`pgd.device.ops.DeviceOps` on NumPy; ``pending`` counts queued copies not yet synchronised."""
 
     def __init__(self, free: int = 1 << 40):
         self.free = free
@@ -108,7 +108,7 @@ class _Pointer:
 
 
 class FakeKernel:
-    """A compiled kernel of :mod:`pgd.gpu_kernels` run by its NumPy model.
+    """A compiled kernel of :mod:`pgd.device.kernels` run by its NumPy model.
 
     Checks what CuPy would pass to CUDA: the argument count and the exact NumPy scalar types of the C
     signature, and that the grid matches the launch plan the name encodes; then runs ``simulate_fused``
@@ -121,7 +121,7 @@ class FakeKernel:
         self.name, self.launches = name, launches
 
     def __call__(self, grid, block, args, shared_mem=0):
-        from pgd.gpu_kernels import LaunchPlan, simulate_finish, simulate_fused
+        from pgd.device.kernels import LaunchPlan, simulate_finish, simulate_fused
 
         self.launches.append(self.name)
         if self.name == "pgd_finish":

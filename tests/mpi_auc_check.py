@@ -11,7 +11,11 @@ import sys
 import numpy as np
 from mpi4py import MPI
 
-from pgd.metrics import classification_metrics, distributed_roc_auc, regression_metrics
+from pgd.evaluation.metrics import (
+    classification_metrics,
+    distributed_roc_auc,
+    regression_metrics,
+)
 
 
 def uneven_bounds(n, size):

@@ -2,7 +2,7 @@
 
 Usage: ``mpirun -n N python mpi_cases.py PLAN.json RESULTS.json``. The plan is a list of cases
 ``{"args": [...], "env": {...}, "signal": {"rank": R, "when_exists": PATH, "name": "SIGTERM"}}`` (``env``
-and ``signal`` optional); each case runs :func:`pgd.launch.main` with ``env`` set (and removed afterwards),
+and ``signal`` optional); each case runs :func:`pgd.cli.entry.main` with ``env`` set (and removed afterwards),
 and ``signal`` sends that signal to rank R's own process as soon as PATH exists (a first checkpoint: the run
 is under way). Rank 0 writes, per case, the exit
 code and what it printed on standard output and standard error (and every rank's exit code and standard
@@ -20,9 +20,9 @@ import threading
 
 from mpi4py import MPI
 
-import pgd.cli  # noqa: F401 - imported before the cases, so a case's --max-time does not pay for imports
-import pgd.train  # noqa: F401
-from pgd.launch import main
+import pgd.cli.app  # noqa: F401 - imported before the cases, so a case's --max-time does not pay for imports
+import pgd.training.sync  # noqa: F401
+from pgd.cli.entry import main
 
 
 def send_signal(spec: dict, done: threading.Event) -> None:

@@ -7,8 +7,8 @@ import sys
 
 from mpi4py import MPI
 
-import pgd.train
-from pgd.launch import main
+import pgd.training.sync
+from pgd.cli.entry import main
 
 
 class _Failure:
@@ -17,5 +17,5 @@ class _Failure:
             raise RuntimeError("injected failure")
 
 
-pgd.train.LOOP_HOOKS.append(lambda cfg, world, optimizer: _Failure())
+pgd.training.sync.LOOP_HOOKS.append(lambda cfg, world, optimizer: _Failure())
 main(sys.argv[1:])

@@ -11,9 +11,8 @@ from mpi4py import MPI
 
 sys.path.insert(0, os.path.dirname(__file__))
 from gpu_fakes import FakeOps  # noqa: E402
-
-from pgd.backend import Backend  # noqa: E402
-from pgd.gpu_comm import make_device_communicator  # noqa: E402
+from pgd.comm.device import make_device_communicator  # noqa: E402
+from pgd.device.backend import Backend  # noqa: E402
 
 world = MPI.COMM_WORLD
 rank, size = world.Get_rank(), world.Get_size()

@@ -12,7 +12,7 @@ import sys
 
 from mpi4py import MPI
 
-from pgd.cli import cli
+from pgd.cli.app import cli
 from pgd.errors import PgdError
 
 

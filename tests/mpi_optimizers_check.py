@@ -1,7 +1,7 @@
 """Run under mpirun by tests/test_optimizers_mpi.py: many optimizer configurations in one launch.
 
 Usage: ``mpirun -n N python mpi_optimizers_check.py WORKDIR``; WORKDIR holds reg.h5, bin.h5 and sparse.h5.
-Trains every configuration of :data:`CONFIGS` through the Python API (:func:`pgd.train.train`), then runs
+Trains every configuration of :data:`CONFIGS` through the Python API (:func:`pgd.training.sync.train`), then runs
 L-BFGS step by step and re-checks the strong Wolfe conditions of every accepted step with independent
 global evaluations.  Rank 0 prints one line ``RESULT <json>``.
 """
@@ -19,11 +19,11 @@ import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
-from pgd.backend import select_backend  # noqa: E402
 from pgd.config import train_config  # noqa: E402
+from pgd.device.backend import select_backend  # noqa: E402
 from pgd.optim import make_optimizer  # noqa: E402
 from pgd.strategies import STRATEGIES  # noqa: E402
-from pgd.train import train  # noqa: E402
+from pgd.training.sync import train  # noqa: E402
 
 TIGHT = {"tol": 1e-9, "rtol": 0.0, "max_iter": 20000}
 

@@ -1,7 +1,7 @@
 """Run under mpirun by tests/test_right_model.py: pgd's default runs on real data, in one launch.
 
 Usage: ``mpirun -n N python mpi_right_model_check.py WORKDIR``; WORKDIR holds the datasets the test wrote.
-Trains every configuration of :func:`_configs` through the Python API (:func:`pgd.train.train`) and
+Trains every configuration of :func:`_configs` through the Python API (:func:`pgd.training.sync.train`) and
 writes ``model-<name>-<N>.h5``; rank 0 prints one line ``RESULT <json>`` with each run's summary facts.
 """
 
@@ -17,7 +17,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from mpi4py import MPI  # noqa: E402
 
 from pgd.config import train_config  # noqa: E402
-from pgd.train import train  # noqa: E402
+from pgd.training.sync import train  # noqa: E402
 
 
 def _configs() -> dict:

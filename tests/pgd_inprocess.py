@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-import pgd.launch
+import pgd.cli.entry
 
 
 class Aborted(Exception):
@@ -18,17 +18,17 @@ def _on_alarm(signum, frame):
 
 
 def run_main(monkeypatch, capsys, *args, hang_seconds: int = 60) -> tuple[int, str, str]:
-    """``pgd ARGS`` through :func:`pgd.launch.main`; returns (exit code, stdout, stderr)."""
+    """``pgd ARGS`` through :func:`pgd.cli.entry.main`; returns (exit code, stdout, stderr)."""
 
     def abort(code):
         raise Aborted(f"pgd aborted with exit code {code}")
 
-    monkeypatch.setattr(pgd.launch, "abort_job", abort)
+    monkeypatch.setattr(pgd.cli.entry, "abort_job", abort)
     previous = signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(hang_seconds)
     try:
         with pytest.raises(SystemExit) as stop:
-            pgd.launch.main([str(a) for a in args])
+            pgd.cli.entry.main([str(a) for a in args])
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)

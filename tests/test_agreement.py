@@ -14,8 +14,13 @@ import numpy as np
 import pytest
 
 from conftest import assert_one_error_line, read_weights, run_cases, write_dataset
-from pgd.faults import Faults
-from pgd.preempt import AGREEMENT_SLOTS, Agreement, DecisionSchedule, Resilience
+from pgd.runtime.faults import Faults
+from pgd.training.preempt import (
+    AGREEMENT_SLOTS,
+    Agreement,
+    DecisionSchedule,
+    Resilience,
+)
 
 
 class _Rank:

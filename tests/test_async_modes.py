@@ -143,7 +143,7 @@ def test_staleness_parses():
 
 def test_update_budget_is_capped_by_given_epochs():
     from pgd.config import RunConfig
-    from pgd.strategies.minibatch import update_budget
+    from pgd.training.minibatch import update_budget
 
     cfg = RunConfig({"updates": 1000, "local_batch": 10, "epochs": 2}, {"epochs": "flag"})
     assert update_budget(cfg, n_global=100) == 20
@@ -153,7 +153,7 @@ def test_update_budget_is_capped_by_given_epochs():
 
 
 def test_summary_reports_updates_staleness_and_waiting():
-    from pgd.progress import format_summary
+    from pgd.outputs.progress import format_summary
 
     summary = {"loss": "squared", "ranks": 3, "device": "cpu", "communicator": "ps", "dtype": "float64",
                "optimizer": "sgd", "data": "x.h5", "n": 10, "d": 2, "iterations": 5, "stop_reason": "done",
@@ -171,7 +171,7 @@ def test_slow_rank_hook_stretches_only_the_named_rank():
     from types import SimpleNamespace
 
     from pgd.config import RunConfig
-    from pgd.strategies.slow_rank import make_slow_rank_hook
+    from pgd.training.slow_rank import make_slow_rank_hook
 
     objective = SimpleNamespace(compute_seconds=0.0)
     optimizer = SimpleNamespace(objective=objective)

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from conftest import needs_mpirun, run_pgd
-from pgd.bench import child_environment
-from pgd.bench_comm import fit_alpha_beta, message_sizes
-from pgd.bench_modes import format_modes_bench
-from pgd.bench_scaling import COLUMNS, add_speedup, launcher_command, parse_ranks
+from pgd.bench.comm import fit_alpha_beta, message_sizes
+from pgd.bench.common import child_environment
+from pgd.bench.modes import format_modes_bench
+from pgd.bench.scaling import COLUMNS, add_speedup, launcher_command, parse_ranks
 from pgd.errors import InputError
 
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -157,7 +157,7 @@ def test_bench_peers(tmp_path):
 
 
 def test_plots_without_matplotlib_fail_in_one_line(monkeypatch):
-    from pgd.plots import plot_scaling
+    from pgd.bench.plots import plot_scaling
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(InputError, match=r"pip install 'pgd\[plot\]'"):

@@ -11,9 +11,15 @@ import numpy as np
 import pytest
 
 from conftest import read_weights, write_dataset
-from pgd.checkpoint import (CheckpointError, _read_state, _write_state, load_newest, previous_path,
-                            read_checkpoint)
-from pgd.preempt import parse_duration
+from pgd.config import parse_duration
+from pgd.outputs.checkpoint import (
+    CheckpointError,
+    _read_state,
+    _write_state,
+    load_newest,
+    previous_path,
+    read_checkpoint,
+)
 from pgd_inprocess import run_main
 
 
@@ -148,7 +154,7 @@ class _World:
 @pytest.mark.parametrize("variable", ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"])
 def test_singleton_detection_reads_the_launcher(variable):
     from pgd.errors import PgdError  # noqa: PLC0415
-    from pgd.launch import refuse_singletons  # noqa: PLC0415
+    from pgd.runtime.launcher import refuse_singletons  # noqa: PLC0415
 
     with pytest.raises(PgdError, match="launcher started 3 ranks but MPI sees a world of 1"):
         refuse_singletons(_World(1), {variable: "3"})
@@ -184,8 +190,8 @@ class _TwoRanks:
 def test_per_rank_state_is_stored_per_rank(tmp_path):
     from types import SimpleNamespace  # noqa: PLC0415
 
-    from pgd.checkpoint import _write_file, checkpoint_payload  # noqa: PLC0415
     from pgd.config import RunConfig  # noqa: PLC0415
+    from pgd.outputs.checkpoint import _write_file, checkpoint_payload  # noqa: PLC0415
 
     optimizer = SimpleNamespace(state_dict=lambda: {"name": "gd", "params": np.arange(3.0)})
     payload = checkpoint_payload(RunConfig({"seed": 1}), _TwoRanks(), optimizer, 4, {"loss": [1.0]}, {})
@@ -198,7 +204,7 @@ def test_per_rank_state_is_stored_per_rank(tmp_path):
 def test_a_stop_signal_during_start_up_is_kept_for_the_loop():
     import signal
 
-    from pgd import preempt
+    from pgd.training import preempt
 
     preempt.catch_signals_early()
     os.kill(os.getpid(), signal.SIGUSR1)  # the default action would kill the process

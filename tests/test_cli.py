@@ -97,7 +97,7 @@ def test_dry_run_writes_nothing(tmp_path):
 
 
 def test_blas_threads_one_per_core_available():
-    from pgd.launch import configure_blas_threads, cores_per_rank
+    from pgd.runtime.launcher import configure_blas_threads, cores_per_rank
 
     env = {"OMPI_COMM_WORLD_LOCAL_SIZE": "1"}
     threads, reason = configure_blas_threads(env)
@@ -111,7 +111,7 @@ def test_blas_threads_one_per_core_available():
 
 
 def test_launcher_environment():
-    from pgd.launch import launcher_local_size, launcher_rank, launcher_size
+    from pgd.runtime.launcher import launcher_local_size, launcher_rank, launcher_size
 
     assert launcher_rank({"PMI_RANK": "3"}) == 3 and launcher_rank({}) == 0
     assert launcher_size({"OMPI_COMM_WORLD_SIZE": "8"}) == 8 and launcher_size({}) is None

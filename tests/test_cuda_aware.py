@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pgd import cuda_aware as ca
+from pgd.comm import cuda_aware as ca
 
 OMPI_LIB = "Open MPI v4.1.6, package: Debian OpenMPI, ident: 4.1.6, repo rev: v4.1.6, Sep 30, 2023"
 MPICH_LIB = "MPICH Version:      4.1.2\nMPICH Release date: Wed Jun  7 15:22:45 CDT 2023"

@@ -2,8 +2,16 @@ import h5py
 import numpy as np
 import pytest
 
-from pgd.data import (combine_descriptions, count_nonfinite, describe_dataset, format_description,
-                      inspect_dataset, iter_row_blocks, open_h5, read_rows)
+from pgd.data import (
+    combine_descriptions,
+    count_nonfinite,
+    describe_dataset,
+    format_description,
+    inspect_dataset,
+    iter_row_blocks,
+    open_h5,
+    read_rows,
+)
 from pgd.errors import InputError
 
 

@@ -188,7 +188,7 @@ def test_convert_libsvm_errors(tmp_path, text, kwargs, fragment):
 
 @pytest.mark.parametrize("fmt", ["csv", "libsvm"])
 def test_convert_of_a_binary_file_names_the_option_to_check(tmp_path, fmt):
-    from pgd.cli import data_convert
+    from pgd.cli.data import data_convert
 
     src = tmp_path / "data.bin"
     src.write_bytes(bytes(range(128, 256)) * 4)

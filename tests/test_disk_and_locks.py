@@ -17,10 +17,17 @@ import time
 import numpy as np
 import pytest
 
-from conftest import (MPIRUN, MPIRUN_FLAGS, assert_one_error_line, run_cases, snapshot, write_dataset)
-from pgd.checkpoint import read_checkpoint
+from conftest import (
+    MPIRUN,
+    MPIRUN_FLAGS,
+    assert_one_error_line,
+    run_cases,
+    snapshot,
+    write_dataset,
+)
 from pgd.errors import InputError
-from pgd.runlock import RunLock, lock_path
+from pgd.outputs.checkpoint import read_checkpoint
+from pgd.outputs.runlock import RunLock, lock_path
 from pgd_inprocess import run_main
 
 

@@ -16,7 +16,11 @@ from pgd.data import convert_file
 from pgd.data.fingerprint import array_crc, combine_parts, crc32_combine
 from pgd.errors import InputError
 from pgd.fileio import PendingFile, atomic_path
-from pgd.hostmem import cgroup_available, check_fits_in_memory, meminfo_available
+from pgd.runtime.hostmem import (
+    cgroup_available,
+    check_fits_in_memory,
+    meminfo_available,
+)
 from pgd_inprocess import run_main
 
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import run_pgd, train_params, write_dataset, write_loss_datasets
 
 cupy = pytest.importorskip("cupy")
-from pgd.backend import load_cupy  # noqa: E402
+from pgd.device.backend import load_cupy  # noqa: E402
 
 if load_cupy() is None:
     pytest.skip("no CUDA device", allow_module_level=True)
@@ -22,7 +22,8 @@ TOL = {"float64": 1e-10, "float32": 1e-4}
 
 
 def _reference(X, y, w, offset, loss, fit_intercept=True):
-    from pgd.losses import LocalLinearGradient, get_loss
+    from pgd.local.linear import LocalLinearGradient
+    from pgd.local.losses import get_loss
 
     X64, y64, w64 = (np.asarray(a, dtype=np.float64) for a in (X, y, w))
     out = np.full(X.shape[1] + 2, np.nan)
@@ -41,7 +42,7 @@ def _reference(X, y, w, offset, loss, fit_intercept=True):
                                   (600, 1024), (500, 1030), (300, 2100), (0, 8), (4099, 4), (2001, 2),
                                   (1500, 12), (999, 24), (333, 2048), (100_003, 64)])
 def test_fused_kernel_against_float64(dtype, loss, n, d):
-    from pgd.gpu_kernels import FusedGradient
+    from pgd.device.kernels import FusedGradient
 
     rng = np.random.default_rng(n + d)
     X = rng.standard_normal((n, d)).astype(dtype)
@@ -58,7 +59,7 @@ def test_fused_kernel_against_float64(dtype, loss, n, d):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_fused_kernel_on_a_misaligned_row_slice(dtype):
-    from pgd.gpu_kernels import FusedGradient
+    from pgd.device.kernels import FusedGradient
 
     rng = np.random.default_rng(5)
     X = rng.standard_normal((101, 12)).astype(dtype)
@@ -74,8 +75,8 @@ def test_fused_kernel_on_a_misaligned_row_slice(dtype):
 
 @pytest.mark.parametrize("d, l2", [(1, 0.0), (64, 0.1), (5000, 0.01)])
 def test_finish_kernel_against_its_numpy_model(d, l2):
-    from pgd.device_ops import CupyOps
-    from pgd.gpu_kernels import FinishKernel, simulate_finish
+    from pgd.device.kernels import FinishKernel, simulate_finish
+    from pgd.device.ops import CupyOps
 
     rng = np.random.default_rng(d)
     sums, params = rng.standard_normal(d + 2), rng.standard_normal(d + 1)
@@ -89,7 +90,8 @@ def test_finish_kernel_against_its_numpy_model(d, l2):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_the_fused_kernel_passes_its_self_check(dtype):
-    from pgd.gpu_kernels import FusedGradient, self_check
+    from pgd.device.kernels import FusedGradient
+    from pgd.local.linear import self_check
 
     rng = np.random.default_rng(11)
     X = cupy.asarray(rng.standard_normal((9000, 64)).astype(dtype))
@@ -100,8 +102,8 @@ def test_the_fused_kernel_passes_its_self_check(dtype):
 
 def test_cupy_ops_and_blocked_loader(tmp_path):
     from pgd.data import inspect_dataset
-    from pgd.device_ops import CupyOps
-    from pgd.gpu_loader import load_to_device
+    from pgd.device.ops import CupyOps
+    from pgd.loader.device import load_to_device
 
     rng = np.random.default_rng(1)
     X, y = rng.standard_normal((1000, 9)), rng.standard_normal(1000)

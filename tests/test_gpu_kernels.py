@@ -9,10 +9,20 @@ import subprocess
 import numpy as np
 import pytest
 
-from pgd.gpu_kernels import (FINISH_SOURCE, GENERIC_CHUNKS, MAX_VEC_CHUNKS, all_plans, instantiations,
-                             module_source, plan_launch, resident_blocks, self_check, simulate_finish,
-                             simulate_fused)
-from pgd.losses import LocalLinearGradient, get_loss
+from pgd.device.kernels import (
+    FINISH_SOURCE,
+    GENERIC_CHUNKS,
+    MAX_VEC_CHUNKS,
+    all_plans,
+    instantiations,
+    module_source,
+    plan_launch,
+    resident_blocks,
+    simulate_finish,
+    simulate_fused,
+)
+from pgd.local.linear import LocalLinearGradient, self_check
+from pgd.local.losses import get_loss
 from tests.test_optimizers import CASES, _build, make_objective
 
 NVCC = shutil.which("nvcc") or ("/usr/local/bin/nvcc" if os.path.exists("/usr/local/bin/nvcc") else None)
@@ -200,8 +210,8 @@ def test_the_gpu_objective_host_code_on_a_fake_cupy(name, options, dtype, d):
     """FusedGradient, the self-check, FinishKernel and DataParallelObjective's device branch, with every
     launch checked for argument types and grid and run by the kernels' NumPy models."""
     from gpu_fakes import FakeCupy
-    from pgd.device_ops import CupyOps
-    from pgd.gpu_kernels import FinishKernel
+    from pgd.device.kernels import FinishKernel
+    from pgd.device.ops import CupyOps
     from pgd.strategies import DataParallelObjective
     from tests.test_optimizers import SumComm
 

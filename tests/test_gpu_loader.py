@@ -7,7 +7,12 @@ from conftest import write_dataset
 from gpu_fakes import DeviceArray, FakeOps
 from pgd.data import inspect_dataset
 from pgd.errors import InputError
-from pgd.gpu_loader import RESERVE_BYTES, check_fits, device_bytes_needed, load_to_device
+from pgd.loader.device import (
+    RESERVE_BYTES,
+    check_fits,
+    device_bytes_needed,
+    load_to_device,
+)
 
 
 def test_bytes_needed():

@@ -4,11 +4,15 @@ import numpy as np
 import pytest
 
 from gpu_fakes import DeviceArray, FakeMPIComm, FakeOps
-from pgd.backend import cpu_backend
-from pgd.comm import AllreduceCommunicator, ReduceBcastCommunicator
+from pgd.comm.device import (
+    DeviceCommunicator,
+    StagedCommunicator,
+    make_device_communicator,
+    shared_gpu_message,
+)
+from pgd.comm.host import AllreduceCommunicator, ReduceBcastCommunicator
+from pgd.device.backend import cpu_backend
 from pgd.errors import PgdError
-from pgd.gpu_comm import (DeviceCommunicator, StagedCommunicator, make_device_communicator,
-                          shared_gpu_message)
 
 
 def _device(ops, values):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import read_weights, run_python, write_dataset
-from pgd.bench_modes import allreduce_estimate, mode_estimate
+from pgd.bench.modes import allreduce_estimate, mode_estimate
 from pgd.data import inspect_dataset, read_rows
 from pgd.data.rechunk import chunk_advice, column_read_amplification, rechunk_dataset
 from pgd.errors import InputError

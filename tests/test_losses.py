@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgd.losses import LOSSES, LocalLinearGradient, LogisticLoss, SquaredLoss, get_loss
+from pgd.local.linear import LocalLinearGradient
+from pgd.local.losses import LOSSES, LogisticLoss, SquaredLoss, get_loss
 
 DTYPES = [np.float32, np.float64]
 LOSS_NAMES = sorted(LOSSES)

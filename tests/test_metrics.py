@@ -13,7 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mpi4py import MPI
 
-from pgd.metrics import classification_metrics, distributed_roc_auc, regression_metrics
+from pgd.evaluation.metrics import (
+    classification_metrics,
+    distributed_roc_auc,
+    regression_metrics,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 COMM = MPI.COMM_SELF

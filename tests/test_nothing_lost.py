@@ -14,7 +14,13 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import assert_one_error_line, read_weights, run_cases, snapshot, write_dataset
+from conftest import (
+    assert_one_error_line,
+    read_weights,
+    run_cases,
+    snapshot,
+    write_dataset,
+)
 from pgd_inprocess import run_main
 
 
@@ -102,7 +108,7 @@ def test_every_option_has_its_own_environment_variable():
 
     import click  # noqa: PLC0415
 
-    from pgd.cli import cli  # noqa: PLC0415
+    from pgd.cli.app import cli  # noqa: PLC0415
     from pgd.config import envvar_for  # noqa: PLC0415
 
     owners = {}

@@ -7,10 +7,11 @@ import pytest
 
 from pgd.config import train_config
 from pgd.errors import InputError
-from pgd.gram import gram_is_cheaper, reduce_gram
-from pgd.losses import LocalLinearGradient, get_loss
+from pgd.local.linear import LocalLinearGradient
+from pgd.local.losses import get_loss
 from pgd.optim import OPTIMIZERS, make_optimizer
 from pgd.strategies import DataParallelObjective
+from pgd.strategies.gram import gram_is_cheaper, reduce_gram
 from pgd.strategies.standardize import ColumnScaling
 from tests.conftest import run_pgd, write_dataset
 
@@ -156,7 +157,7 @@ def test_lbfgs_records_wolfe_steps_and_converges():
 def test_default_steps_of_adam_and_sgd_make_progress_on_badly_scaled_data(tmp_path, capsys):
     """Raw features spanning four orders of magnitude, one far from zero (a year, say), as real data have:
     L is large, so 1/L moves adam by about 1e-6 per coordinate and step and it stays at the start."""
-    from pgd.train import train
+    from pgd.training.sync import train
 
     rng = np.random.default_rng(0)
     Z = rng.standard_normal((2000, 6))

@@ -12,9 +12,16 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import MPIRUN, MPIRUN_FLAGS, read_weights, run_pgd, run_python, write_dataset
-from pgd.checkpoint import read_checkpoint
+from conftest import (
+    MPIRUN,
+    MPIRUN_FLAGS,
+    read_weights,
+    run_pgd,
+    run_python,
+    write_dataset,
+)
 from pgd.errors import EXIT_PREEMPTED
+from pgd.outputs.checkpoint import read_checkpoint
 
 pytestmark = [pytest.mark.mpi, pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")]
 

@@ -16,7 +16,13 @@ import numpy as np
 import pytest
 
 from conftest import MPIRUN, MPIRUN_FLAGS, needs_mpirun, write_dataset
-from pgd.progress import LOG_SECONDS, REDRAW_SECONDS, Progress, parent_terminal, terminal_stream
+from pgd.outputs.progress import (
+    LOG_SECONDS,
+    REDRAW_SECONDS,
+    Progress,
+    parent_terminal,
+    terminal_stream,
+)
 
 
 class FakeClock:

@@ -11,9 +11,17 @@ import sys
 import tempfile
 
 import pytest
+from readme_quickstart import (
+    README,
+    ROOT,
+    clean_environment,
+    prepare,
+    quickstart_lines,
+    run,
+    runnable_lines,
+)
 
 from conftest import MPIRUN, needs_mpirun
-from readme_quickstart import README, ROOT, clean_environment, prepare, quickstart_lines, run, runnable_lines
 
 VENV = sys.prefix
 UNPRIVILEGED = 65534  # nobody

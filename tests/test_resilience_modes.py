@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import read_weights, run_cases, write_dataset
-from pgd.checkpoint import read_checkpoint
+from pgd.outputs.checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.mpi
 

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from conftest import BIN_DIR, MPIRUN, MPIRUN_FLAGS, read_weights, write_dataset
-from pgd.checkpoint import read_checkpoint
+from pgd.outputs.checkpoint import read_checkpoint
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]  # the first test's includes the start
 

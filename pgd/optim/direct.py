@@ -1,4 +1,4 @@
-"""Solvers of the Gram objective (:mod:`pgd.gram`): the normal equations, and coordinate descent with L1.
+"""Solvers of the Gram objective (:mod:`pgd.strategies.gram`): the normal equations, and coordinate descent with L1.
 
 Both run on the rank-replicated ``(d+1) × (d+1)`` system on the host (NumPy), the same bits on every rank,
 so they need no communication.  Each ``step()`` leaves ``loss`` and ``grad`` evaluated at the new point, so
@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from pgd.optim import Optimizer
+from pgd.optim.base import Optimizer
 from pgd.optim.prox import Composite
 
 #: Cholesky's pivots may spread over at most this ratio (a lower bound on the condition number) before the

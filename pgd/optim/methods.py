@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from pgd.optim import Optimizer
+from pgd.optim.base import Optimizer
 from pgd.optim.prox import Composite, ProximalMixin, host_copy, loss_resolution, option
 
 
@@ -432,8 +432,3 @@ class LBFGS(ProximalMixin, Optimizer):
         self.s = [self.xp.asarray(a).copy() for a in state["s"]]
         self.y = [self.xp.asarray(a).copy() for a in state["y"]]
         self.line_search_evaluations = int(state["line_search_evaluations"])
-
-
-from pgd.optim.sgd import MiniBatchSGD  # noqa: E402
-
-METHODS = {cls.name: cls for cls in (ProximalGradient, HeavyBall, Nesterov, Adam, MiniBatchSGD, LBFGS)}

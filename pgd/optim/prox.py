@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from pgd.errors import InputError
-from pgd.optim import Optimizer
+from pgd.optim.base import Optimizer
 
 
 def option(cfg, name: str, default):

@@ -11,11 +11,12 @@ import time
 
 import numpy as np
 
-from pgd.gpu_comm import make_device_communicator
-from pgd.loader import load_row_slab
-from pgd.losses import LocalLinearGradient, get_loss
+from pgd.comm.device import make_device_communicator
+from pgd.loader.host import load_row_slab
+from pgd.local.linear import LocalLinearGradient
+from pgd.local.losses import get_loss
+from pgd.local.power import curvature_bound
 from pgd.strategies.grid import grid_shape
-from pgd.strategies.power import curvature_bound
 from pgd.strategies.standardize import column_moments
 
 
@@ -60,9 +61,9 @@ class DataParallelObjective(ReplicatedParameters):
 
     Parameters
     ----------
-    local : pgd.losses.LocalLinearGradient
+    local : pgd.local.losses.LocalLinearGradient
         This rank's rows (and weights) and the blocked gradient kernel.
-    comm : pgd.comm.Communicator
+    comm : pgd.comm.host.Communicator
         Sums the per-rank buffers.
     n_global : int
         Rows over all ranks.
@@ -169,8 +170,8 @@ def device_finish(backend):
     """The finishing kernel of :class:`DataParallelObjective` on a GPU backend, None on the host."""
     if not backend.is_gpu:
         return None
-    from pgd.device_ops import CupyOps  # noqa: PLC0415 - GPU only
-    from pgd.gpu_kernels import FinishKernel  # noqa: PLC0415
+    from pgd.device.kernels import FinishKernel  # noqa: PLC0415
+    from pgd.device.ops import CupyOps  # noqa: PLC0415 - GPU only
 
     return FinishKernel(backend.xp, CupyOps(backend.xp))
 

@@ -25,14 +25,13 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from pgd.comm import make_communicator
+from pgd.comm.host import make_communicator
 from pgd.data import block_range
 from pgd.data.rechunk import chunk_advice
 from pgd.errors import InputError
-from pgd.loader import inspect_collectively, load_block
-from pgd.losses import get_loss
-from pgd.losses import sum64
-from pgd.strategies.power import curvature_bound
+from pgd.loader.host import inspect_collectively, load_block
+from pgd.local.losses import get_loss, sum64
+from pgd.local.power import curvature_bound
 from pgd.strategies.standardize import column_moments
 
 

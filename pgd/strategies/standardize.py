@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from pgd.strategies.power import curvature_bound
+from pgd.local.power import curvature_bound
 
 #: A column whose standard deviation is below this fraction of its magnitude is treated as constant.
 CONSTANT_RELATIVE = 1e-10
