@@ -10,7 +10,7 @@ MPIRUN_FLAGS ?= --oversubscribe $(if $(filter 0,$(shell id -u)),--allow-run-as-r
   $(if $(wildcard $(BIN)/mpirun),--mca btl ^ofi,)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all install demo quickstart test test-slurm test-serial test-mpi bench clean
+.PHONY: all install demo quickstart lint test test-slurm test-serial test-mpi bench clean
 
 all: test
 
@@ -41,8 +41,13 @@ quickstart: demo
 	rm -rf quickstart
 	$(BIN)/python tests/readme_quickstart.py quickstart
 
+# ruff, configured in pyproject.toml (pyflakes, pycodestyle, import order, complexity <= 20, and
+# function-local imports only with a stated reason).
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+
 # -rs prints why tests were skipped (no GPU, no Slurm here, ...).
-test: $(VENV)/.installed
+test: $(VENV)/.installed lint
 	$(BIN)/python -m pytest -q -rs tests
 
 # jobs/ on a throwaway single-node Slurm (jobs/testing/local-slurm.sh: root, installs slurm-wlm and munge

@@ -3,7 +3,8 @@
 For each ``d`` a float32 regression problem of about ``--mbytes`` MB (``n = mbytes·2¹⁸/d`` rows) is trained
 both ways with default options otherwise, one rank, in this process (``pgd.training.sync.train``); the table gives
 each whole ``train`` call's wall time (both include the same loading and standardisation pass; the Gram
-route's reduction happens before its loop, so the run summary's loop time would hide it) and the ratio.  Two designs: isotropic
+route's reduction happens before its loop, so the run summary's loop time would hide it) and the ratio.
+Two designs: isotropic
 N(0, 1) columns (L-BFGS needs a handful of iterations: the worst case for the Gram route) and correlated
 columns whose standardised covariance has condition number ``--condition`` (closer to real data).  The
 crossover is the ``d`` where the ratio passes 1; :data:`pgd.strategies.gram.AUTO_MAX_COLUMNS` is set from it.

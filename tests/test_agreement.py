@@ -101,7 +101,8 @@ def test_max_time_with_skewed_clocks_and_a_slow_rank_never_hangs(tmp_path, ranks
     rng = np.random.default_rng(0)
     X = rng.standard_normal((300, 5))
     data = write_dataset(tmp_path / "d.h5", X, (X @ rng.standard_normal(5) > 0).astype(float))
-    train = ["train", data, "--loss", "logistic", "--optimizer", "gd", "--lr", "0.1", "--max-iter", 10 ** 8, "--tol", 0, "--rtol", 0,
+    train = ["train", data, "--loss", "logistic", "--optimizer", "gd", "--lr", "0.1", "--max-iter", 10 ** 8,
+             "--tol", 0, "--rtol", 0,
              "--quiet", "--max-time", 1.5]
     skew = {"PGD_TEST_CLOCK_SKEW": "1:30", "PGD_TEST_SLEEP_PER_ITER": "1:0.004"}
     cases = [

@@ -113,7 +113,8 @@ def test_sigterm_to_mpirun_and_a_concurrent_run(tmp_path, monkeypatch, capsys):
     X = rng.standard_normal((90, 3))
     data = write_dataset(tmp_path / "d.h5", X, X @ [1.0, 2.0, -1.0])
     ck = tmp_path / "ck.h5"
-    train = ["train", data, "--loss", "squared", "--solver", "iterative", "--optimizer", "gd", "--tol", "0", "--rtol", "0",
+    train = ["train", data, "--loss", "squared", "--solver", "iterative", "--optimizer", "gd",
+             "--tol", "0", "--rtol", "0",
              "--quiet", "--max-iter", "100000",
              "--checkpoint", ck]
     command = [MPIRUN, *MPIRUN_FLAGS, "-n", "2", sys.executable, "-m", "pgd", *map(str, train),

@@ -24,7 +24,8 @@ def datasets(tmp_path_factory):
 
 
 def _train(tmp_path, ranks, name, data, *options, fake=True):
-    return train_params(ranks, tmp_path / f"{name}.h5", data, "--max-iter", "12", "--tol", "0", "--rtol", "0", "--solver", "iterative",
+    return train_params(ranks, tmp_path / f"{name}.h5", data, "--max-iter", "12", "--tol", "0", "--rtol", "0",
+                        "--solver", "iterative",
                         "--device", "gpu" if fake else "cpu", *options, env=FAKE_CUPY if fake else None,
                         timeout=240)
 

@@ -140,7 +140,8 @@ def test_more_ranks_than_rows_equals_serial(tmp_path):
 def test_outputs_metrics_history_and_summary(datasets):
     path, X, y = datasets["binary"]
     out, metrics = datasets["root"] / "full.h5", datasets["root"] / "full.jsonl"
-    result = run_pgd(2, "train", path, "--loss", "logistic", "--optimizer", "gd", "--max-iter", "25", "--tol", "0", "--out", out,
+    result = run_pgd(2, "train", path, "--loss", "logistic", "--optimizer", "gd", "--max-iter", "25", "--tol", "0",
+                     "--out", out,
                      "--metrics", metrics, "--log-every", "5", env={"PGD_LR": "2.0"})
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in metrics.read_text().splitlines()]

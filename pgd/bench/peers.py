@@ -178,7 +178,8 @@ def run_torch(data: str, out: str, *, ranks: int, n: int, loss: str, l2: float, 
     if os.path.exists(rendezvous):
         os.unlink(rendezvous)
     spec = {"data": data, "n": n, "loss": loss, "l2": l2, "lr": lr, "target": target, "max_iter": max_iter,
-            "rendezvous": f"file://{rendezvous}", "backend": backend, "result": os.path.join(out, f"peers-torch-{ranks}.json")}
+            "rendezvous": f"file://{rendezvous}", "backend": backend,
+            "result": os.path.join(out, f"peers-torch-{ranks}.json")}
     mp.spawn(_torch_worker, args=(ranks, spec), nprocs=ranks, join=True)
     with open(spec["result"], encoding="utf-8") as handle:
         result = json.load(handle)
@@ -197,7 +198,8 @@ def run_spark(X, y, *, ranks: int, loss: str, l2: float, max_iter: int) -> dict:
     from pyspark.sql import SparkSession  # noqa: PLC0415
 
     spark = (SparkSession.builder.master(f"local[{ranks}]").appName("pgd-bench-peers")
-             .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").config("spark.driver.memory", "2g").getOrCreate())
+             .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+             .config("spark.driver.memory", "2g").getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     try:
         frame = spark.createDataFrame([(float(label), Vectors.dense(row)) for row, label in

@@ -1,4 +1,5 @@
-"""``pgd bench straggler`` (command in :mod:`pgd.cli.bench`): synchronous, stale-synchronous and asynchronous training with one slow rank.
+"""``pgd bench straggler`` (the command is in :mod:`pgd.cli.bench`): synchronous, stale-synchronous and
+asynchronous training with one slow rank.
 
 Every configuration runs ``--mode async`` (rank 0 the server, the others workers, the last one slowed
 down ``--slow-factor`` times) on the same generated least-squares data with the same step size, until the
