@@ -10,7 +10,7 @@ MPIRUN_FLAGS ?= --oversubscribe $(if $(filter 0,$(shell id -u)),--allow-run-as-r
   $(if $(wildcard $(BIN)/mpirun),--mca btl ^ofi,)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all install demo quickstart lint test test-slurm test-serial test-mpi bench clean
+.PHONY: all install demo quickstart lint test test-unit test-spmd test-cli test-slurm bench clean
 
 all: test
 
@@ -36,10 +36,10 @@ demo: $(VENV)/.installed data/demo.h5
 	mpirun $(MPIRUN_FLAGS) -n $(NP) $(BIN)/pgd predict data/demo-model.h5 data/demo.h5 --out data/demo-pred.h5
 
 # The README's quick-start commands as printed, in a fresh shell (no venv on PATH, no Open MPI variables),
-# in the scratch directory quickstart/ (tests/readme_quickstart.py).
+# in the scratch directory quickstart/ (tests/support/readme_quickstart.py).
 quickstart: demo
 	rm -rf quickstart
-	$(BIN)/python tests/readme_quickstart.py quickstart
+	$(BIN)/python tests/support/readme_quickstart.py quickstart
 
 # ruff, configured in pyproject.toml (pyflakes, pycodestyle, import order, complexity <= 20, and
 # function-local imports only with a stated reason).
@@ -50,11 +50,21 @@ lint: $(VENV)/.installed
 test: $(VENV)/.installed lint
 	$(BIN)/python -m pytest -q -rs tests
 
+# The suite by cost: tests/unit (no mpirun, seconds), tests/spmd (numbers under mpirun), tests/cli (end to end).
+test-unit: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -rs tests/unit
+
+test-spmd: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -rs tests/spmd
+
+test-cli: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -rs tests/cli
+
 # jobs/ on a throwaway single-node Slurm (jobs/testing/local-slurm.sh: root, installs slurm-wlm and munge
 # with apt-get where missing). `make test` runs these too where that cluster starts and skips them where it
 # cannot; here a cluster that does not start is an error. PGD_TEST_SLURM=off leaves them out of `make test`.
 test-slurm: $(VENV)/.installed
-	PGD_TEST_SLURM=require $(BIN)/python -m pytest -q -rs -m slurm tests/test_slurm.py
+	PGD_TEST_SLURM=require $(BIN)/python -m pytest -q -rs -m slurm tests/cli/test_slurm.py
 
 bench: $(VENV)/.installed
 	mkdir -p bench-results

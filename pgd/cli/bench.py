@@ -49,12 +49,7 @@ def _train_config(arguments: list[str]):
 def bench_straggler(n, d, condition, bounds, slow_factor, repeats, fraction, local_batch, updates, out_dir, plot,
                     as_json):
     """Sync, SSP and fully async training with one slow rank: loss against time, time to a target."""
-    from pgd.bench.straggler import (  # noqa: PLC0415
-        format_straggler,
-        parse_bounds,
-        straggler_bench,
-        write_results,
-    )
+    from pgd.bench.straggler import format_straggler, parse_bounds, straggler_bench, write_results  # noqa: PLC0415
 
     world = get_world()
     result = straggler_bench(world, n=n, d=d, bounds=parse_bounds(bounds), slow_factor=slow_factor,

@@ -77,12 +77,7 @@ def data_convert(source, out, fmt, label_column, labels, delimiter, header, n_fe
 def data_info(path, x_key, y_key, as_json, scan):
     """Shape, dtype, chunking, label summary and non-finite values of a dataset (scanned in parallel)."""
     from pgd.comm.host import collectively  # noqa: PLC0415
-    from pgd.data import (  # noqa
-        block_range,
-        combine_descriptions,
-        describe_dataset,
-        format_description,
-    )
+    from pgd.data import block_range, combine_descriptions, describe_dataset, format_description  # noqa
 
     world = get_world()
     part = None

@@ -14,12 +14,7 @@ import traceback
 
 from pgd.errors import EXIT_INTERNAL, PgdError
 from pgd.runtime import launcher
-from pgd.runtime.launcher import (
-    configure_blas_threads,
-    configure_mpi_environment,
-    launcher_rank,
-    launcher_size,
-)
+from pgd.runtime.launcher import configure_blas_threads, configure_mpi_environment, launcher_rank, launcher_size
 from pgd.runtime.launcher import mpi_world as _mpi_world
 from pgd.runtime.settings import debug_traceback
 

@@ -12,14 +12,7 @@ import numpy as np
 from mpi4py import MPI
 
 from pgd.comm.host import collectively
-from pgd.data import (
-    DatasetMeta,
-    block_range,
-    count_nonfinite,
-    inspect_dataset,
-    read_rows,
-    read_weights,
-)
+from pgd.data import DatasetMeta, block_range, count_nonfinite, inspect_dataset, read_rows, read_weights
 from pgd.errors import InputError
 from pgd.runtime.hostmem import available_bytes, check_fits_in_memory
 from pgd.runtime.launcher import launcher_local_size

@@ -40,13 +40,7 @@ from pgd.optim.convergence import OptimalityTest, effective_tol, unconverged_war
 from pgd.outputs.model_file import save_run_model
 from pgd.outputs.progress import format_summary
 from pgd.strategies.data_parallel import DataParallelObjective
-from pgd.strategies.standardize import (
-    ColumnScaling,
-    StandardizedObjective,
-    describe,
-    penalty_factors,
-    scaling_for,
-)
+from pgd.strategies.standardize import ColumnScaling, StandardizedObjective, describe, penalty_factors, scaling_for
 from pgd.training.preempt import Resilience
 
 

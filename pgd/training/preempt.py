@@ -25,12 +25,7 @@ from mpi4py import MPI
 
 import pgd.runtime.launcher
 from pgd.errors import EXIT_PREEMPTED, PgdError
-from pgd.outputs.checkpoint import (
-    checkpoint_payload,
-    data_fingerprint,
-    resume,
-    save_checkpoint,
-)
+from pgd.outputs.checkpoint import checkpoint_payload, data_fingerprint, resume, save_checkpoint
 from pgd.runtime.faults import Faults
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)

@@ -26,36 +26,17 @@ from pgd.device.backend import select_backend
 from pgd.errors import DivergedError, NotConvergedError, TrainingError
 from pgd.fileio import atomic_path, check_writable, refuse_same_files
 from pgd.optim import OPTIMIZERS, make_optimizer
-from pgd.optim.convergence import (
-    DIVERGENCE_FACTOR,
-    OptimalityTest,
-    effective_tol,
-    unconverged_warning,
-)
-from pgd.outputs.checkpoint import (
-    check_checkpoint_options,
-    checkpoint_files,
-    hold_checkpoint_lock,
-)
+from pgd.optim.convergence import DIVERGENCE_FACTOR, OptimalityTest, effective_tol, unconverged_warning
+from pgd.outputs.checkpoint import check_checkpoint_options, checkpoint_files, hold_checkpoint_lock
 from pgd.outputs.model_file import save_run_model
 from pgd.outputs.progress import Progress, format_summary
 from pgd.runtime import launcher, settings
 from pgd.runtime.topology import node_local_rank
 from pgd.strategies import STRATEGIES
 from pgd.strategies.gram import reduce_gram, select_solver
-from pgd.strategies.standardize import (
-    StandardizedObjective,
-    describe,
-    penalty_factors,
-    scaling_for,
-)
+from pgd.strategies.standardize import StandardizedObjective, describe, penalty_factors, scaling_for
 from pgd.training.modes import pick_runner
-from pgd.training.preempt import (
-    adopt_signal_flag,
-    catch_signals_early,
-    make_resilience_hook,
-    release_early_signals,
-)
+from pgd.training.preempt import adopt_signal_flag, catch_signals_early, make_resilience_hook, release_early_signals
 from pgd.training.slow_rank import make_slow_rank_hook
 
 #: Factories ``make_hook(cfg, world, optimizer) -> hook or None`` run by every training loop. A hook's
