@@ -26,7 +26,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pgd.config import train_config  # noqa: E402
+from pgd.cli.options import train_config  # noqa: E402
 from pgd.training.sync import train  # noqa: E402
 
 

@@ -41,7 +41,7 @@ import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
-from pgd.config import train_config  # noqa: E402
+from pgd.cli.options import train_config  # noqa: E402
 from pgd.data import generate_dataset  # noqa: E402
 from pgd.device.backend import select_backend  # noqa: E402
 from pgd.optim import make_optimizer  # noqa: E402

@@ -14,8 +14,9 @@ from pgd import __version__
 from pgd.cli.bench import bench
 from pgd.cli.common import JSON_OPTION, echo_rank0, get_world, label, print_result
 from pgd.cli.data import data
+from pgd.cli.options import DATA_OPTIONS, WEIGHT_OPTION
 from pgd.cli.train import train
-from pgd.config import DATA_OPTIONS, WEIGHT_OPTION, apply_options, option
+from pgd.config import apply_options, option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

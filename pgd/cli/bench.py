@@ -7,17 +7,9 @@ import json
 import click
 
 from pgd.cli.common import JSON_OPTION, get_world, on_rank0, print_result
+from pgd.cli.options import CUDA_AWARE_OPTION, TRAIN_OPTIONS
 from pgd.cli.train import train
-from pgd.config import (
-    CUDA_AWARE_OPTION,
-    DTYPE,
-    NONNEG_FLOAT,
-    TRAIN_OPTIONS,
-    FiniteFloatRange,
-    apply_options,
-    option,
-    resolve,
-)
+from pgd.config import DTYPE, NONNEG_FLOAT, FiniteFloatRange, apply_options, option, resolve
 
 
 @click.group()

@@ -7,7 +7,8 @@ import json
 import click
 
 from pgd.cli.common import JSON_OPTION, echo_rank0, get_world, on_rank0
-from pgd.config import DATA_OPTIONS, DTYPE, NONNEG_FLOAT, SEED, apply_options, option
+from pgd.cli.options import DATA_OPTIONS
+from pgd.config import DTYPE, NONNEG_FLOAT, SEED, apply_options, option
 
 
 @click.group()

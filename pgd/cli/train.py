@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from pgd.cli.common import get_world
-from pgd.config import TRAIN_OPTIONS, apply_options, resolve
+from pgd.cli.options import TRAIN_OPTIONS
+from pgd.config import apply_options, resolve
 
 
 @click.command()

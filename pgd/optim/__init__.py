@@ -18,9 +18,12 @@ from pgd.optim.direct import GramCoordinateDescent, NormalEquations
 from pgd.optim.methods import LBFGS, Adam, HeavyBall, Nesterov, ProximalGradient
 from pgd.optim.sgd import MiniBatchSGD
 
-#: Every optimizer by its ``--optimizer`` name; ``cholesky`` and ``cd`` solve the Gram objective (``--solver``).
-OPTIMIZERS = {cls.name: cls for cls in (ProximalGradient, HeavyBall, Nesterov, Adam, MiniBatchSGD, LBFGS,
-                                        NormalEquations, GramCoordinateDescent)}
+#: The iterative methods, by their ``--optimizer`` name (the CLI's choices, in this order).
+ITERATIVE = {cls.name: cls for cls in (ProximalGradient, HeavyBall, Nesterov, Adam, MiniBatchSGD, LBFGS)}
+#: The solvers of the Gram objective, chosen by ``--solver`` rather than ``--optimizer``.
+GRAM_SOLVERS = {cls.name: cls for cls in (NormalEquations, GramCoordinateDescent)}
+#: Every optimizer by name.
+OPTIMIZERS = {**ITERATIVE, **GRAM_SOLVERS}
 
 
 def make_optimizer(name: str, objective, *, xp, lr: float, cfg=None) -> Optimizer:
@@ -28,4 +31,4 @@ def make_optimizer(name: str, objective, *, xp, lr: float, cfg=None) -> Optimize
     return OPTIMIZERS[name](objective, xp=xp, lr=lr, cfg=cfg)
 
 
-__all__ = ["OPTIMIZERS", "Optimizer", "make_optimizer"]
+__all__ = ["GRAM_SOLVERS", "ITERATIVE", "OPTIMIZERS", "Optimizer", "make_optimizer"]

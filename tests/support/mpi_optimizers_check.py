@@ -19,7 +19,7 @@ import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
-from pgd.config import train_config  # noqa: E402
+from pgd.cli.options import train_config  # noqa: E402
 from pgd.device.backend import select_backend  # noqa: E402
 from pgd.optim import make_optimizer  # noqa: E402
 from pgd.strategies import STRATEGIES  # noqa: E402

@@ -16,7 +16,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from mpi4py import MPI  # noqa: E402
 
-from pgd.config import train_config  # noqa: E402
+from pgd.cli.options import train_config  # noqa: E402
 from pgd.training.sync import train  # noqa: E402
 
 

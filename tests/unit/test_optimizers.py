@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pgd.config import train_config
+from pgd.cli.options import train_config
 from pgd.errors import InputError
 from pgd.local.linear import LocalLinearGradient
 from pgd.local.losses import get_loss
