@@ -17,6 +17,17 @@ from pgd.errors import PgdError
 DEVICES = ("auto", "cpu", "gpu")
 
 
+def is_cupy(xp) -> bool:
+    """True when the array namespace ``xp`` is CuPy (or the tests' fake CuPy, which takes its name): the one
+    place that asks, for code handed an ``xp`` rather than a :class:`Backend`."""
+    return getattr(xp, "__name__", "") == "cupy"
+
+
+def host_copy_of(xp, array) -> np.ndarray:
+    """``array`` of namespace ``xp`` as a NumPy array (a device-to-host copy on CuPy, a view on NumPy)."""
+    return getattr(xp, "asnumpy", np.asarray)(array)
+
+
 @dataclass
 class Backend:
     """The array module of a run and the device it lives on.

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from pgd.device.backend import is_cupy
 from pgd.device.kernels import MAX_READS_OF_X, SELF_CHECK_TOLERANCE, FusedGradient
 from pgd.local.losses import get_loss, sum64
 
@@ -83,7 +84,7 @@ class LocalLinearGradient:
         self._blocks = self._block_views(X, y, sample_weight)   # all rows: views, built once
         self._params_w = xp.empty(self.d, dtype=self.dtype)   # w of a [w, b] vector, in the data dtype
         # the one-pass GPU kernel (None on the host, or when it failed its start-up check) and what runs
-        if sample_weight is not None and getattr(xp, "__name__", "") == "cupy":
+        if sample_weight is not None and is_cupy(xp):
             self._fused, self.kernel = None, "two-pass CuPy/cuBLAS (sample weights: the fused kernel has none)"
         else:
             self._fused, self.kernel = _fused_kernel(X, y, xp, self.fit_intercept, loss.name)
@@ -242,7 +243,7 @@ class LocalLinearGradient:
 def _fused_kernel(X, y, xp, fit_intercept: bool, loss: str):
     """The fused one-pass kernel (:mod:`pgd.device.kernels`) when ``xp`` is CuPy and it passes its start-up
     check on this slab, else None; and a description of the gradient computation that will run."""
-    if getattr(xp, "__name__", "") != "cupy":
+    if not is_cupy(xp):
         return None, "blocked two-pass (NumPy/BLAS)"
     fused = FusedGradient(xp, X, y, fit_intercept=fit_intercept)
     reads = fused.plan().tiles

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
+
+from pgd.device.backend import host_copy_of
 
 
 class Optimizer:
@@ -67,7 +70,7 @@ class Optimizer:
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly (host copies)."""
-        to_host = getattr(self.xp, "asnumpy", np.asarray)
+        to_host = partial(host_copy_of, self.xp)
         return {"name": self.name, "lr": self.lr, "evaluations": self.evaluations,
                 "params": np.array(to_host(self.params)), "loss": self.loss}
 

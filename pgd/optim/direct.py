@@ -8,9 +8,11 @@ the training loop's optimality test decides convergence as for every other optim
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
+from pgd.device.backend import host_copy_of
 from pgd.optim.base import Optimizer
 from pgd.optim.prox import Composite
 
@@ -76,7 +78,7 @@ class NormalEquations(Optimizer):
     def step(self) -> float:
         if self._solve is None:
             self._factorize()
-        to_host = getattr(self.xp, "asnumpy", np.asarray)
+        to_host = partial(host_copy_of, self.xp)
         active = _active(self.objective)
         correction = np.zeros(self.objective.d + 1)
         correction[active] = -self._solve(np.asarray(to_host(self.grad), dtype=np.float64)[active])
@@ -112,7 +114,7 @@ class GramCoordinateDescent(Composite):
 
     def step(self) -> float:
         objective = self.objective
-        to_host = getattr(self.xp, "asnumpy", np.asarray)
+        to_host = partial(host_copy_of, self.xp)
         matrix, moment = objective.system()
         kappa = np.asarray(to_host(self._kappa), dtype=np.float64) * self.l1
         p = np.array(to_host(self.params), dtype=np.float64)

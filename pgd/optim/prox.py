@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from pgd.device.backend import host_copy_of
 from pgd.errors import InputError
 from pgd.optim.base import Optimizer
 
@@ -110,7 +111,7 @@ def loss_resolution(objective) -> float:
 
 def host_copy(xp, array):
     """A host NumPy copy of a backend array (for state dictionaries)."""
-    return np.array(getattr(xp, "asnumpy", np.asarray)(array))
+    return np.array(host_copy_of(xp, array))
 
 
 class Composite(ProximalMixin, Optimizer):

@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from pgd.comm.device import make_device_communicator
+from pgd.device.backend import host_copy_of
 from pgd.loader.host import load_row_slab
 from pgd.local.linear import LocalLinearGradient
 from pgd.local.losses import get_loss
@@ -49,7 +50,7 @@ class ReplicatedParameters:
 
     def full_params(self, params) -> np.ndarray:
         """The whole ``[w, b]`` as a host float64 vector (every rank holds all of it already)."""
-        return np.asarray(getattr(self.xp, "asnumpy", np.asarray)(params), dtype=np.float64)
+        return np.asarray(host_copy_of(self.xp, params), dtype=np.float64)
 
     def dot(self, a, b) -> float:
         """Inner product of two replicated parameter vectors (no communication needed)."""

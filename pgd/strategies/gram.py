@@ -20,9 +20,11 @@ columns) or, with ``--l1``, runs coordinate descent on ``G`` (glmnet's covarianc
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import numpy as np
 
+from pgd.device.backend import host_copy_of
 from pgd.errors import InputError
 from pgd.strategies.data_parallel import ReplicatedParameters
 
@@ -87,7 +89,7 @@ class GramObjective(ReplicatedParameters):
 
     def system(self):
         """``(A, c)`` of the normal equations ``A p = c``, ``A = G + diag(λ)``, on the host."""
-        to_host = getattr(self.xp, "asnumpy", np.asarray)
+        to_host = partial(host_copy_of, self.xp)
         matrix = np.array(to_host(self.gram), dtype=np.float64)
         matrix[np.diag_indices_from(matrix)] += np.asarray(to_host(self.l2_diagonal))
         return matrix, np.array(to_host(self.moment), dtype=np.float64)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 
 import numpy as np
 from mpi4py import MPI
@@ -28,6 +29,7 @@ from mpi4py import MPI
 from pgd.comm.host import make_communicator
 from pgd.data import block_range
 from pgd.data.rechunk import chunk_advice
+from pgd.device.backend import host_copy_of
 from pgd.errors import InputError
 from pgd.loader.host import inspect_collectively, load_block
 from pgd.local.losses import get_loss, sum64
@@ -267,7 +269,7 @@ class GridObjective:
 
     def full_params(self, params) -> np.ndarray:
         """The whole ``[w, b]`` as a host float64 vector on every rank (gathered over ``row_comm``)."""
-        to_host = getattr(self.xp, "asnumpy", np.asarray)
+        to_host = partial(host_copy_of, self.xp)
         host = np.ascontiguousarray(to_host(params), dtype=np.float64)
         row = self.comm.row.mpi_comm
         sizes = [stop - start for start, stop in (block_range(self.d, row.Get_size(), k)
