@@ -22,7 +22,6 @@ import subprocess
 import sys
 
 from pgd.errors import InputError, PgdError
-from pgd.runtime import launcher
 
 #: Columns of results.csv, in order.
 COLUMNS = ["kind", "ranks", "n", "d", "loss", "mode", "comm", "device", "dtype", "iters", "repeats",
@@ -40,20 +39,20 @@ def scaling_worker(cfg, world, *, warmup: int, repeats: int, iters: int) -> dict
     world : mpi4py.MPI.Comm
         The ranks of the run.
     """
+    # imported here: the parent `pgd bench scaling` process launches mpirun and must not start MPI itself
     from mpi4py import MPI  # noqa: PLC0415
 
     from pgd.bench.common import median_of  # noqa: PLC0415
     from pgd.comm.host import max_over_ranks  # noqa: PLC0415
-    from pgd.device.backend import select_backend  # noqa: PLC0415
     from pgd.optim import make_optimizer  # noqa: PLC0415
-    from pgd.runtime.topology import node_local_rank  # noqa: PLC0415
-    from pgd.training.sync import build_objective  # noqa: PLC0415
+    from pgd.runtime.topology import mpi_library  # noqa: PLC0415
+    from pgd.training.setup import bind_backend, blas_threads, build_objective, describe_device, step_size  # noqa: PLC0415
 
-    backend = select_backend(cfg.device, node_local_rank(world)[0])
+    backend, _ = bind_backend(cfg, world)
     # the objective pgd train builds (standardised by default), iterated; one gradient per step by default
     cfg = cfg.replace(solver="iterative", optimizer="gd" if cfg.optimizer == "auto" else cfg.optimizer)
     objective, slab, _, method = build_objective(cfg, world, backend)
-    lr = 1.0 / objective.lipschitz(cfg.power_iters, cfg.seed) if cfg.lr == "auto" else float(cfg.lr)
+    lr, _, _ = step_size(cfg, objective, method, method_default=False)  # --lr auto: 1/L for every method
     optimizer = make_optimizer(method, objective, xp=backend.xp, lr=lr, cfg=cfg)
     optimizer.start(objective.zeros())
     for _ in range(warmup):
@@ -75,13 +74,13 @@ def scaling_worker(cfg, world, *, warmup: int, repeats: int, iters: int) -> dict
     time_per_iter, compute, comm, other = median_of(samples)
     return {
         "ranks": world.Get_size(), "n": slab.n_global, "d": slab.meta.d, "loss": cfg.loss, "mode": cfg.mode,
-        "comm": objective.comm.name, "device": f"{backend.device} ({backend.name})", "dtype": str(slab.dtype),
+        "comm": objective.comm.name, "device": describe_device(backend), "dtype": str(slab.dtype),
         "iters": iters, "repeats": repeats, "warmup": warmup,
         "time_per_iter": time_per_iter, "compute": compute, "communication": comm, "other": other,
         "comm_bytes": objective.comm.bytes // max(objective.comm.calls, 1),
-        "blas_threads": launcher.BLAS_THREADS_RESOLVED or "unknown",
+        "blas_threads": blas_threads(),
         "cuda_aware": "no GPU" if not backend.is_gpu else getattr(objective.comm, "cuda_aware", "host staging"),
-        "mpi_library": MPI.Get_library_version().replace("\x00", "").splitlines()[0].strip(),
+        "mpi_library": mpi_library(),
         "final_loss": optimizer.loss,
     }
 

@@ -17,7 +17,7 @@ import pgd
 from pgd.comm.cuda_aware import cuda_aware_line, probe_line
 from pgd.device.backend import gpu_count
 from pgd.runtime import launcher
-from pgd.runtime.topology import node_layout
+from pgd.runtime.topology import mpi_library, node_layout
 
 
 def gather_info(world, cuda_aware_mode: str | None = None) -> dict:
@@ -36,7 +36,7 @@ def gather_info(world, cuda_aware_mode: str | None = None) -> dict:
         "hdf5": h5py.version.hdf5_version,
         "mpi4py": mpi4py.__version__,
         "click": click.__version__ if hasattr(click, "__version__") else "unknown",
-        "mpi_library": MPI.Get_library_version().replace("\x00", "").splitlines()[0].strip(),
+        "mpi_library": mpi_library(),
         "mpi_standard": "{}.{}".format(*MPI.Get_version()),
         "world_size": world.Get_size(),
         "nodes": nodes,

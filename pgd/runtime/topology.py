@@ -44,3 +44,8 @@ def node_layout(world) -> tuple[int, int]:
     finally:
         node.Free()
     return ranks_per_node, nodes
+
+
+def mpi_library() -> str:
+    """The first line of ``MPI_Get_library_version`` (which MPI this is, for summaries and ``pgd info``)."""
+    return MPI.Get_library_version().replace("\x00", "").splitlines()[0].strip()

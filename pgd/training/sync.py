@@ -22,21 +22,18 @@ from mpi4py import MPI
 import pgd
 from pgd.comm.host import collectively, max_over_ranks
 from pgd.config import option_label
-from pgd.device.backend import select_backend
 from pgd.errors import DivergedError, NotConvergedError, TrainingError
 from pgd.fileio import atomic_path, check_writable, refuse_same_files
-from pgd.optim import OPTIMIZERS, make_optimizer
+from pgd.optim import make_optimizer
 from pgd.optim.convergence import DIVERGENCE_FACTOR, OptimalityTest, effective_tol, unconverged_warning
 from pgd.outputs.checkpoint import check_checkpoint_options, checkpoint_files, hold_checkpoint_lock
 from pgd.outputs.model_file import save_run_model
 from pgd.outputs.progress import Progress, format_summary
-from pgd.runtime import launcher, settings
-from pgd.runtime.topology import node_local_rank
-from pgd.strategies import STRATEGIES
-from pgd.strategies.gram import reduce_gram, select_solver
-from pgd.strategies.standardize import StandardizedObjective, describe, penalty_factors, scaling_for
+from pgd.runtime import settings
+from pgd.runtime.topology import mpi_library
 from pgd.training.modes import pick_runner
 from pgd.training.preempt import adopt_signal_flag, catch_signals_early, make_resilience_hook, release_early_signals
+from pgd.training.setup import bind_backend, blas_threads, build_objective, describe_device, step_size
 from pgd.training.slow_rank import make_slow_rank_hook
 
 #: Factories ``make_hook(cfg, world, optimizer) -> hook or None`` run by every training loop. A hook's
@@ -69,37 +66,6 @@ def _replicas_identical(world, params_host: np.ndarray) -> bool:
                     dtype=np.int64)
     world.Allreduce(MPI.IN_PLACE, same, op=MPI.MIN)
     return bool(same[0])
-
-
-def build_objective(cfg, world, backend):
-    """The run's objective in the optimizer's coordinates, and the method that minimises it.
-
-    Loads this rank's data (``--mode``), computes the standardisation (one pass, collective) and applies
-    ``--solver``: the Gram objective solved directly, or the (standardised) objective for ``--optimizer``.
-
-    Returns
-    -------
-    (objective, slab, facts, method)
-        ``facts`` describe the standardisation, weights and solver for the summary.
-    """
-    objective, slab = STRATEGIES[cfg.mode](cfg, world, backend)
-    scaling = scaling_for(objective, standardize=cfg.standardize, fit_intercept=cfg.fit_intercept, l2=cfg.l2,
-                          penalty_scale=cfg.penalty_scale)
-    use_gram, solver = select_solver(cfg, objective)
-    if use_gram:
-        started = MPI.Wtime()
-        factors = penalty_factors(scaling, cfg.penalty_scale)
-        objective = reduce_gram(objective, scaling, l2_diagonal=backend.xp.asarray(cfg.l2 * factors ** 2),
-                                l1_weights=backend.xp.asarray(factors))
-        solver += f"; XᵀX reduced once in {MPI.Wtime() - started:.3g} s"
-        method = "cd" if cfg.l1 else "cholesky"
-    else:
-        if not scaling.is_identity:
-            objective = StandardizedObjective(objective, scaling, l2=cfg.l2, penalty_scale=cfg.penalty_scale)
-        method = "lbfgs" if cfg.optimizer in ("auto", None) else cfg.optimizer
-    facts = {"standardize": describe(scaling, cfg.penalty_scale), "penalty_scale": cfg.penalty_scale,
-             "sample_weight": slab.weight_source, "total_weight": slab.total_weight, "solver": solver}
-    return objective, slab, facts, method
 
 
 class _Recorder:
@@ -181,8 +147,7 @@ def train(cfg, world=None) -> dict:
 
 def _train(cfg, world) -> dict:
     rank, size = world.Get_rank(), world.Get_size()
-    local_rank, local_size = node_local_rank(world)
-    backend = select_backend(cfg.device, local_rank)
+    backend, local_size = bind_backend(cfg, world)
     xp = backend.xp
     catch_signals_early()  # a SIGTERM/SIGUSR1 while the data loads stops the run at its first decision
     if (runner := pick_runner(cfg)) is not None:  # modes with loops of their own (async, shm, local SGD)
@@ -190,19 +155,19 @@ def _train(cfg, world) -> dict:
 
     objective, slab, setup_facts, method = build_objective(cfg, world, backend)
     d = slab.meta.d
-    lr, lr_auto, lipschitz = _step_size(cfg, objective, method)
+    lr, lr_auto, lipschitz = step_size(cfg, objective, method)
     facts = {
         "pgd_version": pgd.__version__, "data": os.path.abspath(cfg.data), "n": slab.n_global, "d": d,
         "loss": cfg.loss, "l2": cfg.l2, "fit_intercept": cfg.fit_intercept, "optimizer": method,
         "lr": lr, "lr_auto": lr_auto, "lipschitz": lipschitz, "ranks": size, "l1": cfg.l1, **setup_facts,
         "tol": cfg.tol, "tol_effective": effective_tol(cfg.tol, slab.dtype),
-        "ranks_per_node": local_size, "device": f"{backend.device} ({backend.name})",
+        "ranks_per_node": local_size, "device": describe_device(backend),
         "communicator": objective.comm.name, "dtype": str(slab.dtype),
-        "blas_threads": launcher.BLAS_THREADS_RESOLVED or "unknown",
+        "blas_threads": blas_threads(),
         "cuda_aware": getattr(objective.comm, "cuda_aware", "no GPU" if not backend.is_gpu else "host staging"),
         "gradient_kernel": getattr(getattr(objective, "local", None), "kernel",
                                    "array expressions (no fused kernel for this mode or solver)"),
-        "mpi_library": MPI.Get_library_version().replace("\x00", "").splitlines()[0].strip(),
+        "mpi_library": mpi_library(),
     }
     if cfg.dry_run:
         return _dry_run(cfg, world, slab, method, lr, facts)
@@ -314,17 +279,6 @@ def _warnings(optimizer, converged: bool, test, optimality: float, iteration: in
     if not converged:
         warnings.append(unconverged_warning(test, optimality, iteration, stop_reason, **context))
     return [text for text in warnings if text]
-
-
-def _step_size(cfg, objective, method: str) -> tuple[float, bool, float]:
-    """``(lr, lr_auto, lipschitz)``: ``1/L`` from a power iteration with ``--lr auto`` for methods that need a
-    step, the method's own default for those that do not, else ``--lr``."""
-    lr_auto = cfg.lr == "auto" and OPTIMIZERS[method].needs_lr
-    lipschitz = objective.lipschitz(cfg.power_iters, cfg.seed) if lr_auto else math.nan
-    if lr_auto and not lipschitz > 0:
-        raise TrainingError("cannot pick a step size: the data matrix is zero; pass --lr", collective=True)
-    lr = 1.0 / lipschitz if lr_auto else float(OPTIMIZERS[method].auto_lr if cfg.lr == "auto" else cfg.lr)
-    return lr, lr_auto, lipschitz
 
 
 def _dry_run(cfg, world, slab, method: str, lr: float, facts: dict) -> dict:
