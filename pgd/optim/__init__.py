@@ -27,8 +27,9 @@ OPTIMIZERS = {**ITERATIVE, **GRAM_SOLVERS}
 
 
 def make_optimizer(name: str, objective, *, xp, lr: float, cfg=None) -> Optimizer:
-    """Build the optimizer called ``name`` (see :data:`OPTIMIZERS`); ``cfg`` carries its options."""
-    return OPTIMIZERS[name](objective, xp=xp, lr=lr, cfg=cfg)
+    """Build the optimizer called ``name`` (see :data:`OPTIMIZERS`) with its keyword options taken from ``cfg``
+    (a :class:`pgd.config.RunConfig`, or None for the method's defaults)."""
+    return OPTIMIZERS[name].from_config(objective, xp=xp, lr=lr, cfg=cfg)
 
 
 __all__ = ["GRAM_SOLVERS", "ITERATIVE", "OPTIMIZERS", "Optimizer", "make_optimizer"]

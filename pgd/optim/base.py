@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from functools import partial
 
@@ -26,15 +27,28 @@ class Optimizer:
     fresh = True
     stop_reason = None
 
-    def __init__(self, objective, *, xp, lr: float, cfg=None):
+    def __init__(self, objective, *, xp, lr: float):
         self.objective = objective
-        self.cfg = cfg
         self.xp = xp
         self.lr = float(lr)
         self.params = None
         self.grad = None
         self.loss = math.nan
         self.evaluations = 0
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """The method's keyword options (``pgd train`` options of the same names), from its signature."""
+        parameters = inspect.signature(cls.__init__).parameters
+        return tuple(name for name, parameter in parameters.items()
+                     if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("xp", "lr"))
+
+    @classmethod
+    def from_config(cls, objective, *, xp, lr: float, cfg=None) -> "Optimizer":
+        """Build the method with its options taken from a :class:`pgd.config.RunConfig` (an option that ``cfg``
+        lacks or leaves None keeps the method's default)."""
+        options = {name: getattr(cfg, name, None) for name in cls.option_names()}
+        return cls(objective, xp=xp, lr=lr, **{name: value for name, value in options.items() if value is not None})
 
     def evaluate(self, params, grad_out) -> float:
         """Global loss at ``params``, writing the global gradient into ``grad_out``."""

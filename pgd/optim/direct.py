@@ -46,8 +46,8 @@ class NormalEquations(Optimizer):
     needs_lr = False
     fixed_step = False
 
-    def __init__(self, objective, *, xp, lr: float = 1.0, cfg=None):
-        super().__init__(objective, xp=xp, lr=lr, cfg=cfg)
+    def __init__(self, objective, *, xp, lr: float = 1.0):
+        super().__init__(objective, xp=xp, lr=lr)
         self.collinear = None
         self.refinements = 0
         self._solve = None

@@ -17,14 +17,6 @@ from pgd.errors import InputError
 from pgd.optim.base import Optimizer
 
 
-def option(cfg, name: str, default):
-    """Value of option ``name`` in ``cfg`` (a RunConfig or None), ``default`` when absent."""
-    if cfg is None:
-        return default
-    value = getattr(cfg, name, None)
-    return default if value is None else value
-
-
 class ProximalMixin:
     """Soft-thresholding, the L1 value and the optimality measure for optimizers with ``--l1``.
 
@@ -36,8 +28,8 @@ class ProximalMixin:
 
     supports_l1 = False
 
-    def _setup_l1(self) -> None:
-        self.l1 = float(option(self.cfg, "l1", 0.0))
+    def _setup_l1(self, l1: float) -> None:
+        self.l1 = float(l1)
         if self.l1 and not self.supports_l1:
             raise InputError(f"--l1 needs --optimizer gd (ISTA), nesterov (FISTA), sgd or lbfgs (OWL-QN), not "
                              f"{self.name}", collective=True)
@@ -117,9 +109,9 @@ def host_copy(xp, array):
 class Composite(ProximalMixin, Optimizer):
     """An optimizer whose reported ``loss`` is ``F = f + α‖w‖₁`` (``smooth`` holds ``f``)."""
 
-    def __init__(self, objective, *, xp, lr: float, cfg=None):
-        super().__init__(objective, xp=xp, lr=lr, cfg=cfg)
-        self._setup_l1()
+    def __init__(self, objective, *, xp, lr: float, l1: float = 0.0):
+        super().__init__(objective, xp=xp, lr=lr)
+        self._setup_l1(l1)
         self.smooth = math.nan
 
     def start(self, params) -> float:

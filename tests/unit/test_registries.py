@@ -47,3 +47,22 @@ def test_a_wrong_name_is_a_usage_error_listing_the_registry():
 def test_option_groups_and_train_config_share_the_defaults():
     groups = MODEL_OPTIONS + OPTIMIZER_OPTIONS + PARALLEL_OPTIONS
     assert groups and train_config(data="x.h5", loss="squared").optimizer == "auto"
+
+
+def test_optimizers_take_typed_keyword_options_and_from_config_maps_a_run_config():
+    from pgd.optim.methods import Adam, HeavyBall
+    from pgd.optim.sgd import MiniBatchSGD
+
+    assert HeavyBall.option_names() == ("l1", "momentum")
+    assert Adam.option_names() == ("l1", "beta1", "beta2", "eps")
+    assert MiniBatchSGD.option_names() == ("l1", "batch_size", "epochs", "schedule", "seed")
+    assert OPTIMIZERS["cholesky"].option_names() == ()
+    objective = object()
+    direct = HeavyBall(objective, xp=None, lr=0.5, momentum=0.5)
+    assert (direct.beta, direct.l1, direct.lr) == (0.5, 0.0, 0.5)
+    cfg = train_config(data="x.h5", loss="squared", momentum=0.7, l1=0.0)
+    mapped = OPTIMIZERS["momentum"].from_config(objective, xp=None, lr=1.0, cfg=cfg)
+    assert mapped.beta == 0.7
+    assert OPTIMIZERS["momentum"].from_config(objective, xp=None, lr=1.0).beta == 0.9  # no config: the default
+    for name, cls in OPTIMIZERS.items():  # every option of every method is a pgd train option
+        assert set(cls.option_names()) <= set(cfg.values), name
