@@ -184,7 +184,7 @@ def build_data_parallel(cfg, world, backend):
     -------
     (objective, slab)
     """
-    if getattr(cfg, "grid", None):
+    if cfg.grid:
         grid_shape("data", cfg.grid, world.Get_size())  # --grid must then be Nx1
     slab = load_row_slab(world, cfg.data, backend=backend, dtype=cfg.dtype, x_key=cfg.x_key,
                          y_key=cfg.y_key, locking=cfg.hdf5_locking, loss=cfg.loss,
@@ -192,7 +192,7 @@ def build_data_parallel(cfg, world, backend):
     loss = get_loss(cfg.loss)
     local = LocalLinearGradient(slab.X, slab.y, loss, fit_intercept=cfg.fit_intercept, xp=backend.xp,
                                 block_bytes=cfg.block_bytes, sample_weight=slab.weight)
-    comm = make_device_communicator(cfg.comm, world, backend, getattr(cfg, "cuda_aware", "auto"))
+    comm = make_device_communicator(cfg.comm, world, backend, cfg.cuda_aware)
     objective = DataParallelObjective(local, comm, slab.n_global, cfg.l2, backend.xp,
                                       curvature=loss.curvature_bound, finish=device_finish(backend),
                                       total_weight=slab.total_weight)

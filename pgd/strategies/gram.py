@@ -164,10 +164,10 @@ def gram_is_cheaper(d: int) -> bool:
 
 def select_solver(cfg, objective):
     """Apply ``--solver``: returns ``(use_gram, description)``, the description for the summary."""
-    choice = getattr(cfg, "solver", "iterative") or "iterative"
+    choice = cfg.solver or "iterative"
     if choice == "iterative":
         return False, "iterative"
-    optimizer = getattr(cfg, "optimizer", "auto")
+    optimizer = cfg.optimizer
     usable = cfg.loss == "squared" and optimizer in ("auto", None) and hasattr(objective, "local")
     if choice == "gram" and not usable:
         raise InputError("--solver gram needs --loss squared and --mode data, and solves the normal equations "

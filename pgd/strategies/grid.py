@@ -288,7 +288,7 @@ def build_grid(cfg, world, backend):
     (objective, slab)
     """
     size = world.Get_size()
-    rows_p, cols_q = grid_shape(cfg.mode, getattr(cfg, "grid", None), size)
+    rows_p, cols_q = grid_shape(cfg.mode, cfg.grid, size)
     cart = world.Create_cart([rows_p, cols_q], periods=[False, False], reorder=False)
     p, q = cart.Get_coords(cart.Get_rank())
     row_comm, col_comm = cart.Sub([False, True]), cart.Sub([True, False])

@@ -42,12 +42,13 @@ from pgd.outputs.progress import format_summary
 from pgd.strategies.data_parallel import DataParallelObjective
 from pgd.strategies.standardize import ColumnScaling, StandardizedObjective, describe, penalty_factors, scaling_for
 from pgd.training.preempt import Resilience
+from pgd.training.setup import describe_device
 
 
 def update_budget(cfg, n_global: int) -> int:
     """Mini-batch updates to run in total (``--updates``, capped by a given ``--epochs``)."""
     budget = int(cfg.updates)
-    epochs = getattr(cfg, "epochs", None)
+    epochs = cfg.epochs
     if epochs and cfg.sources.get("epochs") in ("flag", "env"):
         budget = min(budget, max(1, math.ceil(float(epochs) * n_global / cfg.local_batch)))
     return budget
@@ -310,7 +311,7 @@ def run_facts(cfg, world, backend, rows: RowData, lr: float, lipschitz: float, o
         "d": rows.meta.d, "loss": cfg.loss, "l2": cfg.l2, "fit_intercept": cfg.fit_intercept,
         "optimizer": f"sgd (mini-batch {cfg.local_batch})", "lr": lr, "lr_auto": False,
         "lr_rule": "1/(L * concurrent writers)" if cfg.lr == "auto" else "--lr",
-        "lipschitz": lipschitz, "ranks": world.Get_size(), "device": f"{backend.device} ({backend.name})",
+        "lipschitz": lipschitz, "ranks": world.Get_size(), "device": describe_device(backend),
         "dtype": str(rows.dtype), "mode": cfg.mode,
         "standardize": "off" if scaling is None else describe(scaling, cfg.penalty_scale),
         "penalty_scale": cfg.penalty_scale, "sample_weight": rows.weight_source,

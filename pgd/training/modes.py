@@ -16,6 +16,6 @@ def pick_runner(cfg):
     ``async`` (parameter server), ``shm`` (Hogwild on node-shared memory) and ``data`` with
     ``--sync-every k`` (local SGD) run ``runner(cfg, world, backend) -> summary`` instead.
     """
-    if cfg.mode == "data" and getattr(cfg, "sync_every", 0):
+    if cfg.mode == "data" and cfg.sync_every:
         return run_local_sgd
     return RUNNERS.get(cfg.mode)

@@ -32,5 +32,5 @@ class SlowRankHook:
 
 def make_slow_rank_hook(cfg, world, optimizer):
     """A :class:`SlowRankHook` on the rank named by ``--slow-rank``, None elsewhere."""
-    factor = slow_factor(cfg, world.Get_rank()) if getattr(cfg, "slow_rank", None) else 1.0
+    factor = slow_factor(cfg, world.Get_rank()) if cfg.slow_rank else 1.0
     return SlowRankHook(optimizer.objective, factor) if factor > 1.0 else None
