@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pgd.bench.common import time_collective
+from pgd.bench.common import format_table, time_collective
 from pgd.comm.host import COMMUNICATORS
+from pgd.device.backend import gpu_count, load_cupy
 
 
 def message_sizes(min_bytes: int, max_bytes: int, factor: int = 4) -> list[int]:
@@ -54,7 +55,6 @@ def _gpu_methods(world, notes: list):
     """Device-buffer methods where CuPy finds a GPU: staged through host memory, and NCCL."""
     from mpi4py import MPI  # noqa: PLC0415
 
-    from pgd.device.backend import gpu_count, load_cupy  # noqa: PLC0415
     from pgd.runtime.topology import node_local_rank  # noqa: PLC0415
 
     if world.allreduce(gpu_count(), op=MPI.MIN) == 0:
@@ -138,7 +138,6 @@ def comm_bench(world, *, min_bytes: int, max_bytes: int, repeats: int, gpu: bool
 
 def format_comm(result: dict) -> str:
     """The measurements with the fitted model next to them, one block per method."""
-    from pgd.bench.common import format_table  # noqa: PLC0415
 
     lines = [f"comm bench: {result['rows'][0]['ranks']} rank(s); median of repeats, max over ranks"]
     columns = [("bytes", "bytes", "d"), ("latency us", "latency_us", ".2f"), ("model us", "model_us", ".2f"),

@@ -6,18 +6,26 @@ a repetition is the maximum over ranks, and the median over repetitions is repor
 
 from __future__ import annotations
 
+import csv
+import json
 import os
+import platform
+import socket
 import statistics
+import subprocess
 
 import numpy as np
 from mpi4py import MPI
 
+import pgd
 from pgd.comm.host import AllreduceCommunicator
 from pgd.data import block_range
+from pgd.fileio import atomic_path
 from pgd.local.linear import LocalLinearGradient
 from pgd.local.losses import get_loss
 from pgd.optim.base import PlainGradientDescent
 from pgd.runtime import launcher
+from pgd.runtime.launcher import BLAS_VARS
 from pgd.strategies.data_parallel import DataParallelObjective
 
 
@@ -111,7 +119,6 @@ def median_of(samples: list) -> list:
 
 def git_commit() -> str:
     """The git commit pgd was loaded from (``unknown`` outside a git checkout)."""
-    import subprocess  # noqa: PLC0415
 
     here = os.path.dirname(os.path.abspath(__file__))
     try:
@@ -124,10 +131,6 @@ def git_commit() -> str:
 
 def machine_facts() -> dict:
     """Host, CPU model and core count, Python and NumPy versions, pgd version and git commit."""
-    import platform  # noqa: PLC0415
-    import socket  # noqa: PLC0415
-
-    import pgd  # noqa: PLC0415
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -146,10 +149,6 @@ def write_results(out_dir: str, stem: str, rows: list[dict], meta: dict) -> tupl
     Both files are written atomically; the CSV columns are the union of the rows' keys, in first-seen
     order. Returns the two paths.
     """
-    import csv  # noqa: PLC0415
-    import json  # noqa: PLC0415
-
-    from pgd.fileio import atomic_path  # noqa: PLC0415
 
     columns = list(dict.fromkeys(key for row in rows for key in row))
     csv_path, json_path = (os.path.join(out_dir, f"{stem}.{ext}") for ext in ("csv", "json"))
@@ -175,7 +174,6 @@ def child_environment(environ=os.environ) -> dict:
     """The environment for runs launched by a benchmark: the BLAS thread variables that pgd set for
     *this* process (one thread per core) are removed, so every launched rank picks its own share;
     thread counts the user set explicitly are kept."""
-    from pgd.runtime.launcher import BLAS_VARS  # noqa: PLC0415
 
     env = dict(environ)
     resolved = env.pop("PGD_BLAS_THREADS_RESOLVED", "")

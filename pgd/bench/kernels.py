@@ -11,7 +11,15 @@ import statistics
 
 import numpy as np
 
+from pgd.bench.common import time_collective
+from pgd.comm.device import make_device_communicator
+from pgd.data import block_range
+from pgd.device.kernels import FusedGradient
 from pgd.errors import PgdError
+from pgd.local.linear import LocalLinearGradient
+from pgd.local.losses import get_loss
+from pgd.optim import make_optimizer
+from pgd.strategies.data_parallel import DataParallelObjective, device_finish
 
 
 def time_device(cupy, work, repeats: int) -> float:
@@ -30,8 +38,6 @@ def time_device(cupy, work, repeats: int) -> float:
 
 def kernel_bench(cupy, *, n: int, d: int, dtype: str, loss: str, repeats: int) -> dict:
     """Copy, two-pass and fused gradient times for an ``(n, d)`` matrix on the current GPU."""
-    from pgd.device.kernels import FusedGradient  # noqa: PLC0415
-    from pgd.local.losses import get_loss  # noqa: PLC0415
 
     rng = cupy.random.default_rng(0)
     X = rng.standard_normal((n, d), dtype=cupy.float32).astype(dtype)
@@ -64,13 +70,6 @@ def kernel_bench(cupy, *, n: int, d: int, dtype: str, loss: str, repeats: int) -
 def step_bench(world, backend, *, n: int, d: int, dtype: str, loss: str, repeats: int, comm: str,
                cuda_aware: str) -> dict:
     """Seconds per gradient-descent iteration (fused gradient + communicator + update) on every rank."""
-    from pgd.bench.common import time_collective  # noqa: PLC0415
-    from pgd.comm.device import make_device_communicator  # noqa: PLC0415
-    from pgd.data import block_range  # noqa: PLC0415
-    from pgd.local.linear import LocalLinearGradient  # noqa: PLC0415
-    from pgd.local.losses import get_loss  # noqa: PLC0415
-    from pgd.optim import make_optimizer  # noqa: PLC0415
-    from pgd.strategies.data_parallel import DataParallelObjective, device_finish  # noqa: PLC0415
 
     cupy = backend.xp
     start, stop = block_range(n, world.Get_size(), world.Get_rank())

@@ -17,6 +17,14 @@ import json
 import os
 import statistics
 
+import numpy as np
+
+from pgd.data.writer import atomic_h5_file, create_xy
+from pgd.device.backend import cpu_backend
+from pgd.errors import PgdError
+from pgd.fileio import atomic_path
+from pgd.training.async_ps import run_async
+
 SUMMARY_KEYS = ("updates", "final_loss", "staleness_max", "staleness_mean", "clock_gap_max", "wait_seconds")
 
 
@@ -35,9 +43,6 @@ def _problem(path: str, n: int, d: int, seed: int, fraction: float, condition: f
     Columns are standard normal scaled from 1 down to ``1/sqrt(condition)``, so the Hessian's condition
     number is about ``condition`` and SGD needs many updates (a stand-in for real, badly scaled data).
     """
-    import numpy as np  # noqa: PLC0415 - keeps `pgd --help` fast
-
-    from pgd.data.writer import atomic_h5_file, create_xy  # noqa: PLC0415
 
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d)) * np.logspace(0, -0.5 * np.log10(condition), d)
@@ -76,9 +81,6 @@ def straggler_bench(world, *, n: int, d: int, bounds: list, slow_factor: float, 
         ``make_config(arguments) -> RunConfig``: the resolved, silenced ``pgd train`` configuration of a
         list of ``pgd train`` arguments (the CLI passes its own parser, so a run is exactly ``pgd train``).
     """
-    from pgd.device.backend import cpu_backend  # noqa: PLC0415
-    from pgd.errors import PgdError  # noqa: PLC0415
-    from pgd.training.async_ps import run_async  # noqa: PLC0415
 
     rank, size = world.Get_rank(), world.Get_size()
     if size < 3:
@@ -125,7 +127,6 @@ def straggler_bench(world, *, n: int, d: int, bounds: list, slow_factor: float, 
 def plot_straggler(results: dict, path: str) -> str:
     """Plot the monitored loss minus f* against wall time for each configuration (PNG)."""
     import matplotlib  # noqa: PLC0415 - optional, imported only to plot
-    import numpy as np  # noqa: PLC0415 - keeps `pgd --help` fast
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
@@ -164,7 +165,6 @@ def format_straggler(results: dict) -> str:
 
 def write_results(results: dict, out_dir: str, plot: bool = True) -> list[str]:
     """Write ``straggler.json`` (and ``straggler.png``) into ``out_dir``; returns the paths."""
-    from pgd.fileio import atomic_path  # noqa: PLC0415
 
     paths = [os.path.join(out_dir, "straggler.json")]
     with atomic_path(paths[0]) as temporary, open(temporary, "w", encoding="utf-8") as handle:

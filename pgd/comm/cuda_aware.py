@@ -22,6 +22,9 @@ import sys
 
 import numpy as np
 
+from pgd.device.backend import select_backend
+from pgd.device.ops import CupyOps
+
 CUDA_AWARE_MODES = ("auto", "on", "off")
 AWARE, STAGING, NO_GPU = "cuda-aware", "host staging", "no GPU"
 
@@ -175,8 +178,6 @@ def cuda_aware_line(world, mode: str, gpus: int) -> str:
 
     if gpus == 0:
         return NO_GPU
-    from pgd.device.backend import select_backend  # noqa: PLC0415
-    from pgd.device.ops import CupyOps  # noqa: PLC0415
     from pgd.runtime.topology import node_local_rank  # noqa: PLC0415
 
     backend = select_backend("gpu", node_local_rank(world)[0])

@@ -18,6 +18,7 @@ from mpi4py import MPI
 
 from pgd.comm import cuda_aware
 from pgd.comm.host import Communicator, make_communicator
+from pgd.device.ops import CupyOps
 from pgd.errors import PgdError
 
 
@@ -181,7 +182,6 @@ def make_device_communicator(name: str, world, backend, cuda_aware_mode: str = "
             cuda_aware_mode, is_gpu=False, library="", ompi_info_text="", environ={}))
         return comm
     if ops is None:
-        from pgd.device.ops import CupyOps  # noqa: PLC0415
 
         ops = CupyOps(backend.xp)
     if name == "nccl":

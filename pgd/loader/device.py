@@ -11,6 +11,7 @@ import numpy as np
 
 from pgd.comm.host import collectively
 from pgd.data import count_nonfinite, read_rows
+from pgd.device.ops import CupyOps
 from pgd.errors import InputError
 from pgd.runtime import settings
 from pgd.runtime.hostmem import format_bytes
@@ -95,7 +96,6 @@ def load_to_device(meta, start: int, stop: int, dtype, *, ops, locking: str,
 def load_slab_to_device(mpi_comm, meta, start: int, stop: int, dtype, *, backend, locking: str, ops=None):
     """Check the free memory collectively, then :func:`load_to_device` (errors agreed by all ranks)."""
     if ops is None:
-        from pgd.device.ops import CupyOps  # noqa: PLC0415
 
         ops = CupyOps(backend.xp)
     with collectively(mpi_comm):

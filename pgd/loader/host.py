@@ -14,6 +14,7 @@ from mpi4py import MPI
 from pgd.comm.host import collectively
 from pgd.data import DatasetMeta, block_range, count_nonfinite, inspect_dataset, read_rows, read_weights
 from pgd.errors import InputError
+from pgd.loader.device import load_slab_to_device
 from pgd.runtime.hostmem import available_bytes, check_fits_in_memory
 from pgd.runtime.launcher import launcher_local_size
 
@@ -188,7 +189,6 @@ def load_row_slab(mpi_comm, path: str, *, backend, dtype: str = "auto", x_key: s
 def _load_to_gpu(mpi_comm, meta, start, stop, dtype, *, backend, locking, loss, weight_key,
                  class_weight) -> RowSlab:
     """The GPU branch of :func:`load_row_slab`: same checks, X never held whole on the host."""
-    from pgd.loader.device import load_slab_to_device  # noqa: PLC0415
 
     X, y_host, y, nonfinite = load_slab_to_device(mpi_comm, meta, start, stop, dtype, backend=backend,
                                                   locking=locking)

@@ -13,6 +13,8 @@ import numpy as np
 
 from pgd.comm.device import make_device_communicator
 from pgd.device.backend import host_copy_of
+from pgd.device.kernels import FinishKernel
+from pgd.device.ops import CupyOps
 from pgd.loader.host import load_row_slab
 from pgd.local.linear import LocalLinearGradient
 from pgd.local.losses import get_loss
@@ -171,8 +173,6 @@ def device_finish(backend):
     """The finishing kernel of :class:`DataParallelObjective` on a GPU backend, None on the host."""
     if not backend.is_gpu:
         return None
-    from pgd.device.kernels import FinishKernel  # noqa: PLC0415
-    from pgd.device.ops import CupyOps  # noqa: PLC0415 - GPU only
 
     return FinishKernel(backend.xp, CupyOps(backend.xp))
 
