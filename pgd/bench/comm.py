@@ -53,9 +53,9 @@ def _host_methods(world):
 
 def _gpu_methods(world, notes: list):
     """Device-buffer methods where CuPy finds a GPU: staged through host memory, and NCCL."""
-    from mpi4py import MPI  # noqa: PLC0415
+    from mpi4py import MPI  # noqa: PLC0415 - the α-β fit and sizes run without MPI
 
-    from pgd.runtime.topology import node_local_rank  # noqa: PLC0415
+    from pgd.runtime.topology import node_local_rank  # noqa: PLC0415 - imports MPI
 
     if world.allreduce(gpu_count(), op=MPI.MIN) == 0:
         notes.append("no GPU rows: CuPy or a GPU is missing")
@@ -77,7 +77,7 @@ def _gpu_methods(world, notes: list):
 
     methods = {"gpu-staged-allreduce": staged}
     try:
-        from cupy.cuda import nccl  # noqa: PLC0415
+        from cupy.cuda import nccl  # noqa: PLC0415 - optional, GPU only
 
         uid = world.bcast(nccl.get_unique_id() if world.Get_rank() == 0 else None, root=0)
         nccl_comm = nccl.NcclCommunicator(world.Get_size(), uid, world.Get_rank())

@@ -130,7 +130,7 @@ def confirm_device_allreduce(mpi_comm, ops) -> bool:
     ``ops`` is a :class:`pgd.device.ops.DeviceOps`. Only called when a probe (or ``--cuda-aware on``) says
     the library is CUDA-aware.
     """
-    from mpi4py import MPI  # noqa: PLC0415
+    from mpi4py import MPI  # noqa: PLC0415 - MPI only where a probe needs it (vendor parsing runs without)
 
     rank, size = mpi_comm.Get_rank(), mpi_comm.Get_size()
     buf = ops.from_host(checksum_contribution(rank))
@@ -142,7 +142,7 @@ def confirm_device_allreduce(mpi_comm, ops) -> bool:
 
 def resolve(mpi_comm, mode: str, *, is_gpu: bool, ops=None, environ=None) -> tuple[str, str]:
     """The run's decision (collective): probes on rank 0, broadcast, then the device checksum if AWARE."""
-    from mpi4py import MPI  # noqa: PLC0415
+    from mpi4py import MPI  # noqa: PLC0415 - MPI only where a probe needs it (vendor parsing runs without)
 
     answer = None
     if mpi_comm.Get_rank() == 0:
@@ -166,7 +166,7 @@ def describe(decision: str, reason: str) -> str:
 
 def probe_line() -> str:
     """What the vendor probes say about this MPI (``pgd info``'s ``mpi_cuda_probe``)."""
-    from mpi4py import MPI  # noqa: PLC0415
+    from mpi4py import MPI  # noqa: PLC0415 - MPI only where a probe needs it (vendor parsing runs without)
 
     library = MPI.Get_library_version().replace("\x00", "")
     said, reason = probe(library, run_ompi_info() if mpi_vendor(library) == "open-mpi" else "", os.environ)
@@ -178,7 +178,7 @@ def cuda_aware_line(world, mode: str, gpus: int) -> str:
 
     if gpus == 0:
         return NO_GPU
-    from pgd.runtime.topology import node_local_rank  # noqa: PLC0415
+    from pgd.runtime.topology import node_local_rank  # noqa: PLC0415 - imports MPI
 
     backend = select_backend("gpu", node_local_rank(world)[0])
     return describe(*resolve(world, mode, is_gpu=True, ops=CupyOps(backend.xp)))
