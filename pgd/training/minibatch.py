@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -31,18 +30,18 @@ from mpi4py import MPI
 
 import pgd
 from pgd.comm.host import collectively, make_communicator, max_over_ranks
-from pgd.errors import DivergedError, NotConvergedError, TrainingError
+from pgd.errors import DivergedError, TrainingError
 from pgd.fileio import atomic_path
 from pgd.loader.host import load_row_slab
 from pgd.local.linear import LocalLinearGradient
 from pgd.local.losses import get_loss
 from pgd.optim.convergence import OptimalityTest, effective_tol, unconverged_warning
 from pgd.outputs.model_file import save_run_model
-from pgd.outputs.progress import format_summary
 from pgd.strategies.data_parallel import DataParallelObjective
 from pgd.strategies.standardize import ColumnScaling, StandardizedObjective, describe, penalty_factors, scaling_for
 from pgd.training.preempt import Resilience
 from pgd.training.setup import describe_device
+from pgd.training.summary import print_summary, refuse_unconverged, timing
 
 
 def update_budget(cfg, n_global: int) -> int:
@@ -377,8 +376,7 @@ def finish_run(cfg, world, objective, params: np.ndarray, facts: dict, monitor: 
         **test.facts(optimality), converged=test.holds(optimality), stop_reason=stats["stop_reason"],
         communicator=stats["communicator"], wait_seconds=wait, out=cfg.out, metrics=cfg.metrics,
         comm_bytes_per_iteration=int(stats.get("bytes_per_update", 0)),
-        timing={"wall": wall, "compute": compute, "comm": wait, "other": max(wall - compute - wait, 0.0),
-                "per_iteration": wall / max(updates, 1)})
+        timing=timing(wall, compute, wait, max(wall - compute - wait, 0.0), updates))
     if "staleness_count" in stats:
         count = _stat(world, stats["staleness_count"], MPI.SUM)
         summary["staleness_max"] = int(_stat(world, stats["staleness_max"], MPI.MAX))
@@ -401,12 +399,8 @@ def finish_run(cfg, world, objective, params: np.ndarray, facts: dict, monitor: 
                     handle.write(json.dumps({"updates": int(updates), "loss": loss, "time": seconds}) + "\n")
     if rank == 0:
         if not getattr(cfg, "silent", False):
-            print(format_summary(summary), flush=True)
-            for text in summary["warnings"]:
-                print(f"pgd: warning: {text}", file=sys.stderr, flush=True)
+            print_summary(summary)
         summary["history"] = history
     world.Barrier()
-    if cfg.require_convergence and not summary["converged"]:
-        raise NotConvergedError(f"not converged (--require-convergence): optimality {optimality:.3e} > "
-                                f"{test.target:.3e}; no model written", collective=True)
+    refuse_unconverged(cfg, summary["converged"], optimality, test.target, "no model written")
     return summary

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from contextlib import ExitStack
 
 import numpy as np
@@ -22,19 +21,20 @@ from mpi4py import MPI
 import pgd
 from pgd.comm.host import collectively, max_over_ranks
 from pgd.config import option_label
-from pgd.errors import DivergedError, NotConvergedError, TrainingError
+from pgd.errors import DivergedError, TrainingError
 from pgd.fileio import atomic_path, check_writable, refuse_same_files
 from pgd.optim import make_optimizer
 from pgd.optim.convergence import DIVERGENCE_FACTOR, OptimalityTest, effective_tol, unconverged_warning
 from pgd.outputs.checkpoint import check_checkpoint_options, checkpoint_files, hold_checkpoint_lock
 from pgd.outputs.model_file import save_run_model
-from pgd.outputs.progress import Progress, format_summary
+from pgd.outputs.progress import Progress
 from pgd.runtime import settings
 from pgd.runtime.topology import mpi_library
 from pgd.training.modes import pick_runner
 from pgd.training.preempt import adopt_signal_flag, catch_signals_early, make_resilience_hook, release_early_signals
 from pgd.training.setup import bind_backend, blas_threads, build_objective, describe_device, step_size
 from pgd.training.slow_rank import make_slow_rank_hook
+from pgd.training.summary import print_summary, refuse_unconverged, timing
 
 #: Factories ``make_hook(cfg, world, optimizer) -> hook or None`` run by every training loop. A hook's
 #: ``after_step(iteration) -> str | None`` is called on every rank after each step, and must return the
@@ -243,8 +243,7 @@ def _train(cfg, world) -> dict:
             metrics=cfg.metrics,
             comm_bytes_per_iteration=(objective.comm.bytes - bytes_before)
             // max(iteration - first_iteration, 1),
-            timing={"wall": wall_max, "compute": compute_max, "comm": comm_max, "other": other_max,
-                    "per_iteration": wall_max / max(iteration - first_iteration, 1)})
+            timing=timing(wall_max, compute_max, comm_max, other_max, iteration - first_iteration))
         summary["warnings"] = _warnings(optimizer, converged, test, optimality, iteration, stop_reason,
                                         method=method, dtype=slab.dtype, standardized=facts["standardize"] != "off")
         with collectively(world):  # a failed write (disk full) is one line on every rank
@@ -252,16 +251,11 @@ def _train(cfg, world) -> dict:
                 save_run_model(cfg, params, summary, history)
             metrics.commit()
     if rank == 0:
-        print(format_summary(summary), flush=True)
-        for text in summary["warnings"]:
-            print(f"pgd: warning: {text}", file=sys.stderr, flush=True)
+        print_summary(summary)
         if not identical:
             print("pgd: warning: ranks ended with different weights (non-deterministic reduction)",
                   flush=True)
-    if cfg.require_convergence and not converged:
-        raise NotConvergedError(f"not converged (--require-convergence): optimality {optimality:.3e} > "
-                                f"{test.target:.3e}; {'no model written' if cfg.out else 'nothing written'}",
-                                collective=True)
+    refuse_unconverged(cfg, converged, optimality, test.target, "no model written" if cfg.out else "nothing written")
     return summary
 
 
