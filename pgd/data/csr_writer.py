@@ -50,6 +50,8 @@ class CsrWriter:
         int32 or int64; default :func:`pgd.data.csr.index_dtype_for` ``(d)`` (int64 can be forced).
     labels, weights : bool
         Whether ``/y`` and ``/sample_weight`` are written.
+    label_dtype, weight_dtype : numpy dtype, optional
+        Their stored types (default ``dtype``).
     attrs : dict, optional
         Root attributes (``task``, ``source``, ...); None values are skipped.
     feature_names : sequence of str, optional
@@ -58,7 +60,7 @@ class CsrWriter:
 
     def __init__(self, h5: h5py.File, d: int, dtype="float32", *, n: int | None = None, nnz: int | None = None,
                  index_dtype=None, labels: bool = True, weights: bool = False, attrs: dict | None = None,
-                 feature_names=None):
+                 feature_names=None, label_dtype=None, weight_dtype=None):
         if d < 0:
             raise InputError(f"the number of features must be >= 0, got {d}")
         self.h5, self.d, self.dtype = h5, int(d), float_dtype(dtype)
@@ -76,8 +78,8 @@ class CsrWriter:
         self.indptr[0] = 0
         self.indices = self._create(group, "indices", self.nnz or 0, self.index_dtype)
         self.data = self._create(group, "data", self.nnz or 0, self.dtype)
-        self.y = self._create(h5, DEFAULT_Y_KEY, self.n or 0, self.dtype) if labels else None
-        self.weight = self._create(h5, WEIGHT_KEY, self.n or 0, self.dtype) if weights else None
+        self.y = self._create(h5, DEFAULT_Y_KEY, self.n or 0, label_dtype or self.dtype) if labels else None
+        self.weight = self._create(h5, WEIGHT_KEY, self.n or 0, weight_dtype or self.dtype) if weights else None
         if feature_names is not None:
             names = [str(name) for name in feature_names]
             if len(names) != d:
@@ -130,7 +132,7 @@ class CsrWriter:
             if dset is not None:
                 if values is None or len(values) != m:
                     raise ValueError(f"{name} must have one value per appended row")
-                self._put(dset, self.rows, np.asarray(values).astype(self.dtype, copy=False))
+                self._put(dset, self.rows, np.asarray(values).reshape(-1).astype(dset.dtype, copy=False))
         self.rows += m
         self.offset += k
 

@@ -154,6 +154,13 @@ def _task(task: str | None, y) -> str | None:
     return task or ("binary" if binary else "regression")
 
 
+def _float_or_none(dset) -> np.dtype | None:
+    """The float type to keep a labels / weights dataset in (float64 for other numbers); None if absent."""
+    if not isinstance(dset, h5py.Dataset):
+        return None
+    return dset.dtype if dset.dtype.name in ("float32", "float64") else np.dtype(np.float64)
+
+
 def _kept_attrs(h5: h5py.File) -> dict:
     return {key: h5.attrs[key] for key in _KEPT_ATTRS if key in h5.attrs}
 
@@ -168,16 +175,19 @@ def dense_to_csr(src, dst, *, dtype=None, index_dtype=None, weight_key: str | No
     refuse_same_files({"the source file": src}, {"OUT": dst})
     meta = inspect_dataset(src, require_y=False, locking=locking)
     dtype = float_dtype(dtype or (meta.dtype if meta.dtype.name in ("float32", "float64") else "float64"))
-    weights = read_weights(src, weight_key, meta.n, 0, 0, dtype, locking=locking) is not None
     with open_h5(src, locking) as h5:
         attrs = _kept_attrs(h5)
+        weight_dtype = _float_or_none(h5.get(weight_key) if weight_key else None)
+        label_dtype = _float_or_none(h5.get(meta.y_key) if meta.y_key else None)
     block = block_rows or default_block_rows(meta.d, max(dtype.itemsize, meta.dtype.itemsize), 64 << 20)
     with csr_output(dst, meta.d, dtype, index_dtype=index_dtype, labels=meta.y_key is not None,
-                    weights=weights, attrs=attrs) as writer:
-        for lo, x_block, y_block in iter_row_blocks(meta, 0, meta.n, block, dtype, locking):
+                    weights=weight_dtype is not None, attrs=attrs, label_dtype=label_dtype,
+                    weight_dtype=weight_dtype) as writer:
+        for lo, x_block, y_block in iter_row_blocks(meta, 0, meta.n, block, None, locking):
+            x_block = x_block.astype(dtype, copy=False)
             rows, cols = np.nonzero(x_block)
-            weight = (read_weights(src, weight_key, meta.n, lo, lo + len(x_block), dtype, locking=locking)
-                      if weights else None)
+            weight = (read_weights(src, weight_key, meta.n, lo, lo + len(x_block), weight_dtype, locking=locking)
+                      if weight_dtype is not None else None)
             writer.append(np.bincount(rows, minlength=len(x_block)), cols, x_block[rows, cols], y_block, weight)
     return {**writer.summary, "path": dst, "sparse": True, "source": src}
 
@@ -191,18 +201,23 @@ def csr_to_dense(src, dst, *, dtype=None, weight_key: str | None = WEIGHT_KEY, c
     dtype = float_dtype(dtype or meta.dtype)
     with open_h5(src, locking) as h5:
         attrs = _kept_attrs(h5)
-        weights = bool(weight_key) and weight_key in h5
+        weight_dtype = _float_or_none(h5.get(weight_key) if weight_key else None)
+        label_dtype = _float_or_none(h5.get(meta.y_key) if meta.y_key else None)
     block = block_rows or default_block_rows(meta.d, dtype.itemsize, 64 << 20)
     with atomic_h5_file(dst) as h5:
-        x_dset, y_dset = create_xy(h5, meta.n, meta.d, dtype, chunk_rows, attrs, labels=meta.y_key is not None)
-        w_dset = h5.create_dataset(WEIGHT_KEY, shape=(meta.n,), dtype=dtype) if weights else None
+        x_dset, _ = create_xy(h5, meta.n, meta.d, dtype, chunk_rows, attrs, labels=False)
+        chunking = {"chunks": (x_dset.chunks[0],)}
+        y_dset = h5.create_dataset("y", shape=(meta.n,), dtype=label_dtype, **chunking) if label_dtype else None
+        w_dset = (h5.create_dataset(WEIGHT_KEY, shape=(meta.n,), dtype=weight_dtype, **chunking)
+                  if weight_dtype else None)
         for lo in range(0, meta.n, block):
-            slab = read_csr_slab(meta, lo, min(lo + block, meta.n), dtype,
-                                 weight_key=weight_key if weights else None, locking=locking)
-            x_dset[lo:slab.stop] = slab.to_scipy().toarray()
-            for dset, values in ((y_dset, slab.y), (w_dset, slab.sample_weight)):
-                if dset is not None:
-                    dset[lo:slab.stop] = values
+            hi = min(lo + block, meta.n)
+            slab = read_csr_slab(meta, lo, hi, dtype, weight_key=None, locking=locking)
+            x_dset[lo:hi] = slab.to_scipy().toarray()
+            with open_h5(src, locking) as source:
+                for dset, key in ((y_dset, meta.y_key), (w_dset, weight_key)):
+                    if dset is not None:
+                        dset[lo:hi] = source[key][lo:hi].reshape(-1)
         chunks = x_dset.chunks
     return {"path": dst, "n": meta.n, "d": meta.d, "dtype": dtype.name, "chunks": list(chunks), "sparse": False,
             "source": src}
