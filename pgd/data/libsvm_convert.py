@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -23,7 +24,7 @@ from pgd.errors import InputError
 from pgd.data.csr import index_dtype_for
 from pgd.data.csr_parts import PartReader, PartWriter, remove_parts
 from pgd.data.csr_writer import CsrWriter
-from pgd.data.libsvm_parse import LibsvmSyntaxError, parse_libsvm_block, resolve_engine
+from pgd.data.libsvm_parse import LibsvmSyntaxError, Workspace, parse_libsvm_block, resolve_engine
 from pgd.data.slab import default_block_rows
 from pgd.data.writer import atomic_h5_file, create_xy, float_dtype
 from pgd.fileio import refuse_same_files
@@ -79,23 +80,29 @@ def line_aligned_range(path: str, size: int, rank: int) -> tuple[int, int]:
         return tuple(_line_start_at_or_after(handle, r * file_size // size, file_size) for r in (rank, rank + 1))
 
 
-def _text_blocks(path: str, start: int, stop: int, block_bytes: int):
-    """Yield byte blocks of ``[start, stop)`` that end at line ends (a longer line grows its block)."""
-    with open(path, "rb") as handle:
+def text_blocks(path: str, start: int, stop: int, block_bytes: int):
+    """Yield uint8 views of bytes ``[start, stop)`` of ``path`` that end at line ends (a line longer
+    than the block grows the buffer). One buffer is reused: a view is valid until the next is asked for."""
+    buffer = np.empty(block_bytes, dtype=np.uint8)
+    held, at = 0, start  # bytes kept from the last read (a line's beginning); file position
+    with open(path, "rb", buffering=0) as handle:
         handle.seek(start)
-        carry, at = b"", start
-        while at < stop:
-            chunk = handle.read(min(block_bytes, stop - at))
-            if not chunk:
-                break
-            at += len(chunk)
-            text = carry + chunk
-            cut = text.rfind(b"\n") + 1 if at < stop else len(text)
-            carry = text[cut:]
+        while True:
+            if held == len(buffer):
+                buffer = np.concatenate([buffer, np.empty_like(buffer)])
+            want = min(len(buffer) - held, stop - at)
+            got = handle.readinto(memoryview(buffer)[held:held + want]) if want > 0 else 0
+            at, filled = at + got, held + got
+            if at >= stop or not got:
+                if filled:
+                    yield buffer[:filled]
+                return
+            newlines = np.flatnonzero(buffer[held:filled] == _NEWLINE)
+            cut = held + int(newlines[-1]) + 1 if len(newlines) else 0
             if cut:
-                yield text[:cut]
-        if carry:
-            yield carry
+                yield buffer[:cut]
+            held = filled - cut
+            buffer[:held] = buffer[cut:filled]
 
 
 @dataclass
@@ -123,10 +130,10 @@ def _rank_parse(src: str, start: int, stop: int, parts: PartWriter, offset: int,
                 block_bytes: int, engine: str) -> dict:
     """Parse bytes ``[start, stop)`` into the part files; the first error stops with its local line."""
     rows = nnz = lines = 0
-    max_index, labels = -1, _Labels()
-    for text in _text_blocks(src, start, stop, block_bytes):
+    max_index, labels, workspace = -1, _Labels(), Workspace()
+    for text in text_blocks(src, start, stop, block_bytes):
         try:
-            block = parse_libsvm_block(text, engine)
+            block = parse_libsvm_block(text, engine, workspace)
         except LibsvmSyntaxError as error:
             return {"error": (lines + error.line, str(error))}
         indices = block.indices - offset
@@ -344,13 +351,16 @@ def convert_libsvm(src, dst, *, dense: bool = False, n_features: int | None = No
 
 def _convert_in(directory: str, src: str, dst: str, group: Collective, *, dense: bool, n_features, offset: int,
                 dtype: np.dtype, labels: str, task, index_dtype, block_bytes: int, engine: str, chunk_rows) -> dict:
+    began = time.perf_counter()
     start, stop = line_aligned_range(src, group.size, group.rank)
     parts = PartWriter(directory, group.rank, dtype)
     try:
         mine = _rank_parse(src, start, stop, parts, offset, n_features, block_bytes, engine)
     finally:
         parts.close()
+    mine["parse_seconds"] = time.perf_counter() - began
     gathered = group.allgather(mine)
+    parsed = time.perf_counter()
     group.agree(_first_error(src, gathered) if group.rank == 0 else None)
     n, nnz = sum(p["rows"] for p in gathered), sum(p["nnz"] for p in gathered)
     max_index = max(p["max_index"] for p in gathered)
@@ -374,7 +384,10 @@ def _convert_in(directory: str, src: str, dst: str, group: Collective, *, dense:
                           chunk_rows)
     except InputError as exc:
         outcome = str(exc)
+    written = time.perf_counter()
     group.agree(outcome)
+    seconds = {"parse_max": max(p["parse_seconds"] for p in gathered), "parse_and_gather": parsed - began,
+               "write": written - parsed}
     return {"path": dst, "n": n, "d": d, "nnz": nnz, "dtype": dtype.name, "index_dtype": index_dtype.name,
             "task": task, "sparse": not dense, "source": src, "source_format": "libsvm", "notes": notes,
-            "ranks": group.size}
+            "ranks": group.size, "seconds": {k: round(v, 3) for k, v in seconds.items()}}

@@ -81,9 +81,21 @@ def _number(buf, s, e, end_box):
 
 
 @numba.njit(cache=True, nogil=True)
-def parse_kernel(buf, labels, row_nnz, row_line, indices, values):
-    """Returns (rows, nnz, lines, error kind, error line, error start, error end)."""
-    n, i, line, m, k = len(buf) - 1, 0, 1, 0, 0  # buf[n] is a sentinel newline
+def count_kernel(buf):
+    """(newlines, colons) in ``buf``: bounds on the rows and non-zeros of a block."""
+    newlines = colons = 0
+    for c in buf:
+        newlines += c == 10
+        colons += c == 58
+    return newlines, colons
+
+
+@numba.njit(cache=True, nogil=True)
+def parse_kernel(buf, n, labels, row_nnz, row_line, indices, values):
+    """Parse ``buf[:n]`` (``buf[n]`` must be a newline: the sentinel that stops strtod).
+
+    Returns (rows, nnz, lines, error kind, error line, error start, error end)."""
+    i, line, m, k = 0, 1, 0, 0
     end_box = np.zeros(1, np.int64)
     while i < n:
         while i < n and _is_space(buf[i]) and buf[i] != 10:
@@ -134,3 +146,75 @@ def parse_kernel(buf, labels, row_nnz, row_line, indices, values):
         row_nnz[m] = k - first
         m += 1
     return m, k, line - 1, 0, 0, 0, 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _blank(buf, start, stop, delimiter):
+    """True when ``buf[start:stop]`` holds only whitespace and delimiters (a row the csv path skips)."""
+    for t in range(start, stop):
+        c = buf[t]
+        if not (c == 32 or c == 9 or c == 13 or c == delimiter):
+            return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def csv_count_kernel(buf, delimiter):
+    """(rows, awkward) of a block of CSV text: non-blank lines, and whether it holds a quote or a lone
+    carriage return (text the fast path leaves to the csv module)."""
+    rows, start, awkward, n = 0, 0, False, len(buf)
+    for i in range(n + 1):
+        if i == n or buf[i] == 10:
+            if i > start and not _blank(buf, start, i, delimiter):
+                rows += 1
+            start = i + 1
+        elif buf[i] == 34 or (buf[i] == 13 and i + 1 < n and buf[i + 1] != 10):
+            awkward = True
+    return rows, awkward
+
+
+@numba.njit(cache=True, nogil=True)
+def _trimmed(buf, start, stop):
+    while start < stop and (buf[start] == 32 or buf[start] == 9):
+        start += 1
+    while stop > start and (buf[stop - 1] == 32 or buf[stop - 1] == 9 or buf[stop - 1] == 13):
+        stop -= 1
+    return start, stop
+
+
+@numba.njit(cache=True, nogil=True)
+def csv_kernel(buf, n, delimiter, ncols, out, row_line):
+    """Parse the numeric CSV rows of ``buf[:n]`` (``buf[n]`` a newline) into ``out`` (rows, ncols).
+
+    Returns (rows, lines, error): error 0, or 1 at the first row the fast path cannot take (wrong
+    column count, a field that is not a plain number), which the caller re-parses with the csv module."""
+    i, line, m = 0, 1, 0
+    end_box = np.zeros(1, np.int64)
+    while i < n:
+        j = i
+        while j < n and buf[j] != 10:
+            j += 1
+        if not _blank(buf, i, j, delimiter):
+            column, s = 0, i
+            while True:
+                e = s
+                while e < j and buf[e] != delimiter:
+                    e += 1
+                a, b = _trimmed(buf, s, e)
+                if column >= ncols or a == b:
+                    return m, line, 1
+                value, ok = _number(buf, a, b, end_box)
+                if not ok:
+                    return m, line, 1
+                out[m, column] = value
+                column += 1
+                if e >= j:
+                    break
+                s = e + 1
+            if column != ncols:
+                return m, line, 1
+            row_line[m] = line
+            m += 1
+        line += 1
+        i = j + 1
+    return m, line - 1, 0

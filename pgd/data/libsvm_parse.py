@@ -55,30 +55,45 @@ _NUMBA_KERNEL = None
 
 
 def numba_kernel():
-    """The compiled kernel (built on first use), or None without numba."""
+    """The compiled kernels ``(count, parse)`` (built on first use), or None without numba."""
     global _NUMBA_KERNEL
     if _NUMBA_KERNEL is None:
         try:
-            from pgd.data.libsvm_kernel import parse_kernel
+            from pgd.data.libsvm_kernel import count_kernel, parse_kernel
+            _NUMBA_KERNEL = (count_kernel, parse_kernel)
         except ImportError:
-            parse_kernel = False
-        _NUMBA_KERNEL = parse_kernel
+            _NUMBA_KERNEL = False
     return _NUMBA_KERNEL or None
 
 
-def _parse_numba(buf: np.ndarray) -> LibsvmBlock:
-    kernel = numba_kernel()
-    padded = np.empty(len(buf) + 1, dtype=np.uint8)
-    padded[:-1] = buf
-    padded[-1] = 10
-    rows_cap = int(np.count_nonzero(buf == 10)) + 1
-    nnz_cap = int(np.count_nonzero(buf == 58))
-    labels, row_nnz, row_line = np.empty(rows_cap), np.empty(rows_cap, np.int64), np.empty(rows_cap, np.int64)
-    indices, values = np.empty(nnz_cap, np.int64), np.empty(nnz_cap)
-    m, k, lines, kind, line, s, e = kernel(padded, labels, row_nnz, row_line, indices, values)
+class Workspace:
+    """Output arrays reused from block to block (a block's results are views into them, valid until
+    the next parse with the same workspace)."""
+
+    def __init__(self):
+        self.rows = self.values = None
+
+    def take(self, rows: int, nnz: int) -> tuple[np.ndarray, ...]:
+        if self.rows is None or len(self.rows[0]) < rows:
+            self.rows = (np.empty(rows), np.empty(rows, np.int64), np.empty(rows, np.int64))
+        if self.values is None or len(self.values[0]) < nnz:
+            self.values = (np.empty(nnz, np.int64), np.empty(nnz))
+        return (*self.rows, *self.values)
+
+
+def _parse_numba(buf: np.ndarray, workspace: Workspace) -> LibsvmBlock:
+    count, kernel = numba_kernel()
+    if len(buf) and buf[-1] == 10:
+        text, n = buf, len(buf) - 1  # the final newline is the sentinel
+    else:
+        text, n = np.empty(len(buf) + 1, dtype=np.uint8), len(buf)
+        text[:-1], text[-1] = buf, 10
+    newlines, colons = count(buf)
+    labels, row_nnz, row_line, indices, values = workspace.take(newlines + 1, colons)
+    m, k, _, kind, line, s, e = kernel(text, n, labels, row_nnz, row_line, indices, values)
     if kind:
-        raise LibsvmSyntaxError(int(line), int(kind), bytes(padded[s:e]).decode("utf-8", "replace"))
-    return LibsvmBlock(labels[:m], row_nnz[:m], row_line[:m], indices[:k], values[:k], rows_cap - 1)
+        raise LibsvmSyntaxError(int(line), int(kind), bytes(text[s:e]).decode("utf-8", "replace"))
+    return LibsvmBlock(labels[:m], row_nnz[:m], row_line[:m], indices[:k], values[:k], int(newlines))
 
 
 # ---------------------------------------------------------------------------------------------- NumPy
@@ -219,8 +234,11 @@ def resolve_engine(engine: str = "auto") -> str:
     return "numba"
 
 
-def parse_libsvm_block(buf, engine: str = "auto") -> LibsvmBlock:
+def parse_libsvm_block(buf, engine: str = "auto", workspace: Workspace | None = None) -> LibsvmBlock:
     """Parse LIBSVM text (bytes or a uint8 array ending at a line boundary) into a :class:`LibsvmBlock`.
+
+    With a :class:`Workspace` (numba engine), output arrays are reused: the result is valid until the
+    next call with the same workspace.
 
     Raises
     ------
@@ -228,4 +246,6 @@ def parse_libsvm_block(buf, engine: str = "auto") -> LibsvmBlock:
         At the first malformed label or feature, with its block-local line.
     """
     array = np.frombuffer(buf, dtype=np.uint8) if isinstance(buf, (bytes, bytearray, memoryview)) else buf
-    return _parse_numba(array) if resolve_engine(engine) == "numba" else _parse_numpy(array)
+    if resolve_engine(engine) == "numba":
+        return _parse_numba(array, workspace or Workspace())
+    return _parse_numpy(array)
