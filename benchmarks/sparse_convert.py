@@ -88,10 +88,14 @@ def convert_libsvm_bench(args) -> None:
 
 
 def convert_csv_bench(args) -> None:
+    from pgd.data import sparse_csv
     from pgd.data.convert import convert_file
+    if args.csv_module:  # the csv-module path alone (what runs without numba)
+        sparse_csv._kernels = lambda: None
     start = time.perf_counter()
     summary = convert_file(args.src, args.out, "csv")
-    report("pgd csv->dense", args.src, time.perf_counter() - start, n=summary["n"], d=summary["d"])
+    report("pgd csv->dense" + (" (csv module)" if args.csv_module else ""), args.src, time.perf_counter() - start,
+           n=summary["n"], d=summary["d"])
 
 
 def peer(args) -> None:
@@ -140,6 +144,7 @@ def main(argv=None) -> None:
     p = sub.add_parser("csv")
     p.add_argument("src")
     p.add_argument("out")
+    p.add_argument("--csv-module", action="store_true", help="without the compiled fast path")
     p.set_defaults(run=convert_csv_bench)
     p = sub.add_parser("peer")
     p.add_argument("tool")

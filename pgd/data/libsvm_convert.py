@@ -360,7 +360,7 @@ def _convert_in(directory: str, src: str, dst: str, group: Collective, *, dense:
         parts.close()
     mine["parse_seconds"] = time.perf_counter() - began
     gathered = group.allgather(mine)
-    parsed = time.perf_counter()
+    parsed = time.perf_counter()  # rank 0's write is timed from here
     group.agree(_first_error(src, gathered) if group.rank == 0 else None)
     n, nnz = sum(p["rows"] for p in gathered), sum(p["nnz"] for p in gathered)
     max_index = max(p["max_index"] for p in gathered)
@@ -384,10 +384,9 @@ def _convert_in(directory: str, src: str, dst: str, group: Collective, *, dense:
                           chunk_rows)
     except InputError as exc:
         outcome = str(exc)
-    written = time.perf_counter()
-    group.agree(outcome)
-    seconds = {"parse_max": max(p["parse_seconds"] for p in gathered), "parse_and_gather": parsed - began,
-               "write": written - parsed}
+    finals = group.allgather((outcome, time.perf_counter() - parsed))
+    group.agree(next((error for error, _ in finals if error), None) if group.rank == 0 else None)
+    seconds = {"parse_max": max(p["parse_seconds"] for p in gathered), "write": finals[0][1]}
     return {"path": dst, "n": n, "d": d, "nnz": nnz, "dtype": dtype.name, "index_dtype": index_dtype.name,
             "task": task, "sparse": not dense, "source": src, "source_format": "libsvm", "notes": notes,
             "ranks": group.size, "seconds": {k: round(v, 3) for k, v in seconds.items()}}

@@ -91,6 +91,21 @@ def count_kernel(buf):
 
 
 @numba.njit(cache=True, nogil=True)
+def _feature(buf, s, colon, e, end_box):
+    """(index, value, ok) of the token ``buf[s:e]`` whose first colon is at ``colon`` (-1: none):
+    1 to 15 digits, a colon, a number."""
+    if colon <= s or colon + 1 >= e or colon - s > 15:
+        return 0, 0.0, False
+    index = 0
+    for j in range(s, colon):
+        if not 48 <= buf[j] <= 57:
+            return 0, 0.0, False
+        index = index * 10 + (buf[j] - 48)
+    value, ok = _number(buf, colon + 1, e, end_box)
+    return index, value, ok
+
+
+@numba.njit(cache=True, nogil=True)
 def parse_kernel(buf, n, labels, row_nnz, row_line, indices, values):
     """Parse ``buf[:n]`` (``buf[n]`` must be a newline: the sentinel that stops strtod).
 
@@ -129,16 +144,7 @@ def parse_kernel(buf, n, labels, row_nnz, row_line, indices, values):
                 i += 1
             if colon - s == 3 and buf[s] == 113 and buf[s + 1] == 105 and buf[s + 2] == 100:
                 continue  # qid:...
-            if colon <= s or colon + 1 >= i:
-                return m, k, line, ERR_FEATURE, line, s, i
-            if colon - s > 15:
-                return m, k, line, ERR_FEATURE, line, s, i
-            index = 0
-            for j in range(s, colon):
-                if not 48 <= buf[j] <= 57:
-                    return m, k, line, ERR_FEATURE, line, s, i
-                index = index * 10 + (buf[j] - 48)
-            value, ok = _number(buf, colon + 1, i, end_box)
+            index, value, ok = _feature(buf, s, colon, i, end_box)
             if not ok:
                 return m, k, line, ERR_FEATURE, line, s, i
             indices[k], values[k] = index, value
