@@ -28,9 +28,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def report(kind: str, path: str, seconds: float, group=None, **extra) -> None:
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def report(kind: str, path: str, seconds: float, group=None, cpu: float | None = None, **extra) -> None:
+    """One JSON line from rank 0; ``cpu`` is this rank's CPU seconds in the conversion (gathered), which
+    shows the work per rank even when other jobs share the cores."""
     size = os.path.getsize(path) / 1e6
     rss = [peak_rss_mb()] if group is None else group.allgather(peak_rss_mb())
+    if cpu is not None:
+        cpus = [cpu] if group is None else group.allgather(cpu)
+        extra = {"cpu_seconds": [round(c, 3) for c in cpus], **extra}
     if group is None or group.rank == 0:
         print(json.dumps({"kind": kind, "input_mb": round(size, 1), "seconds": round(seconds, 3),
                           "mb_per_s": round(size / seconds, 1), "ranks": 1 if group is None else group.size,
@@ -78,11 +88,11 @@ def convert_libsvm_bench(args) -> None:
     load = time.perf_counter() - load
     if group.size > 1:
         group.allgather(None)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     summary = convert_libsvm(args.src, args.out, engine=args.engine, dense=args.dense, collective=group,
                              labels="pm1")
-    seconds = time.perf_counter() - start
-    report("pgd libsvm->" + ("dense" if args.dense else "csr"), args.src, seconds, group, engine=args.engine,
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    report("pgd libsvm->" + ("dense" if args.dense else "csr"), args.src, seconds, group, cpu, engine=args.engine,
            engine_load_seconds=round(load, 3),
            n=summary["n"], d=summary["d"], nnz=summary["nnz"], phases=summary["seconds"], output_mb=round(os.path.getsize(args.out) / 1e6, 1))
 
@@ -92,14 +102,14 @@ def convert_csv_bench(args) -> None:
     from pgd.data.convert import convert_file
     if args.csv_module:  # the csv-module path alone (what runs without numba)
         sparse_csv._kernels = lambda: None
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     summary = convert_file(args.src, args.out, "csv")
     report("pgd csv->dense" + (" (csv module)" if args.csv_module else ""), args.src, time.perf_counter() - start,
-           n=summary["n"], d=summary["d"])
+           cpu=cpu_seconds() - cpu, n=summary["n"], d=summary["d"])
 
 
 def peer(args) -> None:
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     if args.tool == "sklearn-svmlight":
         from sklearn.datasets import load_svmlight_file
         X, _ = load_svmlight_file(args.src)
@@ -116,7 +126,7 @@ def peer(args) -> None:
         extra = {"n": summary["n"], "d": summary["d"]}
     else:
         raise SystemExit(f"unknown tool {args.tool}")
-    report(args.tool, args.src, time.perf_counter() - start, **extra)
+    report(args.tool, args.src, time.perf_counter() - start, cpu=cpu_seconds() - cpu, **extra)
 
 
 def main(argv=None) -> None:

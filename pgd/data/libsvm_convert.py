@@ -43,11 +43,24 @@ class Collective:
     rank: int = 0
     size: int = 1
     allgather: Callable[[object], list] = field(default=lambda obj: [obj])
+    idle_barrier: Callable[[], None] | None = None  # waits without spinning (None: the allgather waits)
 
     @classmethod
-    def from_comm(cls, comm) -> "Collective":
-        """From an mpi4py-like communicator (``Get_rank``, ``Get_size``, ``allgather``)."""
-        return cls(comm.Get_rank(), comm.Get_size(), comm.allgather)
+    def from_comm(cls, comm, poll_seconds: float = 0.002) -> "Collective":
+        """From an mpi4py-like communicator (``Get_rank``, ``Get_size``, ``allgather``, ``Ibarrier``).
+
+        Ranks that finish early wait in a non-blocking barrier polled every ``poll_seconds``, so they leave
+        the cores to the ranks still parsing (and to rank 0 writing) instead of spinning in MPI."""
+        def idle_barrier():
+            request = comm.Ibarrier()
+            while not request.Test():
+                time.sleep(poll_seconds)
+        return cls(comm.Get_rank(), comm.Get_size(), comm.allgather, idle_barrier)
+
+    def wait_idle(self) -> None:
+        """Wait for every rank to get here, sleeping rather than spinning where the communicator allows."""
+        if self.idle_barrier is not None and self.size > 1:
+            self.idle_barrier()
 
     def agree(self, error: str | None) -> None:
         """Raise the first rank's error on every rank (collective when several ranks run)."""
@@ -359,6 +372,7 @@ def _convert_in(directory: str, src: str, dst: str, group: Collective, *, dense:
     finally:
         parts.close()
     mine["parse_seconds"] = time.perf_counter() - began
+    group.wait_idle()
     gathered = group.allgather(mine)
     parsed = time.perf_counter()  # rank 0's write is timed from here
     group.agree(_first_error(src, gathered) if group.rank == 0 else None)
@@ -384,7 +398,9 @@ def _convert_in(directory: str, src: str, dst: str, group: Collective, *, dense:
                           chunk_rows)
     except InputError as exc:
         outcome = str(exc)
-    finals = group.allgather((outcome, time.perf_counter() - parsed))
+    write_seconds = time.perf_counter() - parsed
+    group.wait_idle()
+    finals = group.allgather((outcome, write_seconds))
     group.agree(next((error for error, _ in finals if error), None) if group.rank == 0 else None)
     seconds = {"parse_max": max(p["parse_seconds"] for p in gathered), "write": finals[0][1]}
     return {"path": dst, "n": n, "d": d, "nnz": nnz, "dtype": dtype.name, "index_dtype": index_dtype.name,
