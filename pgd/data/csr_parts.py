@@ -12,7 +12,6 @@ from typing import Iterator
 
 import numpy as np
 
-FIELDS = {"nnz": np.int64, "labels": np.float64, "indices": np.int64}
 ROW_BLOCK = 1 << 20  # rows of per-row arrays read at a time
 
 
@@ -29,10 +28,9 @@ class PartWriter:
                       for name in ("nnz", "labels", "indices", "values")}
 
     def write(self, row_nnz, labels, indices, values) -> None:
-        self.files["nnz"].write(np.ascontiguousarray(row_nnz, dtype=np.int64).tobytes())
-        self.files["labels"].write(np.ascontiguousarray(labels, dtype=np.float64).tobytes())
-        self.files["indices"].write(np.ascontiguousarray(indices, dtype=np.int64).tobytes())
-        self.files["values"].write(np.ascontiguousarray(values, dtype=self.dtype).tobytes())
+        for name, array, dtype in (("nnz", row_nnz, np.int64), ("labels", labels, np.float64),
+                                   ("indices", indices, np.int64), ("values", values, self.dtype)):
+            self.files[name].write(memoryview(np.ascontiguousarray(array, dtype=dtype)))  # no copy when typed
 
     def close(self) -> None:
         for handle in self.files.values():

@@ -81,16 +81,6 @@ def _number(buf, s, e, end_box):
 
 
 @numba.njit(cache=True, nogil=True)
-def count_kernel(buf):
-    """(newlines, colons) in ``buf``: bounds on the rows and non-zeros of a block."""
-    newlines = colons = 0
-    for c in buf:
-        newlines += c == 10
-        colons += c == 58
-    return newlines, colons
-
-
-@numba.njit(cache=True, nogil=True)
 def _feature(buf, s, colon, e, end_box):
     """(index, value, ok) of the token ``buf[s:e]`` whose first colon is at ``colon`` (-1: none):
     1 to 15 digits, a colon, a number."""

@@ -55,12 +55,12 @@ _NUMBA_KERNEL = None
 
 
 def numba_kernel():
-    """The compiled kernels ``(count, parse)`` (built on first use), or None without numba."""
+    """The compiled parse kernel (built on first use, cached on disk), or None without numba."""
     global _NUMBA_KERNEL
     if _NUMBA_KERNEL is None:
         try:
-            from pgd.data.libsvm_kernel import count_kernel, parse_kernel
-            _NUMBA_KERNEL = (count_kernel, parse_kernel)
+            from pgd.data.libsvm_kernel import parse_kernel
+            _NUMBA_KERNEL = parse_kernel
         except ImportError:
             _NUMBA_KERNEL = False
     return _NUMBA_KERNEL or None
@@ -82,18 +82,19 @@ class Workspace:
 
 
 def _parse_numba(buf: np.ndarray, workspace: Workspace) -> LibsvmBlock:
-    count, kernel = numba_kernel()
+    kernel = numba_kernel()
     if len(buf) and buf[-1] == 10:
-        text, n = buf, len(buf) - 1  # the final newline is the sentinel
+        text, n, last_newline = buf, len(buf) - 1, 1  # the final newline is the sentinel
     else:
-        text, n = np.empty(len(buf) + 1, dtype=np.uint8), len(buf)
+        text, n, last_newline = np.empty(len(buf) + 1, dtype=np.uint8), len(buf), 0
         text[:-1], text[-1] = buf, 10
-    newlines, colons = count(buf)
-    labels, row_nnz, row_line, indices, values = workspace.take(newlines + 1, colons)
-    m, k, _, kind, line, s, e = kernel(text, n, labels, row_nnz, row_line, indices, values)
+    # A row takes at least 2 bytes ("1\n"), a feature at least 4 (" 1:2"): bounds that cost no resident
+    # memory beyond what the kernel writes, and spare a counting pass.
+    labels, row_nnz, row_line, indices, values = workspace.take(len(buf) // 2 + 2, len(buf) // 4 + 2)
+    m, k, lines, kind, line, s, e = kernel(text, n, labels, row_nnz, row_line, indices, values)
     if kind:
         raise LibsvmSyntaxError(int(line), int(kind), bytes(text[s:e]).decode("utf-8", "replace"))
-    return LibsvmBlock(labels[:m], row_nnz[:m], row_line[:m], indices[:k], values[:k], int(newlines))
+    return LibsvmBlock(labels[:m], row_nnz[:m], row_line[:m], indices[:k], values[:k], int(lines) + last_newline)
 
 
 # ---------------------------------------------------------------------------------------------- NumPy
