@@ -152,10 +152,10 @@ def _rank_parse(src: str, start: int, stop: int, parts: PartWriter, offset: int,
         indices = block.indices - offset
         if indices.size:
             low, high = int(indices.min()), int(indices.max())
-            problem = _index_problem(low, high, offset, n_features)
-            if problem:
-                bad = (indices == low) if low < 0 else (indices == high)
-                row = int(np.searchsorted(np.cumsum(block.row_nnz), int(np.argmax(bad)), side="right"))
+            if _index_problem(low, high, offset, n_features):  # report the first bad index in the block
+                at = int(np.argmax((indices < 0) | (indices >= (n_features or high + 1))))
+                row = int(np.searchsorted(np.cumsum(block.row_nnz), at, side="right"))
+                problem = _index_problem(int(indices[at]), int(indices[at]), offset, n_features)
                 return {"error": (lines + int(block.row_line[row]), problem)}
             max_index = max(max_index, high)
         labels.add(block.labels, block.row_line, lines)

@@ -284,3 +284,10 @@ def test_bad_options_and_missing_files(tmp_path):
     empty.write_bytes(b"# nothing\n\n")
     with pytest.raises(InputError, match="has no data rows"):
         convert(empty, tmp_path / "o.h5", size=2)
+
+
+def test_the_first_bad_index_is_reported(tmp_path):
+    path = tmp_path / "x.svm"
+    path.write_bytes(b"1 1:1\n0 9:1\n1 0:5\n")
+    with pytest.raises(InputError, match=r"line 2: feature index 9 exceeds"):
+        convert(path, tmp_path / "o.h5", n_features=5)
