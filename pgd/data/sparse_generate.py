@@ -16,7 +16,7 @@ from pgd.errors import InputError
 from pgd.data.csr_writer import csr_output
 
 TASKS = ("regression", "binary")
-BLOCK_VALUES = 1 << 22  # draws per block: memory stays a few tens of MB
+BLOCK_VALUES = 1 << 20  # draws per block: temporaries stay under about 100 MB
 
 
 def _zipf_cdf(d: int, power: float) -> np.ndarray:
