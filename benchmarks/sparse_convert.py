@@ -59,7 +59,8 @@ def make_libsvm(args) -> None:
             slab = read_csr_slab(meta, lo, min(lo + 20000, meta.n), "float64")
             for i in range(slab.n_rows):
                 a, b = slab.indptr[i], slab.indptr[i + 1]
-                features = " ".join(f"{j + 1}:{v:.6g}" for j, v in zip(slab.indices[a:b].tolist(), slab.data[a:b].tolist()))
+                pairs = zip(slab.indices[a:b].tolist(), slab.data[a:b].tolist())
+                features = " ".join(f"{j + 1}:{v:.6g}" for j, v in pairs)
                 handle.write(f"{'+1' if slab.y[i] else '-1'} {features}\n")
     os.unlink(tmp)
 
@@ -94,7 +95,8 @@ def convert_libsvm_bench(args) -> None:
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     report("pgd libsvm->" + ("dense" if args.dense else "csr"), args.src, seconds, group, cpu, engine=args.engine,
            engine_load_seconds=round(load, 3),
-           n=summary["n"], d=summary["d"], nnz=summary["nnz"], phases=summary["seconds"], output_mb=round(os.path.getsize(args.out) / 1e6, 1))
+           n=summary["n"], d=summary["d"], nnz=summary["nnz"], phases=summary["seconds"],
+           output_mb=round(os.path.getsize(args.out) / 1e6, 1))
 
 
 def convert_csv_bench(args) -> None:

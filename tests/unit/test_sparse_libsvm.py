@@ -143,7 +143,8 @@ def _dumped(tmp_path, zero_based, query_id=None, n=120, d=30, seed=0):
     matrix.eliminate_zeros()
     y = rng.integers(0, 2, n) * 2 - 1
     path = tmp_path / "data.svm"
-    dump_svmlight_file(matrix, y, str(path), zero_based=zero_based, comment="written by scikit-learn", query_id=query_id)
+    dump_svmlight_file(matrix, y, str(path), zero_based=zero_based, comment="written by scikit-learn",
+                       query_id=query_id)
     return path, matrix, y
 
 
