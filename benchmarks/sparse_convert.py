@@ -5,7 +5,8 @@ Subcommands (each measurement is its own process, so peak RSS is that conversion
     python benchmarks/sparse_convert.py make-libsvm data.svm --n 260000 --d 1000000 --nnz 50
     python benchmarks/sparse_convert.py make-csv data.csv --n 400000 --d 50
     [mpirun -n 2] python benchmarks/sparse_convert.py libsvm data.svm out.h5 [--engine numba|numpy] [--dense]
-    python benchmarks/sparse_convert.py csv data.csv out.h5 [--engine ...]
+    python benchmarks/sparse_convert.py csv data.csv out.h5 [--csv-module]
+    [mpirun -n 2] python benchmarks/sparse_convert.py csv data.csv out.h5 --parallel
     python benchmarks/sparse_convert.py peer {sklearn-svmlight,pandas-csv,pgd-convert-libsvm,pgd-convert-csv} FILE
 
 Each prints one JSON line: seconds (wall, from the start of the conversion to the file committed), MB/s of
@@ -76,12 +77,8 @@ def make_csv(args) -> None:
 
 
 def convert_libsvm_bench(args) -> None:
-    from pgd.data.libsvm_convert import Collective, convert_libsvm
-    group = Collective()
-    if os.environ.get("OMPI_COMM_WORLD_SIZE") or os.environ.get("PMI_SIZE"):
-        from mpi4py import MPI
-        group = Collective.from_comm(MPI.COMM_WORLD)
-        MPI.COMM_WORLD.Barrier()
+    from pgd.data.libsvm_convert import convert_libsvm
+    group = _collective()
     load = time.perf_counter()
     if args.engine != "numpy":  # numba's import and on-disk cache load: a fixed cost per process, shown apart
         from pgd.data.libsvm_parse import parse_libsvm_block
@@ -99,15 +96,38 @@ def convert_libsvm_bench(args) -> None:
            output_mb=round(os.path.getsize(args.out) / 1e6, 1))
 
 
+def _collective():
+    from pgd.data.libsvm_convert import Collective
+    if os.environ.get("OMPI_COMM_WORLD_SIZE") or os.environ.get("PMI_SIZE"):
+        from mpi4py import MPI
+        return Collective.from_comm(MPI.COMM_WORLD)
+    return Collective()
+
+
 def convert_csv_bench(args) -> None:
     from pgd.data import sparse_csv
     from pgd.data.convert import convert_file
+    from pgd.data.sparse_csv_convert import convert_csv_parallel
     if args.csv_module:  # the csv-module path alone (what runs without numba)
         sparse_csv._kernels = lambda: None
+    group = _collective() if args.parallel else None
+    load = time.perf_counter()
+    if not args.csv_module:  # numba's import and cache load, a fixed cost per process, shown apart
+        count, parse = sparse_csv._kernels()
+        text = np.frombuffer(b"1,2\n", dtype=np.uint8)
+        count(text, 44)
+        parse(text, 3, 44, 2, np.empty((2, 2)), np.empty(2, dtype=np.int64))
+    load = time.perf_counter() - load
+    if group is not None:
+        group.allgather(None)
     start, cpu = time.perf_counter(), cpu_seconds()
-    summary = convert_file(args.src, args.out, "csv")
-    report("pgd csv->dense" + (" (csv module)" if args.csv_module else ""), args.src, time.perf_counter() - start,
-           cpu=cpu_seconds() - cpu, n=summary["n"], d=summary["d"])
+    if group is not None:
+        summary = convert_csv_parallel(args.src, args.out, collective=group)
+    else:
+        summary = convert_file(args.src, args.out, "csv")
+    kind = "pgd csv->dense" + (" (csv module)" if args.csv_module else "") + (" parallel" if args.parallel else "")
+    report(kind, args.src, time.perf_counter() - start, group, cpu=cpu_seconds() - cpu, n=summary["n"],
+           d=summary["d"], engine_load_seconds=round(load, 3), **({"phases": summary["seconds"]} if args.parallel else {}))
 
 
 def peer(args) -> None:
@@ -157,6 +177,7 @@ def main(argv=None) -> None:
     p.add_argument("src")
     p.add_argument("out")
     p.add_argument("--csv-module", action="store_true", help="without the compiled fast path")
+    p.add_argument("--parallel", action="store_true", help="convert_csv_parallel (under mpirun: every rank)")
     p.set_defaults(run=convert_csv_bench)
     p = sub.add_parser("peer")
     p.add_argument("tool")

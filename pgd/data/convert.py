@@ -198,8 +198,10 @@ def _has_header(first: list[str], second: list[str] | None) -> bool:
     return any(not _is_numeric([a]) and _is_numeric([b]) for a, b in zip(first, second))
 
 
-def _csv_source(src: str, label_column, delimiter: str, header: bool | None, block_rows: int | None,
-                collect_classes: bool, notes: list):
+def csv_layout(src: str, label_column, delimiter: str, header: bool | None, notes: list):
+    """What the first two rows of a CSV file say: ``(rows, first, second, header, ncols, label, features)``,
+    ``rows`` the row iterator after them, ``label`` the label column (None: no labels), ``features`` the
+    feature columns (an unnamed pandas index column left out)."""
     rows = _csv_rows(src, delimiter)
     first = next(rows, None)
     if first is None:
@@ -220,6 +222,12 @@ def _csv_source(src: str, label_column, delimiter: str, header: bool | None, blo
             notes.append(f"label column: {shown}; --label-column picks another, --label-column none keeps every "
                          "column as a feature")
     features = np.array([c for c in range(ncols) if c != label and c not in skipped], dtype=np.intp)
+    return rows, first, second, header, ncols, label, features
+
+
+def _csv_source(src: str, label_column, delimiter: str, header: bool | None, block_rows: int | None,
+                collect_classes: bool, notes: list):
+    rows, first, second, header, ncols, label, features = csv_layout(src, label_column, delimiter, header, notes)
     fast = None if collect_classes else fast_csv_blocks(src, delimiter, bool(header), ncols)
     if fast is not None:  # numeric text: compiled count and parse, the csv module for awkward blocks
         return fast[0], len(features), _fast_blocks(fast[1], src, delimiter, ncols, features, label), "line", None, \

@@ -84,13 +84,14 @@ def _line_start_at_or_after(handle, position: int, file_size: int) -> int:
     return file_size
 
 
-def line_aligned_range(path: str, size: int, rank: int) -> tuple[int, int]:
-    """Rank ``rank``'s bytes ``[start, stop)`` of ``path``: whole lines, the ranks' ranges in order
-    covering the file once; a line belongs to the rank whose ``file_size / size`` share holds its first
-    byte (a rank may get none)."""
+def line_aligned_range(path: str, size: int, rank: int, start: int = 0) -> tuple[int, int]:
+    """Rank ``rank``'s bytes of ``path`` from ``start`` (a line start) to the end: whole lines, the ranks'
+    ranges in order covering them once; a line belongs to the rank whose ``1 / size`` share of the bytes
+    holds its first byte (a rank may get none)."""
     file_size = os.path.getsize(path)
+    span = file_size - start
     with open(path, "rb") as handle:
-        return tuple(_line_start_at_or_after(handle, r * file_size // size, file_size) for r in (rank, rank + 1))
+        return tuple(_line_start_at_or_after(handle, start + r * span // size, file_size) for r in (rank, rank + 1))
 
 
 def text_blocks(path: str, start: int, stop: int, block_bytes: int):

@@ -81,3 +81,40 @@ def test_the_fast_path_is_taken_for_plain_numbers_only(tmp_path):
     values, lines = next(blocks)
     assert rows == 2 and values.tolist() == [[1, 0], [2, 1]] and lines.tolist() == [2, 3]
     assert sparse_csv.fast_csv_blocks(str(quoted), ",", True, 2) is None
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_parallel_csv_equals_the_serial_converter_and_ranks_agree(tmp_path, size):
+    from test_sparse_libsvm import run_ranks
+
+    from pgd.data.sparse_csv_convert import convert_csv_parallel
+    rng = np.random.default_rng(0)
+    lines = ["a,b,c,y"] + [f"{x:.6g},{z:.17g},{i},{i % 2}" for i, (x, z) in enumerate(rng.standard_normal((500, 2)))]
+    lines[100] = ""  # a blank line
+    lines[300] = '"7",1,2,1'  # a block for the csv module
+    src = tmp_path / "data.csv"
+    src.write_text("\n".join(lines) + "\n")
+    serial = convert_file(src, tmp_path / "serial.h5", "csv", dtype="float64")
+    out = tmp_path / f"par{size}.h5"
+    results = run_ranks(size, lambda group: convert_csv_parallel(src, out, dtype="float64", block_bytes=333,
+                                                                 collective=group))
+    assert all(not isinstance(r, Exception) for r in results), results
+    assert all(r == results[0] for r in results) and results[0]["n"] == serial["n"] == 499
+    with h5py.File(tmp_path / "serial.h5") as a, h5py.File(out) as b:
+        assert np.array_equal(a["X"][:], b["X"][:]) and np.array_equal(a["y"][:], b["y"][:])
+        assert b.attrs["task"] == "binary"
+    reference = tmp_path / "one.h5"
+    run_ranks(1, lambda group: convert_csv_parallel(src, reference, dtype="float64", collective=group))
+    assert out.read_bytes() == reference.read_bytes()
+
+
+def test_parallel_csv_errors_name_the_line_on_every_rank(tmp_path):
+    from test_sparse_libsvm import run_ranks
+
+    from pgd.data.sparse_csv_convert import convert_csv_parallel
+    src = tmp_path / "data.csv"
+    src.write_text("a,y\n" + "".join(f"{i},1\n" for i in range(200)) + "x,1\n" + "1,0\n" * 50)
+    results = run_ranks(3, lambda group: convert_csv_parallel(src, tmp_path / "o.h5", block_bytes=100,
+                                                              collective=group))
+    assert all(isinstance(r, InputError) and "line 202 column 1: 'x' is not a number" in str(r) for r in results)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv"]
