@@ -127,7 +127,8 @@ def convert_csv_bench(args) -> None:
         summary = convert_file(args.src, args.out, "csv")
     kind = "pgd csv->dense" + (" (csv module)" if args.csv_module else "") + (" parallel" if args.parallel else "")
     report(kind, args.src, time.perf_counter() - start, group, cpu=cpu_seconds() - cpu, n=summary["n"],
-           d=summary["d"], engine_load_seconds=round(load, 3), **({"phases": summary["seconds"]} if args.parallel else {}))
+           d=summary["d"], engine_load_seconds=round(load, 3),
+           **({"phases": summary["seconds"]} if args.parallel else {}))
 
 
 def peer(args) -> None:
