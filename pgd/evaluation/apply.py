@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 from pgd.comm.host import collectively
-from pgd.data import block_range
 from pgd.device.backend import cpu_backend
 from pgd.errors import InputError
 from pgd.evaluation.metrics import classification_metrics, regression_metrics
@@ -81,16 +80,18 @@ def predict_model(world, model_path: str, data_path: str, out: str, *, x_key="X"
     for row, values in enumerate(columns.values()):
         block[row] = values
     n = slab.n_global
+    ranges = world.allgather((slab.start, slab.stop))   # block rows (dense) or nnz-balanced rows (CSR)
     with collectively(world):  # a failed write (disk full) is one line on every rank
         if rank != 0:
             world.Send(block, dest=0, tag=7)
         else:
             _write_predictions(world, out, list(columns), block, n,
-                               {"model": model_path, "data": data_path, "loss": model.loss})
+                               {"model": model_path, "data": data_path, "loss": model.loss}, ranges)
     return {"model": model_path, "data": data_path, "out": out, "n": n, "columns": list(columns)}
 
 
-def _write_predictions(world, out: str, names: list, own_block: np.ndarray, n: int, attrs: dict) -> None:
+def _write_predictions(world, out: str, names: list, own_block: np.ndarray, n: int, attrs: dict,
+                       ranges: list) -> None:
     """Rank 0: receive every rank's block in turn and write it; every block is received even when the
     write fails (the senders never wait forever), then the error is raised."""
     size = world.Get_size()
@@ -100,17 +101,17 @@ def _write_predictions(world, out: str, names: list, own_block: np.ndarray, n: i
             datasets = [handle.create_dataset(name, shape=(n,), dtype=np.float64) for name in names]
             handle.attrs.update(attrs)
             for source in range(size):
-                block = own_block if source == 0 else _receive(world, next(pending), len(names), n)
-                start, stop = block_range(n, size, source)
+                block = own_block if source == 0 else _receive(world, next(pending), len(names), ranges)
+                start, stop = ranges[source]
                 for row, dataset in enumerate(datasets):
                     dataset[start:stop] = block[row]
     finally:
         for source in pending:
-            _receive(world, source, len(names), n)
+            _receive(world, source, len(names), ranges)
 
 
-def _receive(world, source: int, rows: int, n: int) -> np.ndarray:
-    start, stop = block_range(n, world.Get_size(), source)
+def _receive(world, source: int, rows: int, ranges: list) -> np.ndarray:
+    start, stop = ranges[source]
     block = np.empty((rows, stop - start), dtype=np.float64)
     world.Recv(block, source=source, tag=7)
     return block

@@ -13,6 +13,8 @@ from mpi4py import MPI
 
 from pgd.comm.host import collectively
 from pgd.data import DatasetMeta, block_range, count_nonfinite, inspect_dataset, read_rows, read_weights
+from pgd.data.csr import CsrMeta, inspect_csr, is_csr_file
+from pgd.data.csr_slab import rank_row_range, read_csr_slab
 from pgd.errors import InputError
 from pgd.loader.device import load_slab_to_device
 from pgd.runtime.hostmem import available_bytes, check_fits_in_memory
@@ -27,7 +29,7 @@ class RowSlab:
     """Rows ``[start, stop)`` of a dataset held by this rank (``X``, ``y`` and the optional sample weights
     on the backend's device); ``total_weight`` is ``Σ s_i`` over the whole dataset (``n`` without weights)."""
 
-    meta: DatasetMeta
+    meta: DatasetMeta | CsrMeta
     start: int
     stop: int
     X: object
@@ -46,6 +48,11 @@ class RowSlab:
     def n_global(self) -> int:
         """Rows of the whole dataset."""
         return self.meta.n
+
+    @property
+    def sparse(self) -> bool:
+        """Whether ``X`` is a SciPy CSR matrix (a sparse file) rather than a dense array."""
+        return bool(getattr(self.meta, "sparse", False))
 
 
 def resolve_dtype(choice: str, meta: DatasetMeta) -> np.dtype:
@@ -174,6 +181,12 @@ def load_row_slab(mpi_comm, path: str, *, backend, dtype: str = "auto", x_key: s
     class_weight : str, optional
         ``"balanced"`` or ``"W0,W1"``: row weights by label (logistic loss).
     """
+    if sparse_collectively(mpi_comm, path, x_key=x_key, locking=locking):
+        if backend.is_gpu:
+            raise InputError(f"{path} is sparse (CSR): it trains and predicts on the CPU for now; pass "
+                             f"--device cpu", collective=True)
+        return load_csr_row_slab(mpi_comm, path, dtype=dtype, x_key=x_key, y_key=y_key, locking=locking,
+                                 loss=loss, require_y=require_y, weight_key=weight_key, class_weight=class_weight)
     meta = inspect_collectively(mpi_comm, path, x_key=x_key, y_key=y_key, locking=locking,
                                 require_y=require_y)
     compute_dtype = resolve_dtype(dtype, meta)
@@ -184,6 +197,60 @@ def load_row_slab(mpi_comm, path: str, *, backend, dtype: str = "auto", x_key: s
     return load_block(mpi_comm, path, rows=(start, stop), cols=None, backend=backend, dtype=dtype,
                       locking=locking, loss=loss, meta=meta, weight_key=weight_key,
                       class_weight=class_weight)
+
+
+def sparse_collectively(mpi_comm, path: str, *, x_key: str, locking: str) -> bool:
+    """Whether ``/x_key`` of ``path`` is a CSR group (the same answer on every rank; a file that cannot be
+    opened answers False here and fails in the dense inspection with its one-line error)."""
+    sparse = False
+    if mpi_comm.Get_rank() == 0:
+        try:
+            sparse = is_csr_file(path, x_key, locking)
+        except (InputError, OSError):
+            sparse = False
+    return bool(mpi_comm.bcast(sparse, root=0))
+
+
+def _csr_nonfinite(data: np.ndarray, indptr: np.ndarray, y) -> tuple[int, int]:
+    """``(count, first local row or -1)`` of NaN/Inf among the stored values and the labels."""
+    bad = ~np.isfinite(data)
+    count = int(np.count_nonzero(bad))
+    firsts = [int(np.searchsorted(indptr, int(np.argmax(bad)), side="right")) - 1] if count else []
+    if y is not None:
+        bad_y = ~np.isfinite(y)
+        if bad_y.any():
+            count += int(np.count_nonzero(bad_y))
+            firsts.append(int(np.argmax(bad_y)))
+    return count, min(firsts, default=-1)
+
+
+def load_csr_row_slab(mpi_comm, path: str, *, dtype: str = "auto", x_key: str = "X", y_key: str | None = "y",
+                      locking: str = "best-effort", loss: str | None = None, require_y: bool = True,
+                      weight_key: str | None = None, class_weight: str | None = None) -> RowSlab:
+    """This rank's rows of a sparse (CSR) file: a contiguous row range with balanced non-zeros (found by
+    bisection on the stored indptr, never reading all of it), validated collectively like dense rows.
+
+    ``X`` of the returned slab is a ``scipy.sparse.csr_matrix`` on the host sharing the read arrays (values
+    in the compute dtype, indices as stored); a rank with no rows gets a ``0 x d`` matrix and joins every
+    collective.
+    """
+    meta = None
+    with collectively(mpi_comm):
+        meta = inspect_csr(path, x_key=x_key, y_key=y_key, require_y=require_y, locking=locking)
+    compute_dtype = resolve_dtype(dtype, meta)
+    part = None
+    with collectively(mpi_comm):
+        start, stop = rank_row_range(meta, mpi_comm.Get_size(), mpi_comm.Get_rank(), locking)
+        part = read_csr_slab(meta, start, stop, compute_dtype, weight_key=None, locking=locking)
+    labels = part.y
+    _check_values(mpi_comm, meta, part.start, _csr_nonfinite(part.data, part.indptr, labels), labels, loss)
+    weight, total, source = None, float(meta.n), "none"
+    if labels is not None:
+        weight, total, source = _weights(mpi_comm, meta, part.start, part.stop, compute_dtype, labels,
+                                         weight_key=weight_key, class_weight=class_weight, locking=locking,
+                                         counts=True)
+    return RowSlab(meta=meta, start=part.start, stop=part.stop, X=part.to_scipy(), y=labels,
+                   dtype=compute_dtype, weight=weight, total_weight=total, weight_source=source)
 
 
 def _load_to_gpu(mpi_comm, meta, start, stop, dtype, *, backend, locking, loss, weight_key,

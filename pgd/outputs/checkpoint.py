@@ -89,7 +89,12 @@ def data_fingerprint(world, meta, X, y, *, rows: tuple[int, int], cols: tuple[in
     rows, cols : tuple of int
         The global row and column ranges of ``X``.
     """
-    part = (array_crc(X), array_crc(y), str(getattr(X, "dtype", "")), (*rows, *cols))
+    sparse = bool(getattr(meta, "sparse", False))
+    if sparse:   # a CSR slab: its values, column indices and row lengths, each a stream in row order
+        part = (array_crc(X.data), array_crc(y), str(X.dtype), (*rows, *cols), array_crc(X.indices),
+                array_crc(np.diff(X.indptr).astype(np.int64)))
+    else:
+        part = (array_crc(X), array_crc(y), str(getattr(X, "dtype", "")), (*rows, *cols))
     parts = world.gather(part, root=0)
     fingerprint = None
     if world.Get_rank() == 0:
@@ -99,6 +104,10 @@ def data_fingerprint(world, meta, X, y, *, rows: tuple[int, int], cols: tuple[in
                        "y_shape": [meta.n] if meta.y_key else None, "loaded_dtype": parts[-1][2],
                        "layout": _layout([p[3] for p in parts], meta.n, meta.d),
                        "x_crc32": f"{x_crc:08x}", "y_crc32": f"{y_crc:08x}"}
+        if sparse:
+            fingerprint["x_nnz"] = int(meta.nnz)
+            fingerprint["x_indices_crc32"] = f"{combine_parts(p[4] for p in parts)[0]:08x}"
+            fingerprint["x_row_nnz_crc32"] = f"{combine_parts(p[5] for p in parts)[0]:08x}"
     return world.bcast(fingerprint, root=0)
 
 

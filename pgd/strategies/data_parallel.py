@@ -16,9 +16,9 @@ from pgd.device.backend import host_copy_of
 from pgd.device.kernels import FinishKernel
 from pgd.device.ops import CupyOps
 from pgd.loader.host import load_row_slab
-from pgd.local.linear import LocalLinearGradient
 from pgd.local.losses import get_loss
 from pgd.local.power import curvature_bound
+from pgd.local.sparse import local_gradient
 from pgd.strategies.grid import grid_shape
 from pgd.strategies.standardize import column_moments
 
@@ -190,7 +190,7 @@ def build_data_parallel(cfg, world, backend):
                          y_key=cfg.y_key, locking=cfg.hdf5_locking, loss=cfg.loss,
                          weight_key=cfg.weight_key, class_weight=cfg.class_weight)
     loss = get_loss(cfg.loss)
-    local = LocalLinearGradient(slab.X, slab.y, loss, fit_intercept=cfg.fit_intercept, xp=backend.xp,
+    local = local_gradient(slab.X, slab.y, loss, fit_intercept=cfg.fit_intercept, xp=backend.xp,
                                 block_bytes=cfg.block_bytes, sample_weight=slab.weight)
     comm = make_device_communicator(cfg.comm, world, backend, cfg.cuda_aware)
     objective = DataParallelObjective(local, comm, slab.n_global, cfg.l2, backend.xp,

@@ -26,6 +26,7 @@ import numpy as np
 
 from pgd.device.backend import host_copy_of
 from pgd.errors import InputError
+from pgd.local.sparse import row_blocks, row_range
 from pgd.strategies.data_parallel import ReplicatedParameters
 
 #: Largest Gram matrix (bytes, float64) that ``--solver auto`` will build.
@@ -124,6 +125,22 @@ def reduce_gram(objective, scaling, *, l2_diagonal, l1_weights=None) -> GramObje
     buffer = xp.zeros(d1 * d1 + d1 + 1, dtype=xp.float64)
     gram = buffer[: d1 * d1].reshape(d1, d1)
     moment = buffer[d1 * d1: d1 * d1 + d1]
+    sums = _csr_gram_sums if getattr(local, "sparse", False) else _dense_gram_sums
+    sums(local, scaling, gram, moment, buffer)
+    objective.comm.allreduce(buffer)
+    buffer /= objective.normalizer
+    if local.fit_intercept:  # identical symmetric bits on every rank
+        gram[-1, :-1] = gram[:-1, -1]
+    upper = xp.triu_indices(d1, 1)
+    gram.T[upper] = gram[upper]
+    return GramObjective(gram, moment, float(buffer[-1]), l2_diagonal, xp, objective.comm, scaling=scaling,
+                         fit_intercept=local.fit_intercept, l1_weights=l1_weights)
+
+
+def _dense_gram_sums(local, scaling, gram, moment, buffer) -> None:
+    """Add a rank's dense rows to ``G``, ``c``, ``q`` (unnormalised), centred and scaled in float64 block by
+    block."""
+    xp = local.xp
     mean = xp.asarray(scaling.mean_host)
     for start in range(0, local.n_local, local.block_rows):
         X = local.X[start:start + local.block_rows].astype(xp.float64)
@@ -143,14 +160,37 @@ def reduce_gram(objective, scaling, *, l2_diagonal, l1_weights=None) -> GramObje
             gram[:-1, -1] += weighted.sum(axis=0)
             moment[-1] += float(wy.sum())
             gram[-1, -1] += float(wy.size if local.sample_weight is None else s.sum())
-    objective.comm.allreduce(buffer)
-    buffer /= objective.normalizer
-    if local.fit_intercept:  # identical symmetric bits on every rank
-        gram[-1, :-1] = gram[:-1, -1]
-    upper = xp.triu_indices(d1, 1)
-    gram.T[upper] = gram[upper]
-    return GramObjective(gram, moment, float(buffer[-1]), l2_diagonal, xp, objective.comm, scaling=scaling,
-                         fit_intercept=local.fit_intercept, l1_weights=l1_weights)
+
+
+def _csr_gram_sums(local, scaling, gram, moment, buffer) -> None:
+    """Add a rank's CSR rows to ``G``, ``c``, ``q`` (unnormalised) without densifying them: the raw
+    ``XᵀSX`` (a sparse product, stored dense: d is small on this route), ``XᵀS1``, ``XᵀSy``, then centring
+    and scaling applied to those sums, ``D⁻¹(XᵀSX − μaᵀ − aμᵀ + Wμμᵀ)D⁻¹`` with ``a = XᵀS1``.  The data
+    is never centred, so columns whose mean is large against their spread lose digits here that the dense
+    route, which centres rows in float64, keeps."""
+    X, d = local.X, local.d
+    raw, column_sums, cross = np.zeros((d, d)), np.zeros(d), np.zeros(d)
+    total = weighted_y = 0.0
+    for start, stop in row_blocks(X):
+        block = row_range(X, start, stop).astype(np.float64)
+        y = local.y[start:stop].astype(np.float64)
+        s = np.ones(stop - start) if local.sample_weight is None else local.sample_weight[start:stop].astype(np.float64)
+        weighted = block.multiply(s[:, None]).tocsr()
+        raw += (block.T @ weighted).toarray()
+        column_sums += weighted.T @ np.ones(stop - start)
+        cross += weighted.T @ y
+        total += float(s.sum())
+        weighted_y += float(s @ y)
+        buffer[-1] += float(y @ (s * y))
+    mean = scaling.mean_host if scaling.centred else np.zeros(d)
+    inverse = 1.0 / scaling.scale_host
+    centred = raw - np.outer(mean, column_sums) - np.outer(column_sums, mean) + total * np.outer(mean, mean)
+    gram[:-1, :-1] += centred * np.outer(inverse, inverse)
+    moment[:-1] += (cross - mean * weighted_y) * inverse
+    if local.fit_intercept:
+        gram[:-1, -1] += (column_sums - total * mean) * inverse
+        moment[-1] += weighted_y
+        gram[-1, -1] += total
 
 
 def gram_is_cheaper(d: int) -> bool:

@@ -31,7 +31,7 @@ from pgd.data import block_range
 from pgd.data.rechunk import chunk_advice
 from pgd.device.backend import host_copy_of
 from pgd.errors import InputError
-from pgd.loader.host import inspect_collectively, load_block
+from pgd.loader.host import inspect_collectively, load_block, sparse_collectively
 from pgd.local.losses import get_loss, sum64
 from pgd.local.power import curvature_bound
 from pgd.strategies.standardize import column_moments
@@ -292,6 +292,10 @@ def build_grid(cfg, world, backend):
     cart = world.Create_cart([rows_p, cols_q], periods=[False, False], reorder=False)
     p, q = cart.Get_coords(cart.Get_rank())
     row_comm, col_comm = cart.Sub([False, True]), cart.Sub([True, False])
+    if sparse_collectively(world, cfg.data, x_key=cfg.x_key, locking=cfg.hdf5_locking):
+        raise InputError(f"{cfg.data} is sparse (CSR, stored row after row): --mode {cfg.mode} would make every "
+                         f"rank read every non-zero to find its columns; use --mode data, or convert it with "
+                         f"`pgd data convert {cfg.data} DENSE.h5 --from h5 --to dense`", collective=True)
     meta = inspect_collectively(world, cfg.data, x_key=cfg.x_key, y_key=cfg.y_key, locking=cfg.hdf5_locking)
     widest = block_range(meta.d, cols_q, 0)[1]
     advice = chunk_advice(meta.chunks, meta.n, meta.d, widest, cfg.data) if cols_q > 1 else None

@@ -31,6 +31,7 @@ from mpi4py import MPI
 
 from pgd.device.backend import host_copy_of
 from pgd.local.power import curvature_bound
+from pgd.local.sparse import is_sparse, row_blocks
 
 #: A column whose standard deviation is below this fraction of its magnitude is treated as constant.
 CONSTANT_RELATIVE = 1e-10
@@ -67,6 +68,8 @@ def column_moments(mpi_comm, X, weight, xp, block_rows: int) -> tuple[float, np.
     (float, ndarray, ndarray)
         Host float64 values, identical on every rank.
     """
+    if is_sparse(X):
+        return csr_column_moments(mpi_comm, X, weight)
     n_local, d = X.shape
     root = _first_rows_root(mpi_comm, n_local)
     shift = np.zeros(d)
@@ -102,6 +105,45 @@ def column_moments(mpi_comm, X, weight, xp, block_rows: int) -> tuple[float, np.
         return total, np.zeros(d), np.zeros(d)
     mean = shift + first / total
     m2 = np.maximum(second - first * first / total, 0.0)
+    return total, mean, m2
+
+
+def _csr_column_sums(X, weight, center=None) -> tuple[float, np.ndarray, np.ndarray]:
+    """``(Σ s, Σ s x, Σ s (x − center)²)`` per column over a CSR matrix's rows, float64, in blocks of about
+    a million stored values; the implicit zeros add ``(Σ s − Σ_stored s) center²`` without being formed."""
+    d = X.shape[1]
+    first, second, stored_weight = np.zeros(d), np.zeros(d), np.zeros(d)
+    total = 0.0
+    for start, stop in row_blocks(X):
+        lo, hi = int(X.indptr[start]), int(X.indptr[stop])
+        s = np.ones(stop - start) if weight is None else weight[start:stop].astype(np.float64)
+        total += float(s.sum())
+        row_weight = np.repeat(s, np.diff(X.indptr[start:stop + 1]))
+        columns, values = X.indices[lo:hi], X.data[lo:hi].astype(np.float64)
+        first += np.bincount(columns, weights=row_weight * values, minlength=d)
+        if center is not None:
+            values -= center[columns]
+            second += np.bincount(columns, weights=row_weight * values * values, minlength=d)
+            stored_weight += np.bincount(columns, weights=row_weight, minlength=d)
+    if center is not None:
+        second += (total - stored_weight) * center * center
+    return total, first, second
+
+
+def csr_column_moments(mpi_comm, X, weight) -> tuple[float, np.ndarray, np.ndarray]:
+    """:func:`column_moments` of a rank's CSR rows without densifying: the global weighted means (one
+    Allreduce), then ``Σ s (x − mean)²`` about them, every term non-negative (a second pass and Allreduce),
+    so nothing cancels and the rank count changes only the rounding of sums."""
+    d = X.shape[1]
+    sums = np.zeros(d + 1)
+    sums[0], sums[1:], _ = _csr_column_sums(X, weight)
+    mpi_comm.Allreduce(MPI.IN_PLACE, sums, op=MPI.SUM)
+    total = float(sums[0])
+    if total <= 0:
+        return total, np.zeros(d), np.zeros(d)
+    mean = sums[1:] / total
+    m2 = _csr_column_sums(X, weight, center=mean)[2]
+    mpi_comm.Allreduce(MPI.IN_PLACE, m2, op=MPI.SUM)
     return total, mean, m2
 
 

@@ -26,6 +26,7 @@ import os
 import time
 
 import numpy as np
+import scipy.sparse
 from mpi4py import MPI
 
 import pgd
@@ -33,8 +34,8 @@ from pgd.comm.host import collectively, make_communicator, max_over_ranks
 from pgd.errors import DivergedError, TrainingError
 from pgd.fileio import atomic_path
 from pgd.loader.host import load_row_slab
-from pgd.local.linear import LocalLinearGradient
 from pgd.local.losses import get_loss
+from pgd.local.sparse import local_gradient
 from pgd.optim.convergence import OptimalityTest, effective_tol, unconverged_warning
 from pgd.outputs.model_file import save_run_model
 from pgd.strategies.data_parallel import DataParallelObjective
@@ -102,15 +103,16 @@ def load_rows(cfg, world, backend, holds_data: bool) -> RowData:
         return RowData(slab.X, slab.y, meta, dtype, slab.start, slab.weight, total, source)
     xp = backend.xp
     weight = None if source == "none" else xp.zeros(0, dtype=dtype)
-    return RowData(xp.zeros((0, meta.d), dtype=dtype), xp.zeros(0, dtype=dtype), meta, dtype, 0, weight, total,
-                   source)
+    empty = (scipy.sparse.csr_matrix((0, meta.d), dtype=dtype) if getattr(meta, "sparse", False)
+             else xp.zeros((0, meta.d), dtype=dtype))
+    return RowData(empty, xp.zeros(0, dtype=dtype), meta, dtype, 0, weight, total, source)
 
 
 def global_objective(cfg, world, backend, rows: RowData):
     """The exact objective over every rank's rows (a rank without rows contributes zeros), standardised
     unless ``--no-standardize`` (collective: one pass for the column scales)."""
     loss = get_loss(cfg.loss)
-    local = LocalLinearGradient(rows.X, rows.y, loss, fit_intercept=cfg.fit_intercept, xp=backend.xp,
+    local = local_gradient(rows.X, rows.y, loss, fit_intercept=cfg.fit_intercept, xp=backend.xp,
                                 block_bytes=cfg.block_bytes, sample_weight=rows.weight)
     objective = DataParallelObjective(local, make_communicator("allreduce", world), rows.n_global, cfg.l2,
                                       backend.xp, curvature=loss.curvature_bound, total_weight=rows.total_weight)

@@ -57,3 +57,26 @@ def assert_one_error_line(result: dict, fragment: str, code: int = 2) -> str:
     assert len(lines) == 1 and "Traceback" not in result["stderr"], result["stderr"]
     assert fragment in lines[0], lines[0]
     return lines[0]
+
+
+def write_csr_dataset(path, X, y=None, *, index_dtype=np.int32, sample_weight=None, **attrs):
+    """Write a sparse dataset (``/X`` in anndata's CSR encoding) from anything SciPy turns into CSR."""
+    import scipy.sparse  # noqa: PLC0415 - only the sparse tests need SciPy here
+
+    X = scipy.sparse.csr_matrix(X)
+    with h5py.File(path, "w") as handle:
+        handle.attrs["pgd_format"] = 1
+        for key, value in attrs.items():
+            handle.attrs[key] = value
+        group = handle.create_group("X")
+        group.attrs["encoding-type"] = "csr_matrix"
+        group.attrs["encoding-version"] = "0.1.0"
+        group.attrs["shape"] = np.array(X.shape, dtype=np.int64)
+        group.create_dataset("data", data=X.data)
+        group.create_dataset("indices", data=X.indices.astype(index_dtype))
+        group.create_dataset("indptr", data=X.indptr.astype(np.int64))
+        if y is not None:
+            handle.create_dataset("y", data=np.asarray(y))
+        if sample_weight is not None:
+            handle.create_dataset("sample_weight", data=np.asarray(sample_weight))
+    return str(path)
