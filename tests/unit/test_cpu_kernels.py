@@ -1,0 +1,238 @@
+"""The compiled CPU kernels (pgd/local/cpu_kernels.py) against float64 NumPy references."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+scipy_sparse = pytest.importorskip("scipy.sparse")
+
+from pgd.local import cpu_kernels as K  # noqa: E402
+from pgd.losses import LocalLinearGradient, get_loss  # noqa: E402
+
+LOSSES = ("squared", "logistic", "gram")
+SHAPES = [(0, 3), (1, 1), (5, 1), (7, 2), (13, 5), (37, 17), (101, 33)]
+
+
+def reference(X, y, w, b, loss, weight=None):
+    """``(loss_sum, grad_sum, intercept_sum, weight_sum)`` in float64 NumPy, straight from the formulas."""
+    X64, y64 = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    s = np.ones(X64.shape[0]) if weight is None else np.asarray(weight, dtype=np.float64)
+    z = X64 @ w + b
+    if loss == "squared":
+        r, pointwise = z - y64, 0.5 * (z - y64) ** 2
+    elif loss == "logistic":
+        r, pointwise = 0.5 * (1 + np.tanh(z / 2)) - y64, np.logaddexp(0, z) - y64 * z
+    else:
+        r, pointwise = z, z * z
+    return float(s @ pointwise), X64.T @ (s * r), float(s @ r), float(s.sum())
+
+
+def problem(n, d, dtype, loss, weighted, seed=0):
+    rng = np.random.default_rng(seed)
+    X = (rng.standard_normal((n, d)) * rng.uniform(0.5, 3, d)).astype(dtype)
+    y = (rng.random(n) < 0.4).astype(dtype) if loss == "logistic" else rng.standard_normal(n).astype(dtype)
+    weight = rng.uniform(0, 2, n).astype(dtype) if weighted else None
+    w = rng.standard_normal(d) / np.sqrt(d)
+    return X, y, weight, w, float(rng.standard_normal())
+
+
+def assert_matches(result, expected, rtol=1e-11):
+    loss_sum, grad, intercept, weight_sum = result
+    e_loss, e_grad, e_intercept, e_weight = expected
+    scale = 1.0 + np.abs(e_grad).max(initial=0.0)
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_allclose(grad, e_grad, rtol=rtol, atol=rtol * scale)
+    assert loss_sum == pytest.approx(e_loss, rel=rtol, abs=rtol)
+    assert intercept == pytest.approx(e_intercept, rel=rtol, abs=rtol * scale)
+    assert weight_sum == pytest.approx(e_weight, rel=1e-6, abs=1e-9)
+
+
+def poisoned_workspace(d, threads):
+    workspace = K.Workspace(d, threads)
+    workspace.partials.fill(np.nan)
+    workspace.scalars.fill(np.nan)
+    return workspace
+
+
+def test_available():
+    assert K.available(), K.unavailable_reason()
+    report = K.warm_up()
+    assert set(report) == {"dense/float32", "dense/float64", "csr/float32", "csr/float64"}
+    assert all(entry["seconds"] >= 0 for entry in report.values())
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_dense_matches_reference(shape, threads, weighted, dtype, loss):
+    X, y, weight, w, b = problem(*shape, dtype, loss, weighted)
+    out = np.full(shape[1], np.nan)
+    result = K.dense_loss_grad(X, y, w, b, loss, sample_weight=weight, out_grad=out, threads=threads,
+                               workspace=poisoned_workspace(shape[1], threads))
+    assert result[1] is out
+    assert_matches(result, reference(X, y, w, b, loss, weight))
+
+
+def to_csr(X, index_dtype, indptr_dtype=np.int64, empty_every=0):
+    """CSR arrays of ``X`` with some entries (and, with ``empty_every``, whole rows) zeroed out."""
+    X = X.copy()
+    X[np.abs(X) < 0.7] = 0                     # about half the entries
+    if empty_every:
+        X[::empty_every] = 0                   # empty rows
+    if X.shape[1] > 2:
+        X[:, 1] = 0                            # an all-zero column
+    A = scipy_sparse.csr_matrix(X)
+    return X, A.data, A.indices.astype(index_dtype), A.indptr.astype(indptr_dtype)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_csr_matches_reference(shape, threads, weighted, index_dtype, dtype, loss):
+    X, y, weight, w, b = problem(*shape, dtype, loss, weighted, seed=1)
+    X, data, indices, indptr = to_csr(X, index_dtype, indptr_dtype=index_dtype, empty_every=3)
+    out = np.full(shape[1], np.nan)
+    result = K.csr_loss_grad(data, indices, indptr, y, w, b, loss, sample_weight=weight, out_grad=out,
+                             threads=threads, workspace=poisoned_workspace(shape[1], threads))
+    assert_matches(result, reference(X, y, w, b, loss, weight))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_csr_slice_of_a_larger_indptr(threads):
+    """A rank's slice: ``indptr`` starts above 0 and ``data``/``indices`` are the whole arrays."""
+    X, y, _, w, b = problem(50, 9, np.float64, "logistic", False, seed=2)
+    X, data, indices, indptr = to_csr(X, np.int32, empty_every=4)
+    rows = slice(11, 40)
+    result = K.csr_loss_grad(data, indices, indptr[rows.start:rows.stop + 1], y[rows], w, b, "logistic",
+                             threads=threads)
+    assert_matches(result, reference(X[rows], y[rows], w, b, "logistic"))
+
+
+@pytest.mark.parametrize("kind", ["dense", "csr"])
+def test_threads_deterministic_and_agree(kind):
+    X, y, weight, w, b = problem(1003, 31, np.float32, "logistic", True, seed=3)
+    if kind == "csr":
+        _, data, indices, indptr = to_csr(X, np.int32, empty_every=5)
+
+        def run(threads):
+            return K.csr_loss_grad(data, indices, indptr, y, w, b, "logistic", sample_weight=weight,
+                                   threads=threads)
+    else:
+        def run(threads):
+            return K.dense_loss_grad(X, y, w, b, "logistic", sample_weight=weight, threads=threads)
+    results = {threads: run(threads) for threads in (1, 2, 3)}
+    for threads, (loss_sum, grad, intercept, weight_sum) in results.items():
+        again = run(threads)
+        assert again[0] == loss_sum and again[2] == intercept and again[3] == weight_sum
+        np.testing.assert_array_equal(again[1], grad)   # bit for bit, run to run
+        np.testing.assert_allclose(grad, results[1][1], rtol=1e-12, atol=1e-12 * np.abs(grad).max())
+        assert loss_sum == pytest.approx(results[1][0], rel=1e-13)
+    assert not np.array_equal(results[1][1], np.zeros_like(results[1][1]))
+
+
+@pytest.mark.parametrize("indptr", [
+    [0], [0, 0, 0], [0, 5], [0, 1, 2, 3, 4, 5, 6, 7], [0, 100, 100, 101, 102, 300],
+    [7, 7, 9, 30, 30, 31], [0, 0, 0, 0, 50, 50, 50],
+])
+@pytest.mark.parametrize("chunks", [1, 2, 3, 5])
+def test_csr_chunk_bounds(indptr, chunks):
+    indptr = np.array(indptr, dtype=np.int64)
+    bounds = K.csr_chunk_bounds(indptr, chunks)
+    n = len(indptr) - 1
+    assert len(bounds) == chunks + 1 and bounds[0] == 0 and bounds[-1] == n
+    assert np.all(np.diff(bounds) >= 0)
+    nnz = indptr[bounds[1:]] - indptr[bounds[:-1]]
+    heaviest_row = np.diff(indptr).max(initial=0)
+    assert nnz.max(initial=0) <= -(-(indptr[-1] - indptr[0]) // chunks) + heaviest_row
+
+
+def test_dense_chunk_bounds():
+    assert K.dense_chunk_bounds(10, 3).tolist() == [0, 3, 6, 10]
+    assert K.dense_chunk_bounds(0, 2).tolist() == [0, 0, 0]
+    assert K.dense_chunk_bounds(2, 3).tolist() == [0, 0, 1, 2]
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("fit_intercept", [False, True])
+@pytest.mark.parametrize("mode", ["squared", "logistic", "gram"])
+@pytest.mark.parametrize("rows", [None, slice(3, 50), slice(60, 60)])
+def test_fused_cpu_gradient_matches_local_linear_gradient(rows, mode, fit_intercept, sparse):
+    """Same ``out`` layout and values as pgd.losses' blocked path, for the whole slab and slices."""
+    loss = "logistic" if mode == "logistic" else "squared"
+    X, y, weight, w, b = problem(61, 7, np.float64, loss, True, seed=4)
+    if sparse:
+        X, data, indices, indptr = to_csr(X, np.int64, empty_every=6)
+        slab = (data, indices, indptr, X.shape[1])
+    else:
+        slab = X
+    params = np.append(w, b)
+    part = slice(None) if rows is None else rows      # (the blocked Gram product has no ``rows``)
+    blocked = LocalLinearGradient(X[part], y[part], get_loss(loss), fit_intercept=fit_intercept, xp=np,
+                                  sample_weight=weight[part], block_bytes=7 * 8 * 5)
+    expected, got = np.empty(9), np.full(9, np.nan)
+    blocked.sums_at(params, expected, gram=mode == "gram")
+    fused = K.FusedCPUGradient(slab, y, fit_intercept=fit_intercept, sample_weight=weight, threads=2)
+    fused(params, mode, got, rows)
+    np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-11)
+    if rows is None:
+        assert fused.weight_sum == pytest.approx(float(weight.sum(dtype=np.float64)))
+    assert "numba" in fused.kernel
+
+
+def test_bad_arguments():
+    X, y, _, w, b = problem(5, 3, np.float64, "squared", False)
+    with pytest.raises(ValueError, match="unknown loss"):
+        K.dense_loss_grad(X, y, w, b, "hinge")
+    with pytest.raises(ValueError, match="C-contiguous"):
+        K.dense_loss_grad(np.asfortranarray(X), y, w, b, "squared")
+    with pytest.raises(ValueError, match="y must have"):
+        K.dense_loss_grad(X, y.astype(np.float32), w, b, "squared")
+    with pytest.raises(ValueError, match="out_grad"):
+        K.dense_loss_grad(X, y, w, b, "squared", out_grad=np.empty(3, dtype=np.float32))
+    with pytest.raises(ValueError, match="threads"):
+        K.Workspace(3, 0)
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv(K.DISABLE_ENV, "1")
+    assert not K.available()
+    assert K.DISABLE_ENV in K.unavailable_reason()
+    assert K.warm_up() == {"problem": K.unavailable_reason()}
+
+
+def test_compile_failure_is_a_reason_not_a_crash(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("Failed in nopython mode pipeline\nmore lines")
+
+    monkeypatch.setattr(K, "_problem", None)
+    monkeypatch.setattr(K, "_self_check", broken)
+    assert not K.available()
+    assert K.unavailable_reason() == ("compiled CPU kernels failed to compile "
+                                      "(RuntimeError: Failed in nopython mode pipeline)")
+
+
+def test_wrong_kernel_is_a_reason(monkeypatch):
+    monkeypatch.setattr(K, "_problem", None)
+    monkeypatch.setattr(K, "_self_check", lambda kind, *args: f"{kind} squared float32 disagrees with NumPy")
+    assert not K.available()
+    assert "failed its start-up check" in K.unavailable_reason()
+
+
+def test_without_numba(monkeypatch):
+    """The module imports without numba and says so (a fresh copy of it, numba hidden)."""
+    monkeypatch.setitem(sys.modules, "numba", None)
+    spec = importlib.util.spec_from_file_location("cpu_kernels_without_numba", K.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert not module.available()
+    assert module.unavailable_reason().startswith("numba is not installed")
