@@ -68,6 +68,9 @@ __all__ = [
     "csr_loss_grad",
     "csr_chunk_bounds",
     "dense_chunk_bounds",
+    "dense_workspace",
+    "csr_workspace",
+    "PRECISIONS",
     "FusedCPUGradient",
 ]
 
@@ -91,101 +94,255 @@ def _jit(function=None, *, fastmath=_FASTMATH):
     return numba.njit(cache=True, nogil=True, fastmath=fastmath, error_model="numpy")(function)
 
 
-@_jit
-def _pointwise(z, y, mode):
-    """``(r, loss)`` of one row: derivative and loss of ``squared`` (0), ``logistic`` (1) or ``gram`` (2).
-
-    The logistic branch is written with selects, not jumps (the sign of ``z`` is unpredictable)."""
-    if mode == 0:
-        r = z - y
-        return r, 0.5 * r * r
-    if mode == 1:
-        e = math.exp(-abs(z))
-        positive = z >= 0.0
-        numerator = 1.0 if positive else e
-        step = 1.0 if positive else 0.0
-        return numerator / (1.0 + e) - y, z * (step - y) + math.log1p(e)
-    return z, z * z
+# exp(-a) = 2^-k exp(-r), a = k ln2 + r, |r| <= ln2 / 2 (Cody-Waite split of ln 2)
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+#: ``|z|`` is clipped here: ``exp(-708)`` is still a normal float64 (pgd.losses clips likewise); what is
+#: lost, ``exp(-|z|) < 3e-308``, is below rounding of any sum it enters.
+_EXP_ARGUMENT_MAX = 708.0
 
 
 @_jit
-def _row_terms(z, y, weight, i, mode):
-    """``(s r, s loss, s)`` of row ``i`` with raw score ``z`` (``s = 1`` when ``weight`` is None)."""
-    r, loss = _pointwise(z, np.float64(y[i]), mode)
-    if weight is None:
-        return r, loss, 1.0
-    s = np.float64(weight[i])
-    return r * s, loss * s, s
+def _logistic_terms(z, y, weight, start, m, rbuf, lbuf, bits):
+    """Logistic terms of the ``m`` scores in ``z`` (rows ``start ...``): ``z[k] <- s r`` with
+    ``r = sigmoid(z) - y``, ``rbuf[k] <- s r`` (in ``rbuf``'s dtype), ``lbuf[k] <- s loss`` with
+    ``loss = max(z, 0) - y z + log1p(exp(-|z|))``.
+
+    ``exp`` and ``log1p`` are polynomials written out here (no calls), so the loop over the block is
+    vectorised: ``exp(-r)`` by its Taylor series to degree 13 (``|r| <= ln2/2``: error below 1e-17) times
+    ``2^-k`` built from its bits in ``bits`` (int64 scratch); ``log1p(e) = 2 atanh(e / (2 + e))`` by its
+    odd series to degree 37 (``e / (2 + e) <= 1/3``: error below 1e-19).  Every term is non-negative, so
+    nothing cancels for large ``|z|``; the loss of a fitted row with ``|z|`` beyond 708 is exact to rounding.
+    """
+    for k in range(m):
+        a = min(abs(z[k]), _EXP_ARGUMENT_MAX)
+        bits[k] = (1023 - np.int64(a * _LOG2E + 0.5)) << 52
+    scale = bits.view(np.float64)
+    for k in range(m):
+        zk = z[k]
+        a = min(abs(zk), _EXP_ARGUMENT_MAX)
+        n = np.float64(np.int64(a * _LOG2E + 0.5))
+        t = (n * _LN2_HI - a) + n * _LN2_LO                      # -r
+        p = 1.0 / 6227020800.0
+        p = p * t + 1.0 / 479001600.0
+        p = p * t + 1.0 / 39916800.0
+        p = p * t + 1.0 / 3628800.0
+        p = p * t + 1.0 / 362880.0
+        p = p * t + 1.0 / 40320.0
+        p = p * t + 1.0 / 5040.0
+        p = p * t + 1.0 / 720.0
+        p = p * t + 1.0 / 120.0
+        p = p * t + 1.0 / 24.0
+        p = p * t + 1.0 / 6.0
+        p = p * t + 0.5
+        p = p * t + 1.0
+        p = p * t + 1.0
+        e = p * scale[k]                                          # exp(-|z|)
+        u = e / (2.0 + e)
+        v = u * u
+        q = 1.0 / 37.0
+        q = q * v + 1.0 / 35.0
+        q = q * v + 1.0 / 33.0
+        q = q * v + 1.0 / 31.0
+        q = q * v + 1.0 / 29.0
+        q = q * v + 1.0 / 27.0
+        q = q * v + 1.0 / 25.0
+        q = q * v + 1.0 / 23.0
+        q = q * v + 1.0 / 21.0
+        q = q * v + 1.0 / 19.0
+        q = q * v + 1.0 / 17.0
+        q = q * v + 1.0 / 15.0
+        q = q * v + 1.0 / 13.0
+        q = q * v + 1.0 / 11.0
+        q = q * v + 1.0 / 9.0
+        q = q * v + 1.0 / 7.0
+        q = q * v + 1.0 / 5.0
+        q = q * v + 1.0 / 3.0
+        q = q * v + 1.0 / 1.0
+        softplus = 2.0 * u * q                                    # log1p(e)
+        positive = zk >= 0.0
+        yk = np.float64(y[start + k])
+        r = (1.0 if positive else e) / (1.0 + e) - yk
+        loss = zk * ((1.0 if positive else 0.0) - yk) + softplus
+        s = 1.0 if weight is None else np.float64(weight[start + k])
+        z[k] = r * s
+        rbuf[k] = r * s
+        lbuf[k] = loss * s
 
 
 @_jit
-def _dense_rows(X, y, weight, w, b, mode, lo, hi, grad):
-    """Sums over rows ``lo:hi`` of dense ``X`` into ``grad`` (overwritten, float64); returns
-    ``(loss_sum, intercept_sum, weight_sum)``.  ``weight`` may be None (every row weighs 1).
-
-    Rows go four at a time: four dot products in one sweep of ``w``, then one sweep that adds the four
-    rows into ``grad`` (one load and store of ``grad`` per four rows), all while the rows are in L1."""
-    d = X.shape[1]
-    for j in range(d):
-        grad[j] = 0.0
+def _block_sums(z, lbuf, weight, start, m):
+    """``(sum lbuf, sum z, sum s)`` over the block.  A loop that only reads, apart from the loops that
+    write: its vectorised reduction then has no run-time aliasing checks, so it sums in the same order
+    whatever the addresses (results reproducible run to run)."""
     loss_sum = 0.0
     residual_sum = 0.0
-    weight_sum = 0.0
-    i = lo
-    while i + 4 <= hi:
-        z0 = z1 = z2 = z3 = 0.0
-        for j in range(d):
-            wj = w[j]
-            z0 += X[i, j] * wj
-            z1 += X[i + 1, j] * wj
-            z2 += X[i + 2, j] * wj
-            z3 += X[i + 3, j] * wj
-        r0, l0, s0 = _row_terms(z0 + b, y, weight, i, mode)
-        r1, l1, s1 = _row_terms(z1 + b, y, weight, i + 1, mode)
-        r2, l2, s2 = _row_terms(z2 + b, y, weight, i + 2, mode)
-        r3, l3, s3 = _row_terms(z3 + b, y, weight, i + 3, mode)
-        loss_sum += (l0 + l1) + (l2 + l3)
-        residual_sum += (r0 + r1) + (r2 + r3)
-        weight_sum += (s0 + s1) + (s2 + s3)
-        for j in range(d):
-            grad[j] += (r0 * X[i, j] + r1 * X[i + 1, j]) + (r2 * X[i + 2, j] + r3 * X[i + 3, j])
-        i += 4
-    while i < hi:
-        z = 0.0
-        for j in range(d):
-            z += X[i, j] * w[j]
-        r, loss, s = _row_terms(z + b, y, weight, i, mode)
-        loss_sum += loss
-        residual_sum += r
-        weight_sum += s
-        for j in range(d):
-            grad[j] += r * X[i, j]
-        i += 1
+    for k in range(m):
+        loss_sum += lbuf[k]
+        residual_sum += z[k]
+    weight_sum = np.float64(m)
+    if weight is not None:
+        weight_sum = 0.0
+        for k in range(m):
+            weight_sum += np.float64(weight[start + k])
     return loss_sum, residual_sum, weight_sum
 
 
-@_jit(fastmath=False)   # reassociation would vectorise the dot into AVX-512 gathers: 3x slower on Zen 4
-def _csr_rows(data, indices, indptr, y, weight, w, b, mode, lo, hi, grad):
-    """Sums over CSR rows ``lo:hi`` into ``grad`` (overwritten, float64, length ``d``); returns
-    ``(loss_sum, intercept_sum, weight_sum)``.  ``weight`` may be None.  ``indices`` are unsigned
-    (a view of the validated signed indices), so no negative-index wrap-around check is compiled in."""
+@_jit
+def _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf, bits):
+    """Terms of the ``m`` scores in ``z`` (rows ``start ...``): ``s r`` into ``z`` (float64) and ``rbuf``
+    (its dtype: the dtype the rows are combined in), ``s loss`` into ``lbuf``; returns the block's
+    ``(loss_sum, residual_sum, weight_sum)`` in float64.  ``mode``: 0 squared (``(z - y)^2 / 2``,
+    ``r = z - y``), 1 logistic, 2 Gram product (``z^2``, ``r = z``; ``y`` unused)."""
+    if mode == 1:
+        _logistic_terms(z, y, weight, start, m, rbuf, lbuf, bits)
+    else:
+        for k in range(m):
+            zk = z[k]
+            if mode == 0:
+                r = zk - np.float64(y[start + k])
+                loss = 0.5 * r * r
+            else:
+                r = zk
+                loss = zk * zk
+            s = 1.0 if weight is None else np.float64(weight[start + k])
+            z[k] = r * s
+            rbuf[k] = r * s
+            lbuf[k] = loss * s
+    return _block_sums(z, lbuf, weight, start, m)
+
+
+@_jit
+def _dense_scores(X, w, b, start, m, z):
+    """``z[k] = x_(start+k) . w + b`` for ``k < m``, four rows per sweep of ``w``.  The products and the
+    sums within a row are in ``w``'s dtype (float64, or the data dtype for BLAS-like float32 speed)."""
+    d = X.shape[1]
+    zero = w.dtype.type(0)
+    k = 0
+    while k + 4 <= m:
+        x0, x1, x2, x3 = X[start + k], X[start + k + 1], X[start + k + 2], X[start + k + 3]
+        z0 = z1 = z2 = z3 = zero
+        for j in range(d):
+            wj = w[j]
+            z0 += x0[j] * wj
+            z1 += x1[j] * wj
+            z2 += x2[j] * wj
+            z3 += x3[j] * wj
+        z[k] = np.float64(z0) + b
+        z[k + 1] = np.float64(z1) + b
+        z[k + 2] = np.float64(z2) + b
+        z[k + 3] = np.float64(z3) + b
+        k += 4
+    while k < m:
+        x0 = X[start + k]
+        z0 = zero
+        for j in range(d):
+            z0 += x0[j] * w[j]
+        z[k] = np.float64(z0) + b
+        k += 1
+
+
+@_jit
+def _dense_accumulate(X, start, m, rbuf, grad):
+    """``grad += sum_k rbuf[k] x_(start+k)``: four rows combined in ``rbuf``'s dtype, then added to the
+    float64 ``grad`` (one load and store of ``grad`` per four rows)."""
+    d = X.shape[1]
+    k = 0
+    while k + 4 <= m:
+        x0, x1, x2, x3 = X[start + k], X[start + k + 1], X[start + k + 2], X[start + k + 3]
+        r0, r1, r2, r3 = rbuf[k], rbuf[k + 1], rbuf[k + 2], rbuf[k + 3]
+        for j in range(d):
+            grad[j] += (r0 * x0[j] + r1 * x1[j]) + (r2 * x2[j] + r3 * x3[j])
+        k += 4
+    while k < m:
+        x0 = X[start + k]
+        r0 = rbuf[k]
+        for j in range(d):
+            grad[j] += r0 * x0[j]
+        k += 1
+
+
+@_jit
+def _dense_rows(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, bits):
+    """Sums over rows ``lo:hi`` of dense ``X`` into ``grad`` (overwritten, float64); returns
+    ``(loss_sum, intercept_sum, weight_sum)``.  ``weight`` may be None (every row weighs 1).
+
+    Rows go in blocks of ``len(z)`` (a block of ``X`` fits in L1): the block's scores, then its residuals
+    (a vectorised loop), then its rows added into ``grad`` while still in cache; ``X`` is read from memory
+    once.  ``z`` (float64), ``rbuf`` (dtype the rows are combined in) and ``bits`` (int64) are scratch."""
     for j in range(grad.shape[0]):
         grad[j] = 0.0
     loss_sum = 0.0
     residual_sum = 0.0
     weight_sum = 0.0
-    for i in range(lo, hi):
-        start = indptr[i]
-        stop = indptr[i + 1]
-        z = 0.0
-        for k in range(start, stop):
-            z += data[k] * w[indices[k]]
-        r, loss, s = _row_terms(z + b, y, weight, i, mode)
-        weight_sum += s
-        loss_sum += loss
-        residual_sum += r
-        for k in range(start, stop):
-            grad[indices[k]] += r * data[k]
+    block = z.shape[0]
+    for start in range(lo, hi, block):
+        m = min(block, hi - start)
+        _dense_scores(X, w, b, start, m, z)
+        sums = _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf, bits)
+        loss_sum += sums[0]
+        residual_sum += sums[1]
+        weight_sum += sums[2]
+        _dense_accumulate(X, start, m, rbuf, grad)
+    return loss_sum, residual_sum, weight_sum
+
+
+@_jit(fastmath=False)   # reassociation would vectorise the dot into AVX-512 gathers: 3x slower on Zen 4
+def _csr_scores(data, indices, indptr, w, b, start, m, z):
+    """``z[k] = x_(start+k) . w + b`` over the non-zeros of CSR rows ``start ... start + m - 1``.
+
+    Four partial sums per row (non-zeros ``p = 0, 1, 2, 3 mod 4``, added as ``(s0 + s1) + (s2 + s3)``):
+    a single running sum would wait one FMA latency per non-zero, which bounds SciPy's CSR mat-vec."""
+    for k in range(m):
+        p = indptr[start + k]
+        stop = indptr[start + k + 1]
+        s0 = s1 = s2 = s3 = 0.0
+        while p + 4 <= stop:
+            s0 += data[p] * w[indices[p]]
+            s1 += data[p + 1] * w[indices[p + 1]]
+            s2 += data[p + 2] * w[indices[p + 2]]
+            s3 += data[p + 3] * w[indices[p + 3]]
+            p += 4
+        if p < stop:
+            s0 += data[p] * w[indices[p]]
+        if p + 1 < stop:
+            s1 += data[p + 1] * w[indices[p + 1]]
+        if p + 2 < stop:
+            s2 += data[p + 2] * w[indices[p + 2]]
+        z[k] = ((s0 + s1) + (s2 + s3)) + b
+
+
+@_jit(fastmath=False)
+def _csr_accumulate(data, indices, indptr, start, m, rbuf, grad):
+    """``grad[indices] += rbuf[k] * data`` over the non-zeros of CSR rows ``start ... start + m - 1``."""
+    for k in range(m):
+        r = np.float64(rbuf[k])
+        for p in range(indptr[start + k], indptr[start + k + 1]):
+            grad[indices[p]] += r * data[p]
+
+
+@_jit
+def _csr_rows(data, indices, indptr, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, bits):
+    """Sums over CSR rows ``lo:hi`` into ``grad`` (overwritten, float64, length ``d``); returns
+    ``(loss_sum, intercept_sum, weight_sum)``.  ``weight`` may be None.  ``indices`` are unsigned
+    (a view of the validated signed indices), so no negative-index wrap-around check is compiled in.
+    Blocks of ``len(z)`` rows: their scores (gather), residuals (vectorised), then the scatter, with the
+    block's non-zeros still in cache."""
+    for j in range(grad.shape[0]):
+        grad[j] = 0.0
+    loss_sum = 0.0
+    residual_sum = 0.0
+    weight_sum = 0.0
+    block = z.shape[0]
+    for start in range(lo, hi, block):
+        m = min(block, hi - start)
+        _csr_scores(data, indices, indptr, w, b, start, m, z)
+        sums = _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf, bits)
+        loss_sum += sums[0]
+        residual_sum += sums[1]
+        weight_sum += sums[2]
+        _csr_accumulate(data, indices, indptr, start, m, rbuf, grad)
     return loss_sum, residual_sum, weight_sum
 
 
@@ -254,27 +411,28 @@ def _compile_and_check() -> str:
 
 
 def _self_check(kind: str, X, y, w) -> str:
-    """Compare one evaluation per loss with NumPy in float64; '' or what disagreed."""
+    """Compare one evaluation per loss and precision with NumPy in float64; '' or what disagreed."""
     X64, y64, b = X.astype(np.float64), y.astype(np.float64), 0.25
-    grad = np.empty(X.shape[1])
-    for loss, code in LOSS_CODES.items():
-        if kind == "dense":
-            loss_sum, r_sum, _ = _dense_rows(X, y, None, w, b, code, 0, X.shape[0], grad)
-        else:
-            indptr = np.arange(0, X.size + 1, X.shape[1], dtype=np.int64)
-            indices = np.tile(np.arange(X.shape[1], dtype=np.uint32), X.shape[0])
-            loss_sum, r_sum, _ = _csr_rows(X.ravel(), indices, indptr, y, None, w, b, code, 0, X.shape[0], grad)
-        z = X64 @ w + b
-        if loss == "squared":
-            r, pointwise = z - y64, 0.5 * (z - y64) ** 2
-        elif loss == "logistic":
-            r, pointwise = 1 / (1 + np.exp(-z)) - y64, np.logaddexp(0, z) - y64 * z
-        else:
-            r, pointwise = z, z * z
-        if not (np.allclose(grad, X64.T @ r, rtol=1e-6, atol=1e-6)
-                and math.isclose(r_sum, r.sum(), rel_tol=1e-6, abs_tol=1e-6)
-                and math.isclose(loss_sum, pointwise.sum(), rel_tol=1e-6, abs_tol=1e-6)):
-            return f"{kind} {loss} {X.dtype} disagrees with NumPy"
+    indptr = np.arange(0, X.size + 1, X.shape[1], dtype=np.int64)
+    indices = np.tile(np.arange(X.shape[1], dtype=np.int32), X.shape[0])
+    for precision in PRECISIONS:
+        for loss in LOSS_CODES:
+            if kind == "dense":
+                loss_sum, grad, r_sum, _ = dense_loss_grad(X, y, w, b, loss, precision=precision)
+            else:
+                loss_sum, grad, r_sum, _ = csr_loss_grad(X.ravel(), indices, indptr, y, w, b, loss,
+                                                         precision=precision)
+            z = X64 @ w + b
+            if loss == "squared":
+                r, pointwise = z - y64, 0.5 * (z - y64) ** 2
+            elif loss == "logistic":
+                r, pointwise = 1 / (1 + np.exp(-z)) - y64, np.logaddexp(0, z) - y64 * z
+            else:
+                r, pointwise = z, z * z
+            if not (np.allclose(grad, X64.T @ r, rtol=1e-5, atol=1e-5)
+                    and math.isclose(r_sum, r.sum(), rel_tol=1e-5, abs_tol=1e-5)
+                    and math.isclose(loss_sum, pointwise.sum(), rel_tol=1e-5, abs_tol=1e-5)):
+                return f"{kind} {loss} {X.dtype} (precision {precision}) disagrees with NumPy"
     return ""
 
 
@@ -309,9 +467,45 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
+#: Precisions of the products inside a row: ``float64`` (every product and sum in float64) or ``data``
+#: (dense: a row's dot product and the combination of four rows in the data dtype, as BLAS does, then
+#: float64; CSR: the products ``x_ij w_j`` in the data dtype, summed in float64).  Equal for float64 data.
+PRECISIONS = ("float64", "data")
+#: Bytes of dense rows per block (the block is re-read from L1 for the gradient).
+DENSE_BLOCK_BYTES = 16 * 1024
+#: Rows per block of the CSR kernel (gather, residuals, scatter).
+CSR_BLOCK_ROWS = 32
+
+
+def dense_block_rows(d: int, itemsize: int) -> int:
+    """Rows per block of the dense kernel: about :data:`DENSE_BLOCK_BYTES`, a multiple of 4, 4 to 256."""
+    rows = DENSE_BLOCK_BYTES // max(1, d * itemsize)
+    return int(min(256, max(4, rows - rows % 4)))
+
+
+#: Scratch blocks start on multiples of this many bytes (a cache line, and the widest vector).
+SCRATCH_ALIGNMENT = 64
+
+
+def _aligned_blocks(threads: int, block: int, dtypes) -> list:
+    """One ``(threads, block)`` array per dtype, carved from one buffer so that every row starts on a
+    :data:`SCRATCH_ALIGNMENT` boundary at the same offsets in every run: the vectorised loops over them
+    then split the same way every time (their reductions must not depend on where memory happened to be)."""
+    row_bytes = -(-block * 8 // SCRATCH_ALIGNMENT) * SCRATCH_ALIGNMENT
+    raw = np.empty(len(dtypes) * threads * row_bytes + SCRATCH_ALIGNMENT, dtype=np.uint8)
+    first = -raw.ctypes.data % SCRATCH_ALIGNMENT
+    arrays = []
+    for index, dtype in enumerate(dtypes):
+        start = first + index * threads * row_bytes
+        rows = raw[start:start + threads * row_bytes].reshape(threads, row_bytes)
+        arrays.append(rows.view(np.dtype(dtype))[:, :block])
+    return arrays
+
+
 class Workspace:
-    """Preallocated per-chunk buffers for ``threads`` chunks of a ``d``-column problem (allocate once,
-    pass to every call): ``(threads - 1) * d`` float64 partial gradients and the per-chunk scalars.
+    """Preallocated buffers for ``threads`` chunks of a ``d``-column problem (allocate once, pass to every
+    call): ``(threads - 1) * d`` float64 partial gradients, a copy of ``w`` in the product dtype, and per
+    chunk a block of scores, residuals, losses and exponent bits.
 
     Parameters
     ----------
@@ -319,18 +513,38 @@ class Workspace:
         Number of features.
     threads : int
         Chunks (and threads) the rows are split into; at least 1.
+    block : int
+        Rows per block.
+    combine_dtype : dtype
+        Dtype of the products inside a row (float64, or the data dtype with ``precision="data"``).
+    residual_dtype : dtype, optional
+        Dtype of the block's residuals (default ``combine_dtype``; the CSR kernel scatters in float64).
     """
 
-    def __init__(self, d: int, threads: int = 1):
+    def __init__(self, d: int, threads: int = 1, *, block: int = CSR_BLOCK_ROWS, combine_dtype=np.float64,
+                 residual_dtype=None):
         if int(threads) < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
-        self.d, self.threads = int(d), int(threads)
+        self.d, self.threads, self.block = int(d), int(threads), int(block)
+        self.combine_dtype = np.dtype(combine_dtype)
         self.partials = np.empty((self.threads - 1, self.d), dtype=np.float64)
         self.scalars = np.empty((self.threads, 3), dtype=np.float64)
+        self.w_cast = np.empty(self.d, dtype=self.combine_dtype)
+        self.residual_dtype = np.dtype(residual_dtype or combine_dtype)
+        self.z, self.rbuf, self.lbuf, self.bits = _aligned_blocks(
+            self.threads, self.block, (np.float64, self.residual_dtype, np.float64, np.int64))
 
-    def fits(self, d: int, threads: int) -> bool:
-        """Whether this workspace serves a ``d``-column call with ``threads`` chunks."""
-        return self.d == d and self.threads == threads
+    def fits(self, d: int, threads: int, block: int, combine_dtype, residual_dtype=None) -> bool:
+        """Whether this workspace serves such a call."""
+        return ((self.d, self.threads, self.block, self.combine_dtype, self.residual_dtype)
+                == (d, threads, block, np.dtype(combine_dtype), np.dtype(residual_dtype or combine_dtype)))
+
+    def weights(self, w):
+        """``w`` in the product dtype: ``w`` itself, or its copy in :attr:`w_cast` (O(d), no allocation)."""
+        if w.dtype == self.combine_dtype:
+            return w
+        self.w_cast[...] = w
+        return self.w_cast
 
 
 def dense_chunk_bounds(n: int, chunks: int) -> np.ndarray:
@@ -351,18 +565,18 @@ def csr_chunk_bounds(indptr, chunks: int) -> np.ndarray:
 
 
 def _run_chunks(call, bounds, out_grad, workspace) -> tuple[float, float, float]:
-    """Run ``call(lo, hi, grad)`` for every chunk (chunk 0 on this thread into ``out_grad``, the others on
-    the pool into ``workspace.partials``), then add the partials and scalars in chunk order."""
+    """Run ``call(lo, hi, grad, t)`` for every chunk ``t`` (chunk 0 on this thread into ``out_grad``, the
+    others on the pool into ``workspace.partials``), then add the partials and scalars in chunk order."""
     chunks = len(bounds) - 1
     scalars = workspace.scalars
     if chunks == 1:
-        scalars[0] = call(bounds[0], bounds[1], out_grad)
+        scalars[0] = call(bounds[0], bounds[1], out_grad, 0)
     else:
         def job(t):
-            scalars[t] = call(bounds[t], bounds[t + 1], workspace.partials[t - 1])
+            scalars[t] = call(bounds[t], bounds[t + 1], workspace.partials[t - 1], t)
 
         futures = [_executor(chunks - 1).submit(job, t) for t in range(1, chunks)]
-        scalars[0] = call(bounds[0], bounds[1], out_grad)
+        scalars[0] = call(bounds[0], bounds[1], out_grad, 0)
         for future in futures:
             future.result()
         for t in range(chunks - 1):
@@ -393,15 +607,21 @@ def _check_vectors(n: int, d: int, dtype, y, w, sample_weight, out_grad) -> None
         raise ValueError(f"out_grad must be a contiguous float64 vector of shape ({d},)")
 
 
-def _prepare(d: int, threads: int, out_grad, workspace):
+def _prepare(d: int, threads: int, block: int, combine_dtype, out_grad, workspace, residual_dtype=None):
     out_grad = np.empty(d, dtype=np.float64) if out_grad is None else out_grad
-    if workspace is None or not workspace.fits(d, threads):
-        workspace = Workspace(d, threads)
+    if workspace is None or not workspace.fits(d, threads, block, combine_dtype, residual_dtype):
+        workspace = Workspace(d, threads, block=block, combine_dtype=combine_dtype, residual_dtype=residual_dtype)
     return out_grad, workspace
 
 
+def _combine_dtype(precision: str, dtype):
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
+    return np.dtype(dtype) if precision == "data" else np.dtype(np.float64)
+
+
 def dense_loss_grad(X, y, w, b: float, loss: str, *, sample_weight=None, out_grad=None, threads: int = 1,
-                    workspace: Workspace | None = None, bounds=None):
+                    precision: str = "float64", workspace: Workspace | None = None, bounds=None):
     """Local sums of the loss and gradient over the rows of a dense ``X``, in one read of ``X``.
 
     Parameters
@@ -411,7 +631,7 @@ def dense_loss_grad(X, y, w, b: float, loss: str, *, sample_weight=None, out_gra
     y : ndarray, (n,)
         Targets (logistic: labels in {0, 1}), dtype of ``X``; ignored by ``gram``.
     w : ndarray, (d,)
-        Weights, float64 (or float32); used as given.
+        Weights (float64 from the optimizer, or float32); cast to the product dtype when it differs.
     b : float
         Intercept (pass 0.0 without one).
     loss : {"squared", "logistic", "gram"}
@@ -421,8 +641,11 @@ def dense_loss_grad(X, y, w, b: float, loss: str, *, sample_weight=None, out_gra
         Receives ``sum_i s_i r_i x_i`` (overwritten); allocated when omitted.
     threads : int
         Chunks of rows, each on its own thread (1: this thread only).
+    precision : {"float64", "data"}
+        Dtype of the products inside a row (:data:`PRECISIONS`); sums over rows are float64 either way.
     workspace : Workspace, optional
-        Buffers for ``threads`` chunks; pass one (allocated once) to make calls allocation-free.
+        Buffers; pass one (allocated once, or returned by :func:`dense_workspace`) to make calls
+        allocation-free.
     bounds : ndarray, optional
         Chunk boundaries (:func:`dense_chunk_bounds`); computed when omitted.
 
@@ -434,27 +657,43 @@ def dense_loss_grad(X, y, w, b: float, loss: str, *, sample_weight=None, out_gra
     if X.ndim != 2 or X.dtype not in (np.float32, np.float64) or not X.flags.c_contiguous:
         raise ValueError(f"X must be a C-contiguous 2-D float32/float64 array, got {X.shape} {X.dtype}")
     n, d = X.shape
-    out_grad, workspace = _prepare(d, threads, out_grad, workspace)
+    combine = _combine_dtype(precision, X.dtype)
+    out_grad, workspace = _prepare(d, threads, dense_block_rows(d, X.itemsize), combine, out_grad, workspace)
     _check_vectors(n, d, X.dtype, y, w, sample_weight, out_grad)
-    code, b = _loss_code(loss), float(b)
+    code, b, w = _loss_code(loss), float(b), workspace.weights(w)
     bounds = dense_chunk_bounds(n, workspace.threads) if bounds is None else bounds
+    z, rbuf, lbuf, bits = workspace.z, workspace.rbuf, workspace.lbuf, workspace.bits
     loss_sum, intercept_sum, weight_sum = _run_chunks(
-        lambda lo, hi, grad: _dense_rows(X, y, sample_weight, w, b, code, lo, hi, grad),
+        lambda lo, hi, grad, t: _dense_rows(X, y, sample_weight, w, b, code, lo, hi, grad, z[t], rbuf[t], lbuf[t],
+                                            bits[t]),
         bounds, out_grad, workspace)
     return loss_sum, out_grad, intercept_sum, weight_sum
 
 
+def dense_workspace(X, threads: int = 1, precision: str = "float64") -> Workspace:
+    """The :class:`Workspace` :func:`dense_loss_grad` needs for ``X`` (make it once per slab)."""
+    d = X.shape[1]
+    return Workspace(d, threads, block=dense_block_rows(d, X.itemsize),
+                     combine_dtype=_combine_dtype(precision, X.dtype))
+
+
+def csr_workspace(d: int, data_dtype, threads: int = 1, precision: str = "float64") -> Workspace:
+    """The :class:`Workspace` :func:`csr_loss_grad` needs for ``d`` features (make it once per slab)."""
+    return Workspace(d, threads, block=CSR_BLOCK_ROWS, combine_dtype=_combine_dtype(precision, data_dtype),
+                     residual_dtype=np.float64)
+
+
 def csr_loss_grad(data, indices, indptr, y, w, b: float, loss: str, *, sample_weight=None, out_grad=None,
-                  threads: int = 1, workspace: Workspace | None = None, bounds=None):
+                  threads: int = 1, precision: str = "float64", workspace: Workspace | None = None, bounds=None):
     """Local sums of the loss and gradient over the rows of a CSR matrix, in one pass over its non-zeros.
 
     Parameters
     ----------
     data, indices, indptr : ndarray
-        CSR arrays: ``data`` float32 or float64, ``indices`` int32 or int64 (< ``len(w)``, unchecked
-        here: validate when loading), ``indptr`` int32 or int64 of length ``n + 1`` (it may start above
-        0, as a rank's slice of a larger ``indptr`` does).
-    y, w, b, loss, sample_weight, out_grad, threads, workspace
+        CSR arrays: ``data`` float32 or float64, ``indices`` int32 or int64 (in ``0 .. len(w) - 1``,
+        unchecked here: validate when loading), ``indptr`` int32 or int64 of length ``n + 1`` (it may start
+        above 0, as a rank's slice of a larger ``indptr`` does).
+    y, w, b, loss, sample_weight, out_grad, threads, precision, workspace
         As in :func:`dense_loss_grad`; ``d = len(w)``.
     bounds : ndarray, optional
         Chunk boundaries (:func:`csr_chunk_bounds`); computed when omitted.
@@ -470,13 +709,16 @@ def csr_loss_grad(data, indices, indptr, y, w, b: float, loss: str, *, sample_we
     if indptr.ndim != 1 or indptr.shape[0] < 1 or indptr.dtype not in (np.int32, np.int64):
         raise ValueError("indptr must be a non-empty int32/int64 vector")
     n, d = indptr.shape[0] - 1, w.shape[0]
-    out_grad, workspace = _prepare(d, threads, out_grad, workspace)
+    combine = _combine_dtype(precision, data.dtype)
+    out_grad, workspace = _prepare(d, threads, CSR_BLOCK_ROWS, combine, out_grad, workspace, np.float64)
     _check_vectors(n, d, data.dtype, y, w, sample_weight, out_grad)
-    code, b = _loss_code(loss), float(b)
+    code, b, w = _loss_code(loss), float(b), workspace.weights(w)
     bounds = csr_chunk_bounds(indptr, workspace.threads) if bounds is None else bounds
     unsigned = indices.view(np.uint32 if indices.dtype == np.int32 else np.uint64)
+    z, rbuf, lbuf, bits = workspace.z, workspace.rbuf, workspace.lbuf, workspace.bits
     loss_sum, intercept_sum, weight_sum = _run_chunks(
-        lambda lo, hi, grad: _csr_rows(data, unsigned, indptr, y, sample_weight, w, b, code, lo, hi, grad),
+        lambda lo, hi, grad, t: _csr_rows(data, unsigned, indptr, y, sample_weight, w, b, code, lo, hi, grad,
+                                          z[t], rbuf[t], lbuf[t], bits[t]),
         bounds, out_grad, workspace)
     return loss_sum, out_grad, intercept_sum, weight_sum
 
@@ -509,7 +751,8 @@ class FusedCPUGradient:
         ``sum_i s_i`` over all rows (``n`` without weights), from the last call over all rows.
     """
 
-    def __init__(self, X, y, *, fit_intercept: bool, sample_weight=None, threads: int = 1):
+    def __init__(self, X, y, *, fit_intercept: bool, sample_weight=None, threads: int = 1,
+                 precision: str = "float64"):
         self.sparse = isinstance(X, tuple)
         if self.sparse:
             data, indices, indptr, d = X
@@ -519,7 +762,11 @@ class FusedCPUGradient:
         self.y, self.sample_weight = y, sample_weight
         self.fit_intercept = bool(fit_intercept)
         self.threads = max(1, int(threads))
-        self.workspace = Workspace(self.d, self.threads)
+        self.precision = precision
+        if self.sparse:
+            self.workspace = csr_workspace(self.d, self.X[0].dtype, self.threads, precision)
+        else:
+            self.workspace = dense_workspace(self.X, self.threads, precision)
         self._all_bounds = self._bounds(0, self.n)
         self.weight_sum = float("nan")
         form = "CSR" if self.sparse else "dense"
@@ -540,7 +787,7 @@ class FusedCPUGradient:
         bounds = self._all_bounds if (start, stop) == (0, self.n) else self._bounds(start, stop)
         w, b = params[:d], float(params[d]) if self.fit_intercept else 0.0
         common = dict(sample_weight=self.sample_weight, out_grad=out[:d], threads=self.threads,
-                      workspace=self.workspace, bounds=bounds)
+                      precision=self.precision, workspace=self.workspace, bounds=bounds)
         if self.sparse:
             data, indices, indptr = self.X
             loss_sum, _, intercept_sum, weight_sum = csr_loss_grad(data, indices, indptr, self.y, w, b, loss,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 
 import numpy as np
@@ -189,6 +190,43 @@ def test_fused_cpu_gradient_matches_local_linear_gradient(rows, mode, fit_interc
     assert "numba" in fused.kernel
 
 
+@pytest.mark.parametrize("kind", ["dense", "csr"])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_data_precision_float32(threads, loss, kind):
+    """``precision="data"``: products inside a row in float32; sums over rows still float64."""
+    X, y, weight, w, b = problem(203, 19, np.float32, loss, True, seed=5)
+    if kind == "csr":
+        X, data, indices, indptr = to_csr(X, np.int32, empty_every=7)
+        result = K.csr_loss_grad(data, indices, indptr, y, w, b, loss, sample_weight=weight, threads=threads,
+                                 precision="data", workspace=K.csr_workspace(19, np.float32, threads, "data"))
+    else:
+        result = K.dense_loss_grad(X, y, w, b, loss, sample_weight=weight, threads=threads, precision="data",
+                                   workspace=K.dense_workspace(X, threads, "data"))
+    # w rounded to float32 is the model the products see: compare with it, to float32 rounding
+    assert_matches(result, reference(X, y, w.astype(np.float32).astype(np.float64), b, loss, weight), rtol=2e-5)
+    np.testing.assert_allclose(result[1], reference(X, y, w, b, loss, weight)[1], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("y_value", [0.0, 1.0])
+def test_logistic_extreme_scores(y_value):
+    """The kernel's own exp/log1p: full float64 accuracy for every score, nothing overflows; below
+    exp(-708) (3e-308) the value is clipped like pgd.losses clips it."""
+    z = np.concatenate([np.linspace(-800, 800, 4001), [0.0, -0.0, 1e-300, -1e-300, 36.7, -36.7, 1e-9, -1e-9]])
+    X, y, ones = z[:, None].copy(), np.full(z.size, y_value), np.ones(1)
+    sums = np.empty((z.size, 3))
+    for i in range(z.size):
+        loss_sum, grad, r_sum, _ = K.dense_loss_grad(X[i:i + 1], y[i:i + 1], ones, 0.0, "logistic")
+        sums[i] = loss_sum, r_sum, grad[0]
+    for i, zi in enumerate(z):
+        e = math.exp(-abs(zi))
+        sigmoid = 1 / (1 + e) if zi >= 0 else e / (1 + e)
+        loss = max(zi, 0.0) - y_value * zi + math.log1p(e)
+        assert sums[i, 0] == pytest.approx(loss, rel=4e-16, abs=4e-308), zi
+        assert sums[i, 1] == pytest.approx(sigmoid - y_value, rel=4e-16, abs=4e-308), zi
+        assert sums[i, 2] == pytest.approx((sigmoid - y_value) * zi, rel=4e-16, abs=1e-303), zi
+
+
 def test_bad_arguments():
     X, y, _, w, b = problem(5, 3, np.float64, "squared", False)
     with pytest.raises(ValueError, match="unknown loss"):
@@ -201,6 +239,8 @@ def test_bad_arguments():
         K.dense_loss_grad(X, y, w, b, "squared", out_grad=np.empty(3, dtype=np.float32))
     with pytest.raises(ValueError, match="threads"):
         K.Workspace(3, 0)
+    with pytest.raises(ValueError, match="precision"):
+        K.dense_loss_grad(X, y, w, b, "squared", precision="half")
 
 
 def test_disabled_by_environment(monkeypatch):
