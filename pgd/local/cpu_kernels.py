@@ -104,8 +104,8 @@ _EXP_ARGUMENT_MAX = 708.0
 
 
 @_jit
-def _logistic_terms(z, y, weight, start, m, rbuf, lbuf, bits):
-    """Logistic terms of the ``m`` scores in ``z`` (rows ``start ...``): ``z[k] <- s r`` with
+def _logistic_terms(z, y, weight, m, rbuf, lbuf, bits):
+    """Logistic terms of the ``m`` scores in ``z`` (``y``, ``weight``: the block's): ``z[k] <- s r`` with
     ``r = sigmoid(z) - y``, ``rbuf[k] <- s r`` (in ``rbuf``'s dtype), ``lbuf[k] <- s loss`` with
     ``loss = max(z, 0) - y z + log1p(exp(-|z|))``.
 
@@ -162,17 +162,17 @@ def _logistic_terms(z, y, weight, start, m, rbuf, lbuf, bits):
         q = q * v + 1.0 / 1.0
         softplus = 2.0 * u * q                                    # log1p(e)
         positive = zk >= 0.0
-        yk = np.float64(y[start + k])
+        yk = np.float64(y[k])
         r = (1.0 if positive else e) / (1.0 + e) - yk
         loss = zk * ((1.0 if positive else 0.0) - yk) + softplus
-        s = 1.0 if weight is None else np.float64(weight[start + k])
+        s = 1.0 if weight is None else np.float64(weight[k])
         z[k] = r * s
         rbuf[k] = r * s
         lbuf[k] = loss * s
 
 
 @_jit
-def _block_sums(z, lbuf, weight, start, m):
+def _block_sums(z, lbuf, weight, m):
     """``(sum lbuf, sum z, sum s)`` over the block.  A loop that only reads, apart from the loops that
     write: its vectorised reduction then has no run-time aliasing checks, so it sums in the same order
     whatever the addresses (results reproducible run to run)."""
@@ -185,7 +185,7 @@ def _block_sums(z, lbuf, weight, start, m):
     if weight is not None:
         weight_sum = 0.0
         for k in range(m):
-            weight_sum += np.float64(weight[start + k])
+            weight_sum += np.float64(weight[k])
     return loss_sum, residual_sum, weight_sum
 
 
@@ -194,23 +194,35 @@ def _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf, bits):
     """Terms of the ``m`` scores in ``z`` (rows ``start ...``): ``s r`` into ``z`` (float64) and ``rbuf``
     (its dtype: the dtype the rows are combined in), ``s loss`` into ``lbuf``; returns the block's
     ``(loss_sum, residual_sum, weight_sum)`` in float64.  ``mode``: 0 squared (``(z - y)^2 / 2``,
-    ``r = z - y``), 1 logistic, 2 Gram product (``z^2``, ``r = z``; ``y`` unused)."""
+    ``r = z - y``), 1 logistic, 2 Gram product (``z^2``, ``r = z``; ``y`` unused).
+
+    The loops see the block's slices of ``y`` and ``weight``, indexed from 0: ``y[start + k]`` with an
+    arbitrary ``start`` would compile to a gather (numba's negative-index wrap-around per element)."""
+    if weight is None:
+        return _block_terms(z, y[start:start + m], None, m, mode, rbuf, lbuf, bits)
+    return _block_terms(z, y[start:start + m], weight[start:start + m], m, mode, rbuf, lbuf, bits)
+
+
+@_jit
+def _block_terms(z, y, weight, m, mode, rbuf, lbuf, bits):
+    """:func:`_residual_terms` on the block's ``y`` and ``weight`` (or None)."""
     if mode == 1:
-        _logistic_terms(z, y, weight, start, m, rbuf, lbuf, bits)
-    else:
-        for k in range(m):
-            zk = z[k]
-            if mode == 0:
-                r = zk - np.float64(y[start + k])
-                loss = 0.5 * r * r
-            else:
-                r = zk
-                loss = zk * zk
-            s = 1.0 if weight is None else np.float64(weight[start + k])
+        _logistic_terms(z, y, weight, m, rbuf, lbuf, bits)
+    elif mode == 0:
+        for k in range(m):       # one loop per mode: a branch inside would keep it from vectorising
+            r = z[k] - np.float64(y[k])
+            s = 1.0 if weight is None else np.float64(weight[k])
             z[k] = r * s
             rbuf[k] = r * s
-            lbuf[k] = loss * s
-    return _block_sums(z, lbuf, weight, start, m)
+            lbuf[k] = 0.5 * r * r * s
+    else:
+        for k in range(m):
+            r = z[k]
+            s = 1.0 if weight is None else np.float64(weight[k])
+            z[k] = r * s
+            rbuf[k] = r * s
+            lbuf[k] = r * r * s
+    return _block_sums(z, lbuf, weight, m)
 
 
 @_jit
@@ -294,22 +306,23 @@ def _csr_scores(data, indices, indptr, w, b, start, m, z):
 
     Four partial sums per row (non-zeros ``p = 0, 1, 2, 3 mod 4``, added as ``(s0 + s1) + (s2 + s3)``):
     a single running sum would wait one FMA latency per non-zero, which bounds SciPy's CSR mat-vec."""
+    four = np.uint64(4)
     for k in range(m):
-        p = indptr[start + k]
-        stop = indptr[start + k + 1]
+        p = np.uint64(indptr[start + k])        # unsigned positions: no wrap-around check per access
+        stop = np.uint64(indptr[start + k + 1])
         s0 = s1 = s2 = s3 = 0.0
-        while p + 4 <= stop:
+        while p + four <= stop:
             s0 += data[p] * w[indices[p]]
-            s1 += data[p + 1] * w[indices[p + 1]]
-            s2 += data[p + 2] * w[indices[p + 2]]
-            s3 += data[p + 3] * w[indices[p + 3]]
-            p += 4
+            s1 += data[p + np.uint64(1)] * w[indices[p + np.uint64(1)]]
+            s2 += data[p + np.uint64(2)] * w[indices[p + np.uint64(2)]]
+            s3 += data[p + np.uint64(3)] * w[indices[p + np.uint64(3)]]
+            p += four
         if p < stop:
             s0 += data[p] * w[indices[p]]
-        if p + 1 < stop:
-            s1 += data[p + 1] * w[indices[p + 1]]
-        if p + 2 < stop:
-            s2 += data[p + 2] * w[indices[p + 2]]
+        if p + np.uint64(1) < stop:
+            s1 += data[p + np.uint64(1)] * w[indices[p + np.uint64(1)]]
+        if p + np.uint64(2) < stop:
+            s2 += data[p + np.uint64(2)] * w[indices[p + np.uint64(2)]]
         z[k] = ((s0 + s1) + (s2 + s3)) + b
 
 
@@ -318,7 +331,7 @@ def _csr_accumulate(data, indices, indptr, start, m, rbuf, grad):
     """``grad[indices] += rbuf[k] * data`` over the non-zeros of CSR rows ``start ... start + m - 1``."""
     for k in range(m):
         r = np.float64(rbuf[k])
-        for p in range(indptr[start + k], indptr[start + k + 1]):
+        for p in range(np.uint64(indptr[start + k]), np.uint64(indptr[start + k + 1])):
             grad[indices[p]] += r * data[p]
 
 
@@ -474,7 +487,7 @@ PRECISIONS = ("float64", "data")
 #: Bytes of dense rows per block (the block is re-read from L1 for the gradient).
 DENSE_BLOCK_BYTES = 16 * 1024
 #: Rows per block of the CSR kernel (gather, residuals, scatter).
-CSR_BLOCK_ROWS = 32
+CSR_BLOCK_ROWS = 256
 
 
 def dense_block_rows(d: int, itemsize: int) -> int:

@@ -208,7 +208,9 @@ def main(argv=None) -> int:
             print(format_rows(rows), flush=True)
             results["rows"] += rows
     if args.json:
-        with open(args.json, "w") as handle:
+        from pgd.fileio import atomic_path  # noqa: PLC0415 - only when writing
+
+        with atomic_path(args.json, "benchmark results") as path, open(path, "w") as handle:
             json.dump(results, handle, indent=1)
     return 0
 
