@@ -60,6 +60,7 @@ else:
 
 __all__ = [
     "LOSS_CODES",
+    "DISABLE_ENV",
     "available",
     "unavailable_reason",
     "warm_up",
@@ -364,32 +365,45 @@ def _csr_rows(data, indices, indptr, y, weight, w, b, mode, lo, hi, grad, z, rbu
 
 
 _state_lock = threading.Lock()
-_problem: str | None = None        # None: not checked yet; "": usable; else the reason it is not
+_problems: dict = {}        # "kind/dtype" -> "" (usable) or the reason it is not; absent: not checked yet
 _warm_report: dict = {}
+KINDS = ("dense", "csr")
+DTYPES = ("float32", "float64")
 
 
 def _env_disabled() -> bool:
     return os.environ.get(DISABLE_ENV, "").strip() not in ("", "0")
 
 
-def available() -> bool:
+def _keys(kind, dtype) -> list[str]:
+    kinds = KINDS if kind is None else (kind,)
+    dtypes = DTYPES if dtype is None else (np.dtype(dtype).name,)
+    return [f"{k}/{t}" for k in kinds for t in dtypes]
+
+
+def available(kind: str | None = None, dtype=None) -> bool:
     """Whether the compiled kernels can be used (numba present, kernels compiled and self-checked).
 
-    The first call compiles (or loads from the disk cache) the float64 and float32 dense kernels and
-    checks them against NumPy on a small problem; later calls are free.
+    ``kind`` (``"dense"`` or ``"csr"``) and ``dtype`` (float32 or float64) narrow the check to what a run
+    uses (default: all four).  The first call for a kernel compiles it (or loads it from the disk cache)
+    and checks it against NumPy on a small problem; later calls are free.
     """
-    return unavailable_reason() == ""
+    return unavailable_reason(kind, dtype) == ""
 
 
-def unavailable_reason() -> str:
+def unavailable_reason(kind: str | None = None, dtype=None) -> str:
     """Empty when :func:`available`; otherwise one line saying why the kernels are not used."""
-    global _problem
     if _env_disabled():
         return f"compiled CPU kernels disabled by {DISABLE_ENV}"
+    if _IMPORT_PROBLEM:
+        return _IMPORT_PROBLEM
     with _state_lock:
-        if _problem is None:
-            _problem = _IMPORT_PROBLEM or _compile_and_check()
-        return _problem
+        for key in _keys(kind, dtype):
+            if key not in _problems:
+                _problems[key] = _compile_and_check(*key.split("/"))
+            if _problems[key]:
+                return _problems[key]
+    return ""
 
 
 def _dispatchers() -> dict:
@@ -401,26 +415,21 @@ def _cache_hits(dispatcher) -> int:
     return sum(getattr(stats, "cache_hits", {}).values()) if stats is not None else 0
 
 
-def _compile_and_check() -> str:
-    """Compile (or load) the common specialisations, record the time, check them; '' when all is well."""
+def _compile_and_check(kind: str, dtype: str) -> str:
+    """Compile (or load) one kernel's unweighted specialisations (both precisions), record the seconds and
+    whether the disk cache served them, check them; '' when all is well."""
     try:
         rng = np.random.default_rng(0)
-        for dtype in (np.float32, np.float64):
-            X = rng.standard_normal((7, 3)).astype(dtype)
-            y = (rng.random(7) < 0.5).astype(dtype)
-            w = rng.standard_normal(3)
-            for kind in ("dense", "csr"):
-                before = time.perf_counter()
-                hits = _cache_hits(_dispatchers()[kind])
-                problem = _self_check(kind, X, y, w)
-                seconds = time.perf_counter() - before
-                _warm_report[f"{kind}/{np.dtype(dtype).name}"] = {
-                    "seconds": seconds, "cache_hit": _cache_hits(_dispatchers()[kind]) > hits}
-                if problem:
-                    return f"compiled CPU kernel failed its start-up check ({problem})"
+        X = rng.standard_normal((7, 3)).astype(dtype)
+        y = (rng.random(7) < 0.5).astype(dtype)
+        w = rng.standard_normal(3)
+        before, hits = time.perf_counter(), _cache_hits(_dispatchers()[kind])
+        problem = _self_check(kind, X, y, w)
+        _warm_report[f"{kind}/{dtype}"] = {"seconds": time.perf_counter() - before,
+                                           "cache_hit": _cache_hits(_dispatchers()[kind]) > hits}
     except Exception as exc:  # noqa: BLE001 - any compile failure means: fall back, and say why
         return f"compiled CPU kernels failed to compile ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-    return ""
+    return f"compiled CPU kernel failed its start-up check ({problem})" if problem else ""
 
 
 def _self_check(kind: str, X, y, w) -> str:
@@ -449,15 +458,18 @@ def _self_check(kind: str, X, y, w) -> str:
     return ""
 
 
-def warm_up() -> dict:
-    """Compile (or load from the disk cache) the kernels and report, per ``"kind/dtype"``, the seconds
-    it took and whether the disk cache was hit; ``{"problem": reason}`` when they are unavailable.
+def warm_up(kind: str | None = None, dtype=None) -> dict:
+    """Compile (or load from the disk cache) the kernels (narrowed as in :func:`available`) and report, per
+    ``"kind/dtype"``, the seconds it took and whether the disk cache was hit; ``{"problem": reason}`` when
+    they are unavailable.
 
-    The seconds of a cache hit are the load time; a miss includes compiling (count it in start-up)."""
-    problem = unavailable_reason()
+    The seconds of a cache hit are the load time; a miss includes compiling (count it in start-up).  The
+    first call in a process also pays numba's own initialisation (about 0.4 s here), counted in the
+    first entry.  Weighted specialisations compile on first use (not counted here)."""
+    problem = unavailable_reason(kind, dtype)
     if problem:
         return {"problem": problem}
-    return dict(_warm_report)
+    return {key: _warm_report[key] for key in _keys(kind, dtype) if key in _warm_report}
 
 
 # ---------------------------------------------------------------------------------------------------

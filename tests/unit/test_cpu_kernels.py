@@ -61,10 +61,12 @@ def poisoned_workspace(d, threads):
 
 
 def test_available():
+    assert K.available("dense", np.float32), K.unavailable_reason("dense", np.float32)
+    assert set(K.warm_up("dense", np.float32)) == {"dense/float32"}
     assert K.available(), K.unavailable_reason()
     report = K.warm_up()
     assert set(report) == {"dense/float32", "dense/float64", "csr/float32", "csr/float64"}
-    assert all(entry["seconds"] >= 0 for entry in report.values())
+    assert all(entry["seconds"] >= 0 and isinstance(entry["cache_hit"], bool) for entry in report.values())
 
 
 @pytest.mark.parametrize("loss", LOSSES)
@@ -257,7 +259,7 @@ def test_compile_failure_is_a_reason_not_a_crash(monkeypatch):
     def broken(*args):
         raise RuntimeError("Failed in nopython mode pipeline\nmore lines")
 
-    monkeypatch.setattr(K, "_problem", None)
+    monkeypatch.setattr(K, "_problems", {})
     monkeypatch.setattr(K, "_self_check", broken)
     assert not K.available()
     assert K.unavailable_reason() == ("compiled CPU kernels failed to compile "
@@ -265,7 +267,7 @@ def test_compile_failure_is_a_reason_not_a_crash(monkeypatch):
 
 
 def test_wrong_kernel_is_a_reason(monkeypatch):
-    monkeypatch.setattr(K, "_problem", None)
+    monkeypatch.setattr(K, "_problems", {})
     monkeypatch.setattr(K, "_self_check", lambda kind, *args: f"{kind} squared float32 disagrees with NumPy")
     assert not K.available()
     assert "failed its start-up check" in K.unavailable_reason()
