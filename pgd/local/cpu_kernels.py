@@ -1,17 +1,20 @@
 """Compiled one-pass CPU kernels (numba) for one rank's loss and gradient sums: dense rows and CSR.
 
 One read of the data per evaluation: for each row ``i`` the kernel forms ``z_i = x_i . w + b``, the
-pointwise loss and its derivative ``r_i``, and adds ``s_i r_i x_i`` to the gradient while the row is still
-in registers/L1 (dense), or in the same pass over the row's non-zeros (CSR).  The conventions are those of
-:mod:`pgd.losses`: losses ``squared`` (``(z - y)^2 / 2``, ``r = z - y``) and ``logistic`` (labels in
-{0, 1}, ``max(z, 0) - y z + log1p(exp(-|z|))``, ``r = sigmoid(z) - y``, never overflowing), plus ``gram``
+pointwise loss and its derivative ``r_i``, and adds ``s_i r_i x_i`` to the gradient.  Rows go in blocks
+that fit in L1 (dense) or of 256 rows (CSR): the block's scores, then its residuals and losses in one
+vectorised loop (logistic ``exp``/``log1p`` written as polynomials), then the block's rows (non-zeros)
+added into the gradient while still in cache.  The conventions are those of :mod:`pgd.losses`: losses
+``squared`` (``(z - y)^2 / 2``, ``r = z - y``) and ``logistic`` (labels in {0, 1},
+``max(z, 0) - y z + log1p(exp(-|z|))``, ``r = sigmoid(z) - y``, never overflowing), plus ``gram``
 (``r = z``, scalar ``z^2``: the Gram product ``X~^T X~ v`` of the power iteration).
 
 Numerics
 --------
-- The data is read in its own dtype (float32 or float64, never converted or copied); ``w`` and ``b`` are
-  used as given (pass the optimizer's float64 ``w``), and every product, the dot product, the loss and
-  all accumulators (gradient, intercept, loss and weight sums) are float64.
+- The data is read in its own dtype (float32 or float64, never converted or copied).  With
+  ``precision="float64"`` (default) every product and sum is float64; with ``precision="data"`` (float32
+  data) a row's dot product and the combination of four rows for the gradient are float32, as BLAS does.
+  Sums over rows (gradient, intercept, loss and weight sums) are float64 either way.
 - Threads: rows are split into ``threads`` contiguous chunks (dense: equal rows; CSR: equal non-zeros,
   a pure function of ``indptr``).  Chunk ``t`` accumulates into its own float64 partial vector and the
   partials are added in chunk order, so a result is bit-for-bit reproducible for a given thread count and
@@ -20,6 +23,8 @@ Numerics
   competes with the BLAS's own threads); the calling thread runs chunk 0.  Memory: ``(threads - 1) * d``
   float64 partial vectors (dense and CSR alike: 8 MB per extra thread at d = 10^6), allocated once in a
   :class:`Workspace`.
+- Reproducible reductions: the loops that reduce only read, and the scratch blocks sit at fixed 64-byte
+  aligned offsets, so no run-time aliasing check sends a reduction down a differently rounded path.
 - Standardisation does not reach the kernels: it is an O(d) transform of ``(w, b)`` and of the gradient
   around the objective (:mod:`pgd.strategies.standardize`).
 
