@@ -139,6 +139,67 @@ def sparse_case(n: int, d: int, nnz_per_row: int, dtype, losses, threads_list, r
     return rows
 
 
+def pass_throughput(d_list, dtypes, megabytes: float = 8, rounds: int = 15, rng=None) -> list[dict]:
+    """In-cache speed of the dense kernel's passes, in GB/s of ``X`` (``megabytes`` of ``X``, in L3 here):
+    the block scores, the residuals (squared, logistic) and the gradient accumulation, each over all blocks
+    in one compiled loop, against one GEMV over the same (cached) rows.  A pass much faster than memory
+    hides behind the stream of ``X``; a pass near memory speed does not."""
+    import numba  # noqa: PLC0415 - benchmark only; the kernels are available here
+
+    @numba.njit(nogil=True)
+    def scores(X, w, z):
+        for start in range(0, X.shape[0], z.shape[0]):
+            K._dense_scores(X, w, 0.1, start, min(z.shape[0], X.shape[0] - start), z)
+
+    @numba.njit(nogil=True)
+    def terms(y, z, rbuf, lbuf, bits, mode):
+        n, block = y.shape[0], z.shape[0]
+        total = 0.0
+        for start in range(0, n, block):
+            total += K._residual_terms(z, y, None, start, min(block, n - start), mode, rbuf, lbuf, bits)[0]
+            for k in range(block):
+                z[k] = 0.01 * k - 1.0
+        return total
+
+    @numba.njit(nogil=True)
+    def accumulate(X, rbuf, grad):
+        for start in range(0, X.shape[0], rbuf.shape[0]):
+            K._dense_accumulate(X, start, min(rbuf.shape[0], X.shape[0] - start), rbuf, grad)
+
+    rng = rng or np.random.default_rng(0)
+    rows = []
+    for dtype in map(np.dtype, dtypes):
+        for d in d_list:
+            n = max(8, int(megabytes * 2**20) // (d * dtype.itemsize))
+            X = rng.standard_normal((n, d)).astype(dtype)
+            y = (rng.random(n) < 0.5).astype(dtype)
+            for precision in (K.PRECISIONS if dtype == np.float32 else ("float64",)):
+                ws = K.dense_workspace(X, 1, precision)
+                w = ws.weights(rng.standard_normal(d))
+                z, rbuf, lbuf, bits = ws.z[0], ws.rbuf[0], ws.lbuf[0], ws.bits[0]
+                rbuf[:] = rng.standard_normal(ws.block)
+                grad, out = np.zeros(d), np.empty(n, dtype=dtype)
+                w_data = w.astype(dtype)
+                times = interleaved({"gemv": lambda: np.dot(X, w_data, out=out),
+                                     "scores": lambda: scores(X, w, z),
+                                     "residuals squared": lambda: terms(y, z, rbuf, lbuf, bits, 0),
+                                     "residuals logistic": lambda: terms(y, z, rbuf, lbuf, bits, 1),
+                                     "gradient": lambda: accumulate(X, rbuf, grad)}, rounds)
+                rows.append({"kind": "passes", "d": d, "dtype": dtype.name, "precision": precision,
+                             "block_rows": ws.block,
+                             **{name: X.nbytes / t["min"] / 1e9 for name, t in times.items()}})
+    return rows
+
+
+def format_passes(rows: list[dict]) -> str:
+    """A plain-text table of :func:`pass_throughput` (GB/s of X, best of the rounds)."""
+    names = ("gemv", "scores", "residuals squared", "residuals logistic", "gradient")
+    lines = [f"{'dtype':<8}{'d':>6} {'precision':<9}" + "".join(f"{n:>20}" for n in names) + "   (GB/s of X, in cache)"]
+    for r in rows:
+        lines.append(f"{r['dtype']:<8}{r['d']:>6} {r['precision']:<9}" + "".join(f"{r[n]:>20.1f}" for n in names))
+    return "\n".join(lines)
+
+
 _STARTUP_PROBE = ("import json, time; t = time.perf_counter(); from pgd.local import cpu_kernels as K; "
                   "ok = K.available(); print(json.dumps({'seconds': time.perf_counter() - t, 'available': ok, "
                   "'kernels': K.warm_up()}))")
@@ -183,6 +244,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sparse", default="200000,100000,50", help="n,d,nnz_per_row ('' to skip)")
     parser.add_argument("--no-dense", action="store_true")
     parser.add_argument("--no-startup", action="store_true")
+    parser.add_argument("--passes", action="store_true", help="also the in-cache speed of the dense passes")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     problem = K.unavailable_reason()
@@ -201,6 +263,10 @@ def main(argv=None) -> int:
                     rows = dense_case(d, dtype, losses, threads, args.megabytes, args.rounds, rng)
                     print(format_rows(rows), flush=True)
                     results["rows"] += rows
+    if args.passes:
+        rows = pass_throughput(args.d, dtypes, rng=rng)
+        print(format_passes(rows), flush=True)
+        results["passes"] = rows
     if args.sparse:
         n, d, nnz = _ints(args.sparse)
         for dtype in dtypes:
