@@ -10,7 +10,7 @@ MPIRUN_FLAGS ?= --oversubscribe $(if $(filter 0,$(shell id -u)),--allow-run-as-r
   $(if $(wildcard $(BIN)/mpirun),--mca btl ^ofi,)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all install demo quickstart test test-slurm test-serial test-mpi bench clean
+.PHONY: all install demo quickstart lint test test-unit test-spmd test-cli test-slurm bench clean
 
 all: test
 
@@ -36,26 +36,41 @@ demo: $(VENV)/.installed data/demo.h5
 	mpirun $(MPIRUN_FLAGS) -n $(NP) $(BIN)/pgd predict data/demo-model.h5 data/demo.h5 --out data/demo-pred.h5
 
 # The README's quick-start commands as printed, in a fresh shell (no venv on PATH, no Open MPI variables),
-# in the scratch directory quickstart/ (tests/readme_quickstart.py).
+# in the scratch directory quickstart/ (tests/support/readme_quickstart.py).
 quickstart: demo
 	rm -rf quickstart
-	$(BIN)/python tests/readme_quickstart.py quickstart
+	$(BIN)/python tests/support/readme_quickstart.py quickstart
+
+# ruff, configured in pyproject.toml (pyflakes, pycodestyle, import order, complexity <= 20, and
+# function-local imports only with a stated reason).
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
 
 # -rs prints why tests were skipped (no GPU, no Slurm here, ...).
-test: $(VENV)/.installed
+test: $(VENV)/.installed lint
 	$(BIN)/python -m pytest -q -rs tests
+
+# The suite by cost: tests/unit (no mpirun, seconds), tests/spmd (numbers under mpirun), tests/cli (end to end).
+test-unit: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -rs tests/unit
+
+test-spmd: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -rs tests/spmd
+
+test-cli: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -rs tests/cli
 
 # jobs/ on a throwaway single-node Slurm (jobs/testing/local-slurm.sh: root, installs slurm-wlm and munge
 # with apt-get where missing). `make test` runs these too where that cluster starts and skips them where it
 # cannot; here a cluster that does not start is an error. PGD_TEST_SLURM=off leaves them out of `make test`.
 test-slurm: $(VENV)/.installed
-	PGD_TEST_SLURM=require $(BIN)/python -m pytest -q -rs -m slurm tests/test_slurm.py
+	PGD_TEST_SLURM=require $(BIN)/python -m pytest -q -rs -m slurm tests/cli/test_slurm.py
 
 bench: $(VENV)/.installed
 	mkdir -p bench-results
 	for np in 1 2; do mpirun $(MPIRUN_FLAGS) -n $$np $(BIN)/pgd bench gradient --n 1000000 --d 100 \
 	  --json > bench-results/gradient-$${np}rank.json || exit 1; \
-	  $(BIN)/python -c 'import json,sys; from pgd.bench import format_gradient_bench as f; \
+	  $(BIN)/python -c 'import json,sys; from pgd.bench.common import format_gradient_bench as f; \
 	  print(f(json.load(open(sys.argv[1]))))' bench-results/gradient-$${np}rank.json; done
 	$(BIN)/pgd bench scaling --kind strong --ranks 1,2 --n 400000 --d 100 --out bench-results/strong
 	$(BIN)/pgd bench scaling --kind weak --ranks 1,2 --n 200000 --d 100 --out bench-results/weak

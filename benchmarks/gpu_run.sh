@@ -13,14 +13,14 @@ $PY -m pip install -q --no-deps --no-build-isolation --no-index -e . > "$OUTDIR/
 $MPIRUN -n 1 $PY -m pgd info > "$OUTDIR/info.txt" 2>&1; cat "$OUTDIR/info.txt"
 # GPU tests and the CPU tests of this issue (the fast ones), with durations
 timeout 420 $PY -m pytest -q -x -p no:cacheprovider --durations=10 \
-  tests/test_gpu.py tests/test_gpu_kernels.py tests/test_gpu_staging.py tests/test_gpu_loader.py \
-  tests/test_cuda_aware.py > "$OUTDIR/pytest.txt" 2>&1
+  tests/gpu/test_gpu.py tests/unit/test_gpu_kernels.py tests/unit/test_gpu_staging.py tests/unit/test_gpu_loader.py \
+  tests/unit/test_cuda_aware.py > "$OUTDIR/pytest.txt" 2>&1
 echo "pytest rc=$?"; tail -25 "$OUTDIR/pytest.txt"
 # kernels: copy bandwidth, two-pass, fused (TB/s and fraction of copy), then per-iteration step times
 for dtype in float32 float64; do
   timeout 240 $MPIRUN -n 1 $PY -m pgd bench kernels --elements $((1 << 30)) --dtype $dtype \
     --loss squared --loss logistic --json > "$OUTDIR/kernels-$dtype.json" 2> "$OUTDIR/kernels-$dtype.err"
-  $PY -c 'import json,sys; from pgd.gpu_bench import format_kernel_bench as f; r=json.load(open(sys.argv[1])); print(f(r["kernels"], r["steps"]))' \
+  $PY -c 'import json,sys; from pgd.bench.kernels import format_kernel_bench as f; r=json.load(open(sys.argv[1])); print(f(r["kernels"], r["steps"]))' \
     "$OUTDIR/kernels-$dtype.json" | tee "$OUTDIR/kernels-$dtype.txt" || tail -5 "$OUTDIR/kernels-$dtype.err"
 done
 # the step with 2 ranks sharing the GPU (host staging) and NCCL on one rank

@@ -1,12 +1,13 @@
 """Where the Gram solver beats iterating: ``--solver gram`` against ``--solver iterative`` (lbfgs) by d.
 
 For each ``d`` a float32 regression problem of about ``--mbytes`` MB (``n = mbytes·2¹⁸/d`` rows) is trained
-both ways with default options otherwise, one rank, in this process (``pgd.train.train``); the table gives
+both ways with default options otherwise, one rank, in this process (``pgd.training.sync.train``); the table gives
 each whole ``train`` call's wall time (both include the same loading and standardisation pass; the Gram
-route's reduction happens before its loop, so the run summary's loop time would hide it) and the ratio.  Two designs: isotropic
+route's reduction happens before its loop, so the run summary's loop time would hide it) and the ratio.
+Two designs: isotropic
 N(0, 1) columns (L-BFGS needs a handful of iterations: the worst case for the Gram route) and correlated
 columns whose standardised covariance has condition number ``--condition`` (closer to real data).  The
-crossover is the ``d`` where the ratio passes 1; :data:`pgd.gram.AUTO_MAX_COLUMNS` is set from it.
+crossover is the ``d`` where the ratio passes 1; :data:`pgd.strategies.gram.AUTO_MAX_COLUMNS` is set from it.
 
 Usage: ``python benchmarks/gram_crossover.py [--d 16,64,256,1024,2048,4096] [--mbytes 200]``
 """
@@ -25,8 +26,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pgd.config import train_config  # noqa: E402
-from pgd.train import train  # noqa: E402
+from pgd.cli.options import train_config  # noqa: E402
+from pgd.training.sync import train  # noqa: E402
 
 
 def _problem(path: str, n: int, d: int, condition: float, seed: int = 0) -> None:

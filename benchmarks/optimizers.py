@@ -41,9 +41,9 @@ import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
-from pgd.backend import select_backend  # noqa: E402
-from pgd.config import train_config  # noqa: E402
+from pgd.cli.options import train_config  # noqa: E402
 from pgd.data import generate_dataset  # noqa: E402
+from pgd.device.backend import select_backend  # noqa: E402
 from pgd.optim import make_optimizer  # noqa: E402
 from pgd.strategies import STRATEGIES  # noqa: E402
 
@@ -223,7 +223,7 @@ def _raw_dataset(world, args, n: int, d: int, seed: int, scaled: bool, offset: f
 
 
 def bench_default_lr(world, args) -> dict:
-    from pgd.train import train  # noqa: PLC0415
+    from pgd.training.sync import train  # noqa: PLC0415
 
     results = {}
     for name, spec in DEFAULT_LR_DATA.items():

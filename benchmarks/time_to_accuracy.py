@@ -142,7 +142,8 @@ def run_sklearn(problem: dict, setting: str, workdir: str) -> dict:
     import sklearn  # noqa: PLC0415
 
     name = "LinearRegression" if problem["loss"] == "squared" else (
-        "LogisticRegression (lbfgs, defaults)" if setting == "default" else "LogisticRegression (newton-cholesky, tol 1e-10)")
+        "LogisticRegression (lbfgs, defaults)" if setting == "default"
+        else "LogisticRegression (newton-cholesky, tol 1e-10)")
     return {"tool": f"scikit-learn {sklearn.__version__}", "setting": name, "w": np.array(result["w"]),
             "b": result["b"], "process": process, "fit": result["fit"], "converged": None}
 

@@ -1,6 +1,6 @@
 """``python -m pgd`` is the same as the ``pgd`` command."""
 
-from pgd.launch import main
+from pgd.cli.entry import main
 
 if __name__ == "__main__":
     main()

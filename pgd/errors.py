@@ -3,7 +3,7 @@
 Conventions
 -----------
 - :class:`PgdError` and its subclasses carry a one-line, user-facing message; the entry point
-  (:mod:`pgd.launch`) prints ``pgd: error: <message>`` on rank 0 and exits with ``exit_code``.
+  (:mod:`pgd.runtime.launcher`) prints ``pgd: error: <message>`` on rank 0 and exits with ``exit_code``.
 - ``collective=True`` means every rank raises the same error at the same point (the ranks agreed on it),
   so all can exit together.  A non-collective error on one rank aborts the whole job instead, since the
   other ranks may be waiting in a collective.

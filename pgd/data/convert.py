@@ -16,10 +16,10 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from pgd.errors import InputError
-from pgd.fileio import refuse_same_files
 from pgd.data.slab import default_block_rows
 from pgd.data.writer import atomic_h5_file, create_xy, float_dtype, summary
+from pgd.errors import InputError
+from pgd.fileio import refuse_same_files
 
 FORMATS = ("csv", "npy", "libsvm")
 LABEL_MODES = ("asis", "pm1", "classes")

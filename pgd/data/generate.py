@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pgd.errors import InputError
 from pgd.data.slab import default_block_rows
 from pgd.data.writer import atomic_h5_file, create_xy, float_dtype, summary
+from pgd.errors import InputError
 
 TASKS = ("regression", "binary")
 DEFAULT_INTERCEPT = {"regression": 0.5, "binary": 0.0}

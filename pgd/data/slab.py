@@ -12,8 +12,8 @@ from typing import Iterator
 
 import numpy as np
 
-from pgd.errors import InputError
 from pgd.data.format import DatasetMeta, open_h5
+from pgd.errors import InputError
 
 BLOCK_BYTES = 64 << 20  # default size of one read/convert block
 _SCAN_BYTES = 8 << 20  # block size for the boolean temporaries of count_nonfinite

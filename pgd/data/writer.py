@@ -7,8 +7,8 @@ import os
 import h5py
 import numpy as np
 
-from pgd.errors import InputError
 from pgd.data.format import DEFAULT_X_KEY, DEFAULT_Y_KEY, FORMAT_VERSION
+from pgd.errors import InputError
 from pgd.fileio import LIBVER, atomic_h5_file  # noqa: F401 - re-exported for generate/convert
 
 CHUNK_BYTES = 1 << 20  # target size of one /X chunk

@@ -13,110 +13,23 @@ Conventions
   ``load_state_dict`` restores it.
 """
 
-from __future__ import annotations
+from pgd.optim.base import Optimizer
+from pgd.optim.direct import GramCoordinateDescent, NormalEquations
+from pgd.optim.methods import LBFGS, Adam, HeavyBall, Nesterov, ProximalGradient
+from pgd.optim.sgd import MiniBatchSGD
 
-import math
-
-import numpy as np
-
-
-class Optimizer:
-    """Base class: holds ``params``, ``loss``, ``grad`` and the evaluation counter.
-
-    ``fresh`` is False after a step that did not evaluate the full objective at ``params`` (SGD between
-    full evaluations): the loop then skips its stop tests and records nothing.  ``stop_reason`` set by a
-    step ends the loop (e.g. a line search that can find no decrease at rounding level).
-    """
-
-    name = "base"
-    needs_lr = True  # --lr auto is 1/L (power iterations); False: it is ``auto_lr``, no Lipschitz estimate
-    auto_lr = 1.0  # what --lr auto stands for when ``needs_lr`` is False
-    fixed_step = True  # steps of a fixed size, which diverge when it is too large (see pgd.train)
-    fresh = True
-    stop_reason = None
-
-    def __init__(self, objective, *, xp, lr: float, cfg=None):
-        self.objective = objective
-        self.cfg = cfg
-        self.xp = xp
-        self.lr = float(lr)
-        self.params = None
-        self.grad = None
-        self.loss = math.nan
-        self.evaluations = 0
-
-    def evaluate(self, params, grad_out) -> float:
-        """Global loss at ``params``, writing the global gradient into ``grad_out``."""
-        self.evaluations += 1
-        return self.objective.value_and_grad(params, grad_out)
-
-    def start(self, params) -> float:
-        """Take ``params`` (copied) as the initial point and evaluate there."""
-        self.params = self.xp.array(params, dtype=self.xp.float64, copy=True)
-        self.grad = self.xp.zeros_like(self.params)
-        self.loss = self.evaluate(self.params, self.grad)
-        return self.loss
-
-    def grad_norm(self) -> float:
-        """Global Euclidean norm of the current gradient."""
-        return math.sqrt(max(self.objective.dot(self.grad, self.grad), 0.0))
-
-    def optimality(self) -> float:
-        """``‖∇f‖∞`` at the current point: the measure of the convergence test (see :mod:`pgd.train`)."""
-        return self.objective.norm_inf(self.grad)
-
-    def step(self) -> float:
-        """Move to the next iterate; returns the loss there."""
-        raise NotImplementedError
-
-    def budget(self, max_iter: int) -> int:
-        """Number of steps the loop may take (SGD translates ``--epochs``)."""
-        return max_iter
-
-    def summary(self) -> dict:
-        """Facts for the run summary (e.g. epochs, line-search statistics)."""
-        return {}
-
-    def state_dict(self) -> dict:
-        """Everything needed to continue exactly (host copies)."""
-        to_host = getattr(self.xp, "asnumpy", np.asarray)
-        return {"name": self.name, "lr": self.lr, "evaluations": self.evaluations,
-                "params": np.array(to_host(self.params)), "loss": self.loss}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore a state written by :meth:`state_dict` and re-evaluate the gradient."""
-        self.lr = float(state["lr"])
-        self.start(self.xp.asarray(state["params"]))
-        self.evaluations = int(state["evaluations"])
-
-
-class GradientDescent(Optimizer):
-    """Full-batch gradient descent with a fixed step: ``params -= lr * grad``."""
-
-    name = "gd"
-
-    def start(self, params) -> float:
-        loss = super().start(params)
-        self._scaled = self.xp.empty_like(self.params)
-        return loss
-
-    def step(self) -> float:
-        self.xp.multiply(self.grad, self.lr, out=self._scaled)
-        self.params -= self._scaled
-        self.loss = self.evaluate(self.params, self.grad)
-        return self.loss
-
-
-OPTIMIZERS = {GradientDescent.name: GradientDescent}
-
-from pgd.optim.direct import GramCoordinateDescent, NormalEquations  # noqa: E402 - they import Optimizer
-from pgd.optim.methods import METHODS  # noqa: E402 - the other optimizers (they import Optimizer from here)
-
-OPTIMIZERS.update(METHODS)
-#: Solvers of the Gram objective, chosen by ``--solver`` rather than ``--optimizer``.
-OPTIMIZERS.update({NormalEquations.name: NormalEquations, GramCoordinateDescent.name: GramCoordinateDescent})
+#: The iterative methods, by their ``--optimizer`` name (the CLI's choices, in this order).
+ITERATIVE = {cls.name: cls for cls in (ProximalGradient, HeavyBall, Nesterov, Adam, MiniBatchSGD, LBFGS)}
+#: The solvers of the Gram objective, chosen by ``--solver`` rather than ``--optimizer``.
+GRAM_SOLVERS = {cls.name: cls for cls in (NormalEquations, GramCoordinateDescent)}
+#: Every optimizer by name.
+OPTIMIZERS = {**ITERATIVE, **GRAM_SOLVERS}
 
 
 def make_optimizer(name: str, objective, *, xp, lr: float, cfg=None) -> Optimizer:
-    """Build the optimizer called ``name`` (see :data:`OPTIMIZERS`); ``cfg`` carries its options."""
-    return OPTIMIZERS[name](objective, xp=xp, lr=lr, cfg=cfg)
+    """Build the optimizer called ``name`` (see :data:`OPTIMIZERS`) with its keyword options taken from ``cfg``
+    (a :class:`pgd.config.RunConfig`, or None for the method's defaults)."""
+    return OPTIMIZERS[name].from_config(objective, xp=xp, lr=lr, cfg=cfg)
+
+
+__all__ = ["GRAM_SOLVERS", "ITERATIVE", "OPTIMIZERS", "Optimizer", "make_optimizer"]

@@ -1,4 +1,4 @@
-"""Solvers of the Gram objective (:mod:`pgd.gram`): the normal equations, and coordinate descent with L1.
+"""Solvers of the Gram objective (:mod:`pgd.strategies.gram`): the normal equations, and coordinate descent with L1.
 
 Both run on the rank-replicated ``(d+1) × (d+1)`` system on the host (NumPy), the same bits on every rank,
 so they need no communication.  Each ``step()`` leaves ``loss`` and ``grad`` evaluated at the new point, so
@@ -8,10 +8,12 @@ the training loop's optimality test decides convergence as for every other optim
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
-from pgd.optim import Optimizer
+from pgd.device.backend import host_copy_of
+from pgd.optim.base import Optimizer
 from pgd.optim.prox import Composite
 
 #: Cholesky's pivots may spread over at most this ratio (a lower bound on the condition number) before the
@@ -44,8 +46,8 @@ class NormalEquations(Optimizer):
     needs_lr = False
     fixed_step = False
 
-    def __init__(self, objective, *, xp, lr: float = 1.0, cfg=None):
-        super().__init__(objective, xp=xp, lr=lr, cfg=cfg)
+    def __init__(self, objective, *, xp, lr: float = 1.0):
+        super().__init__(objective, xp=xp, lr=lr)
         self.collinear = None
         self.refinements = 0
         self._solve = None
@@ -76,7 +78,7 @@ class NormalEquations(Optimizer):
     def step(self) -> float:
         if self._solve is None:
             self._factorize()
-        to_host = getattr(self.xp, "asnumpy", np.asarray)
+        to_host = partial(host_copy_of, self.xp)
         active = _active(self.objective)
         correction = np.zeros(self.objective.d + 1)
         correction[active] = -self._solve(np.asarray(to_host(self.grad), dtype=np.float64)[active])
@@ -112,7 +114,7 @@ class GramCoordinateDescent(Composite):
 
     def step(self) -> float:
         objective = self.objective
-        to_host = getattr(self.xp, "asnumpy", np.asarray)
+        to_host = partial(host_copy_of, self.xp)
         matrix, moment = objective.system()
         kappa = np.asarray(to_host(self._kappa), dtype=np.float64) * self.l1
         p = np.array(to_host(self.params), dtype=np.float64)

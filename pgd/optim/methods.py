@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 
-from pgd.optim import Optimizer
-from pgd.optim.prox import Composite, ProximalMixin, host_copy, loss_resolution, option
+from pgd.optim.base import Optimizer
+from pgd.optim.prox import Composite, ProximalMixin, host_copy, loss_resolution
 
 
 class ProximalGradient(Composite):
@@ -35,9 +35,9 @@ class ProximalGradient(Composite):
     supports_l1 = True
     max_halvings = 60
 
-    def __init__(self, objective, *, xp, lr: float, cfg=None):
-        super().__init__(objective, xp=xp, lr=lr, cfg=cfg)
-        self.line_search = bool(option(cfg, "line_search", False))
+    def __init__(self, objective, *, xp, lr: float, l1: float = 0.0, line_search: bool = False):
+        super().__init__(objective, xp=xp, lr=lr, l1=l1)
+        self.line_search = bool(line_search)
         self.fixed_step = not self.line_search
         self.resolution = loss_resolution(objective)
         self.step_size = self.lr
@@ -89,10 +89,10 @@ class HeavyBall(ProximalMixin, Optimizer):
 
     name = "momentum"
 
-    def __init__(self, objective, *, xp, lr: float, cfg=None):
-        super().__init__(objective, xp=xp, lr=lr, cfg=cfg)
-        self._setup_l1()
-        self.beta = float(option(cfg, "momentum", 0.9))
+    def __init__(self, objective, *, xp, lr: float, l1: float = 0.0, momentum: float = 0.9):
+        super().__init__(objective, xp=xp, lr=lr)
+        self._setup_l1(l1)
+        self.beta = float(momentum)
 
     def start(self, params) -> float:
         loss = super().start(params)
@@ -183,12 +183,11 @@ class Adam(ProximalMixin, Optimizer):
     needs_lr = False
     auto_lr = 0.01
 
-    def __init__(self, objective, *, xp, lr: float, cfg=None):
-        super().__init__(objective, xp=xp, lr=lr, cfg=cfg)
-        self._setup_l1()
-        self.beta1 = float(option(cfg, "beta1", 0.9))
-        self.beta2 = float(option(cfg, "beta2", 0.999))
-        self.eps = float(option(cfg, "eps", 1e-8))
+    def __init__(self, objective, *, xp, lr: float, l1: float = 0.0, beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-8):
+        super().__init__(objective, xp=xp, lr=lr)
+        self._setup_l1(l1)
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 
     def start(self, params) -> float:
         loss = super().start(params)
@@ -248,10 +247,10 @@ class LBFGS(ProximalMixin, Optimizer):
     c1, c2 = 1e-4, 0.9
     max_trials = 30
 
-    def __init__(self, objective, *, xp, lr: float, cfg=None):
-        super().__init__(objective, xp=xp, lr=lr, cfg=cfg)
-        self._setup_l1()
-        self.memory = int(option(cfg, "memory", 10))
+    def __init__(self, objective, *, xp, lr: float, l1: float = 0.0, memory: int = 10):
+        super().__init__(objective, xp=xp, lr=lr)
+        self._setup_l1(l1)
+        self.memory = int(memory)
         self.resolution = loss_resolution(objective)
         self.wolfe_log = []
         self.line_search_evaluations = 0
@@ -432,8 +431,3 @@ class LBFGS(ProximalMixin, Optimizer):
         self.s = [self.xp.asarray(a).copy() for a in state["s"]]
         self.y = [self.xp.asarray(a).copy() for a in state["y"]]
         self.line_search_evaluations = int(state["line_search_evaluations"])
-
-
-from pgd.optim.sgd import MiniBatchSGD  # noqa: E402
-
-METHODS = {cls.name: cls for cls in (ProximalGradient, HeavyBall, Nesterov, Adam, MiniBatchSGD, LBFGS)}

@@ -12,16 +12,9 @@ import math
 
 import numpy as np
 
+from pgd.device.backend import host_copy_of
 from pgd.errors import InputError
-from pgd.optim import Optimizer
-
-
-def option(cfg, name: str, default):
-    """Value of option ``name`` in ``cfg`` (a RunConfig or None), ``default`` when absent."""
-    if cfg is None:
-        return default
-    value = getattr(cfg, name, None)
-    return default if value is None else value
+from pgd.optim.base import Optimizer
 
 
 class ProximalMixin:
@@ -35,8 +28,8 @@ class ProximalMixin:
 
     supports_l1 = False
 
-    def _setup_l1(self) -> None:
-        self.l1 = float(option(self.cfg, "l1", 0.0))
+    def _setup_l1(self, l1: float) -> None:
+        self.l1 = float(l1)
         if self.l1 and not self.supports_l1:
             raise InputError(f"--l1 needs --optimizer gd (ISTA), nesterov (FISTA), sgd or lbfgs (OWL-QN), not "
                              f"{self.name}", collective=True)
@@ -110,15 +103,15 @@ def loss_resolution(objective) -> float:
 
 def host_copy(xp, array):
     """A host NumPy copy of a backend array (for state dictionaries)."""
-    return np.array(getattr(xp, "asnumpy", np.asarray)(array))
+    return np.array(host_copy_of(xp, array))
 
 
 class Composite(ProximalMixin, Optimizer):
     """An optimizer whose reported ``loss`` is ``F = f + α‖w‖₁`` (``smooth`` holds ``f``)."""
 
-    def __init__(self, objective, *, xp, lr: float, cfg=None):
-        super().__init__(objective, xp=xp, lr=lr, cfg=cfg)
-        self._setup_l1()
+    def __init__(self, objective, *, xp, lr: float, l1: float = 0.0):
+        super().__init__(objective, xp=xp, lr=lr)
+        self._setup_l1(l1)
         self.smooth = math.nan
 
     def start(self, params) -> float:

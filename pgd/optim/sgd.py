@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from pgd.errors import InputError
-from pgd.optim.prox import Composite, option
+from pgd.optim.prox import Composite
 
 
 class MiniBatchSGD(Composite):
@@ -32,16 +32,17 @@ class MiniBatchSGD(Composite):
     name = "sgd"
     supports_l1 = True
 
-    def __init__(self, objective, *, xp, lr: float, cfg=None):
-        super().__init__(objective, xp=xp, lr=lr, cfg=cfg)
+    def __init__(self, objective, *, xp, lr: float, l1: float = 0.0, batch_size: int = 256, epochs: int = 0,
+                 schedule: str = "constant", seed: int = 0):
+        super().__init__(objective, xp=xp, lr=lr, l1=l1)
         if not hasattr(objective, "value_and_grad_batch"):
             raise InputError("--optimizer sgd needs mini-batch evaluations, which this --mode/--solver lacks",
                              collective=True)
         self.n = int(objective.n_global)
-        self.batch_size = max(1, min(int(option(cfg, "batch_size", 256)), self.n))
-        self.epochs = int(option(cfg, "epochs", 0))
-        self.schedule = str(option(cfg, "schedule", "constant"))
-        self.seed = int(option(cfg, "seed", 0))
+        self.batch_size = max(1, min(int(batch_size), self.n))
+        self.epochs = int(epochs)
+        self.schedule = str(schedule)
+        self.seed = int(seed)
         self.steps_per_epoch = math.ceil(self.n / self.batch_size)
         self.total_steps = self.epochs * self.steps_per_epoch
         self.step_count = 0

@@ -11,11 +11,15 @@ import time
 
 import numpy as np
 
-from pgd.gpu_comm import make_device_communicator
-from pgd.loader import load_row_slab
-from pgd.losses import LocalLinearGradient, get_loss
+from pgd.comm.device import make_device_communicator
+from pgd.device.backend import host_copy_of
+from pgd.device.kernels import FinishKernel
+from pgd.device.ops import CupyOps
+from pgd.loader.host import load_row_slab
+from pgd.local.linear import LocalLinearGradient
+from pgd.local.losses import get_loss
+from pgd.local.power import curvature_bound
 from pgd.strategies.grid import grid_shape
-from pgd.strategies.power import curvature_bound
 from pgd.strategies.standardize import column_moments
 
 
@@ -48,7 +52,7 @@ class ReplicatedParameters:
 
     def full_params(self, params) -> np.ndarray:
         """The whole ``[w, b]`` as a host float64 vector (every rank holds all of it already)."""
-        return np.asarray(getattr(self.xp, "asnumpy", np.asarray)(params), dtype=np.float64)
+        return np.asarray(host_copy_of(self.xp, params), dtype=np.float64)
 
     def dot(self, a, b) -> float:
         """Inner product of two replicated parameter vectors (no communication needed)."""
@@ -60,9 +64,9 @@ class DataParallelObjective(ReplicatedParameters):
 
     Parameters
     ----------
-    local : pgd.losses.LocalLinearGradient
+    local : pgd.local.losses.LocalLinearGradient
         This rank's rows (and weights) and the blocked gradient kernel.
-    comm : pgd.comm.Communicator
+    comm : pgd.comm.host.Communicator
         Sums the per-rank buffers.
     n_global : int
         Rows over all ranks.
@@ -169,8 +173,6 @@ def device_finish(backend):
     """The finishing kernel of :class:`DataParallelObjective` on a GPU backend, None on the host."""
     if not backend.is_gpu:
         return None
-    from pgd.device_ops import CupyOps  # noqa: PLC0415 - GPU only
-    from pgd.gpu_kernels import FinishKernel  # noqa: PLC0415
 
     return FinishKernel(backend.xp, CupyOps(backend.xp))
 
@@ -182,7 +184,7 @@ def build_data_parallel(cfg, world, backend):
     -------
     (objective, slab)
     """
-    if getattr(cfg, "grid", None):
+    if cfg.grid:
         grid_shape("data", cfg.grid, world.Get_size())  # --grid must then be Nx1
     slab = load_row_slab(world, cfg.data, backend=backend, dtype=cfg.dtype, x_key=cfg.x_key,
                          y_key=cfg.y_key, locking=cfg.hdf5_locking, loss=cfg.loss,
@@ -190,7 +192,7 @@ def build_data_parallel(cfg, world, backend):
     loss = get_loss(cfg.loss)
     local = LocalLinearGradient(slab.X, slab.y, loss, fit_intercept=cfg.fit_intercept, xp=backend.xp,
                                 block_bytes=cfg.block_bytes, sample_weight=slab.weight)
-    comm = make_device_communicator(cfg.comm, world, backend, getattr(cfg, "cuda_aware", "auto"))
+    comm = make_device_communicator(cfg.comm, world, backend, cfg.cuda_aware)
     objective = DataParallelObjective(local, comm, slab.n_global, cfg.l2, backend.xp,
                                       curvature=loss.curvature_bound, finish=device_finish(backend),
                                       total_weight=slab.total_weight)

@@ -21,18 +21,19 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 
 import numpy as np
 from mpi4py import MPI
 
-from pgd.comm import make_communicator
+from pgd.comm.host import make_communicator
 from pgd.data import block_range
 from pgd.data.rechunk import chunk_advice
+from pgd.device.backend import host_copy_of
 from pgd.errors import InputError
-from pgd.loader import inspect_collectively, load_block
-from pgd.losses import get_loss
-from pgd.losses import sum64
-from pgd.strategies.power import curvature_bound
+from pgd.loader.host import inspect_collectively, load_block
+from pgd.local.losses import get_loss, sum64
+from pgd.local.power import curvature_bound
 from pgd.strategies.standardize import column_moments
 
 
@@ -268,7 +269,7 @@ class GridObjective:
 
     def full_params(self, params) -> np.ndarray:
         """The whole ``[w, b]`` as a host float64 vector on every rank (gathered over ``row_comm``)."""
-        to_host = getattr(self.xp, "asnumpy", np.asarray)
+        to_host = partial(host_copy_of, self.xp)
         host = np.ascontiguousarray(to_host(params), dtype=np.float64)
         row = self.comm.row.mpi_comm
         sizes = [stop - start for start, stop in (block_range(self.d, row.Get_size(), k)
@@ -287,7 +288,7 @@ def build_grid(cfg, world, backend):
     (objective, slab)
     """
     size = world.Get_size()
-    rows_p, cols_q = grid_shape(cfg.mode, getattr(cfg, "grid", None), size)
+    rows_p, cols_q = grid_shape(cfg.mode, cfg.grid, size)
     cart = world.Create_cart([rows_p, cols_q], periods=[False, False], reorder=False)
     p, q = cart.Get_coords(cart.Get_rank())
     row_comm, col_comm = cart.Sub([False, True]), cart.Sub([True, False])

@@ -29,7 +29,8 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from pgd.strategies.power import curvature_bound
+from pgd.device.backend import host_copy_of
+from pgd.local.power import curvature_bound
 
 #: A column whose standard deviation is below this fraction of its magnitude is treated as constant.
 CONSTANT_RELATIVE = 1e-10
@@ -147,7 +148,7 @@ def scaling_for(objective, *, standardize: bool, fit_intercept: bool, l2: float 
 
 
 def _to_host(xp, array) -> np.ndarray:
-    return np.asarray(getattr(xp, "asnumpy", np.asarray)(array))
+    return np.asarray(host_copy_of(xp, array))
 
 
 class ColumnScaling:

@@ -1,0 +1,81 @@
+"""One run's set-up, shared by ``pgd train``'s synchronous loop and the scaling benchmark's worker: the
+backend bound to this rank's GPU, the objective in the optimizer's coordinates with the method that
+minimises it, the step size, and the facts about the environment that summaries report.
+"""
+
+from __future__ import annotations
+
+import math
+
+from mpi4py import MPI
+
+from pgd.device.backend import select_backend
+from pgd.errors import TrainingError
+from pgd.optim import OPTIMIZERS
+from pgd.runtime import launcher
+from pgd.runtime.topology import node_local_rank
+from pgd.strategies import STRATEGIES
+from pgd.strategies.gram import reduce_gram, select_solver
+from pgd.strategies.standardize import StandardizedObjective, describe, penalty_factors, scaling_for
+
+
+def bind_backend(cfg, world):
+    """``(backend, ranks on this node)``: ``--device`` resolved, the GPU bound from the node-local rank."""
+    local_rank, local_size = node_local_rank(world)
+    return select_backend(cfg.device, local_rank), local_size
+
+
+def describe_device(backend) -> str:
+    """``"cpu (numpy)"``, ``"gpu (cupy)"``: the device as summaries report it."""
+    return f"{backend.device} ({backend.name})"
+
+
+def blas_threads() -> str:
+    """The BLAS threads of this rank and why (``"unknown"`` outside the ``pgd`` entry point)."""
+    return launcher.BLAS_THREADS_RESOLVED or "unknown"
+
+
+def build_objective(cfg, world, backend):
+    """The run's objective in the optimizer's coordinates, and the method that minimises it.
+
+    Loads this rank's data (``--mode``), computes the standardisation (one pass, collective) and applies
+    ``--solver``: the Gram objective solved directly, or the (standardised) objective for ``--optimizer``.
+
+    Returns
+    -------
+    (objective, slab, facts, method)
+        ``facts`` describe the standardisation, weights and solver for the summary.
+    """
+    objective, slab = STRATEGIES[cfg.mode](cfg, world, backend)
+    scaling = scaling_for(objective, standardize=cfg.standardize, fit_intercept=cfg.fit_intercept, l2=cfg.l2,
+                          penalty_scale=cfg.penalty_scale)
+    use_gram, solver = select_solver(cfg, objective)
+    if use_gram:
+        started = MPI.Wtime()
+        factors = penalty_factors(scaling, cfg.penalty_scale)
+        objective = reduce_gram(objective, scaling, l2_diagonal=backend.xp.asarray(cfg.l2 * factors ** 2),
+                                l1_weights=backend.xp.asarray(factors))
+        solver += f"; XᵀX reduced once in {MPI.Wtime() - started:.3g} s"
+        method = "cd" if cfg.l1 else "cholesky"
+    else:
+        if not scaling.is_identity:
+            objective = StandardizedObjective(objective, scaling, l2=cfg.l2, penalty_scale=cfg.penalty_scale)
+        method = "lbfgs" if cfg.optimizer in ("auto", None) else cfg.optimizer
+    facts = {"standardize": describe(scaling, cfg.penalty_scale), "penalty_scale": cfg.penalty_scale,
+             "sample_weight": slab.weight_source, "total_weight": slab.total_weight, "solver": solver}
+    return objective, slab, facts, method
+
+
+def step_size(cfg, objective, method: str, *, method_default: bool = True) -> tuple[float, bool, float]:
+    """``(lr, lr_auto, lipschitz)``: ``1/L`` from a power iteration with ``--lr auto`` for methods that need a
+    step, the method's own default for those that do not, else ``--lr``.
+
+    ``method_default=False`` (the scaling benchmark's rule) takes ``1/L`` for ``--lr auto`` whatever the method,
+    so every timed method runs the same step.
+    """
+    lr_auto = cfg.lr == "auto" and (OPTIMIZERS[method].needs_lr or not method_default)
+    lipschitz = objective.lipschitz(cfg.power_iters, cfg.seed) if lr_auto else math.nan
+    if lr_auto and not lipschitz > 0:
+        raise TrainingError("cannot pick a step size: the data matrix is zero; pass --lr", collective=True)
+    lr = 1.0 / lipschitz if lr_auto else float(OPTIMIZERS[method].auto_lr if cfg.lr == "auto" else cfg.lr)
+    return lr, lr_auto, lipschitz
