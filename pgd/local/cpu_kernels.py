@@ -4,7 +4,7 @@ One read of the data per evaluation: for each row ``i`` the kernel forms ``z_i =
 pointwise loss and its derivative ``r_i``, and adds ``s_i r_i x_i`` to the gradient.  Rows go in blocks
 that fit in L1 (dense) or of 256 rows (CSR): the block's scores, then its residuals and losses in one
 vectorised loop (logistic ``exp``/``log1p`` written as polynomials), then the block's rows (non-zeros)
-added into the gradient while still in cache.  The conventions are those of :mod:`pgd.losses`: losses
+added into the gradient while still in cache.  The conventions are those of :mod:`pgd.local.losses`: losses
 ``squared`` (``(z - y)^2 / 2``, ``r = z - y``) and ``logistic`` (labels in {0, 1},
 ``max(z, 0) - y z + log1p(exp(-|z|))``, ``r = sigmoid(z) - y``, never overflowing), plus ``gram``
 (``r = z``, scalar ``z^2``: the Gram product ``X~^T X~ v`` of the power iteration).
@@ -41,8 +41,9 @@ API
 ---
 - :func:`dense_loss_grad` and :func:`csr_loss_grad`: one evaluation into caller-provided buffers.
 - :class:`FusedCPUGradient`: bound to one rank's slab, with the call convention of the GPU kernel
-  (:class:`pgd.gpu_kernels.FusedGradient`): ``kernel(params, mode, out, rows=None)`` with
-  ``params = [w, b]`` float64 and ``out`` the ``(d + 2,)`` float64 layout of :mod:`pgd.losses`.
+  (:class:`pgd.device.kernels.FusedGradient`): ``kernel(params, mode, out, rows=None)`` with
+  ``params = [w, b]`` float64 and ``out`` the ``(d + 2,)`` float64 layout of
+  :class:`pgd.local.linear.LocalLinearGradient`.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def _jit(function=None, *, fastmath=_FASTMATH):
 _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
-#: ``|z|`` is clipped here: ``exp(-708)`` is still a normal float64 (pgd.losses clips likewise); what is
+#: ``|z|`` is clipped here: ``exp(-708)`` is still a normal float64 (pgd.local.losses clips likewise); what is
 #: lost, ``exp(-|z|) < 3e-308``, is below rounding of any sum it enters.
 _EXP_ARGUMENT_MAX = 708.0
 
@@ -755,7 +756,7 @@ def csr_loss_grad(data, indices, indptr, y, w, b: float, loss: str, *, sample_we
 
 class FusedCPUGradient:
     """One rank's slab bound to the compiled kernel, with the call convention of the GPU's fused kernel
-    (:class:`pgd.gpu_kernels.FusedGradient`), so the local gradient can hold either.
+    (:class:`pgd.device.kernels.FusedGradient`), so the local gradient can hold either.
 
     Buffers (the per-thread partial gradients) and chunk boundaries are made once here; a call allocates
     nothing of size ``n`` or ``d``.

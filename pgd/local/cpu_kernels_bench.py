@@ -3,7 +3,7 @@
 ``python -m pgd.local.cpu_kernels_bench`` measures, in one process and one run:
 
 - dense: per evaluation (loss + gradient sums over all rows), the fused kernel (both precisions for
-  float32) and today's blocked BLAS path (:class:`pgd.losses.LocalLinearGradient`), each against the floor,
+  float32) and today's blocked BLAS path (:class:`pgd.local.linear.LocalLinearGradient`), each against the floor,
   one GEMV ``X @ w`` over the same rows; for ``k`` threads, against a ``k``-thread GEMV;
 - CSR: the fused kernel and SciPy's two calls (``X @ w``, the loss, ``X.T @ r``) against one SciPy CSR
   mat-vec over the same matrix (SciPy's CSR products are single-threaded: the floor stays one thread);
@@ -25,7 +25,10 @@ import time
 
 import numpy as np
 
+from pgd.fileio import atomic_path
 from pgd.local import cpu_kernels as K
+from pgd.local.linear import LocalLinearGradient
+from pgd.local.losses import get_loss
 
 
 def _blas_threads(threads: int):
@@ -56,7 +59,6 @@ def interleaved(candidates: dict, rounds: int) -> dict:
 
 def dense_case(d: int, dtype, losses, threads: int, megabytes: float, rounds: int, rng) -> list[dict]:
     """Rows of the dense table for one ``(d, dtype)``: every loss, at ``threads`` threads."""
-    from pgd.losses import LocalLinearGradient, get_loss  # noqa: PLC0415 - pgd.losses pulls nothing heavy
 
     dtype = np.dtype(dtype)
     n = max(8, int(megabytes * 2**20) // (d * dtype.itemsize))
@@ -72,7 +74,7 @@ def dense_case(d: int, dtype, losses, threads: int, megabytes: float, rounds: in
         for loss in losses:
             blocked = LocalLinearGradient(X, y, get_loss(loss), fit_intercept=True, xp=np)
             candidates = {"gemv": lambda: np.dot(X, w_data, out=z),
-                          "blocked BLAS (pgd.losses)": lambda: blocked.loss_gradient(w_data, b, out)}
+                          "blocked BLAS (pgd.local.linear)": lambda: blocked.loss_gradient(w_data, b, out)}
             for p in precisions:
                 candidates[f"numba fused ({p})"] = (
                     lambda p=p, loss=loss: K.dense_loss_grad(X, y, w, b, loss, out_grad=grad, threads=threads,
@@ -103,7 +105,6 @@ def power_law_csr(n: int, d: int, nnz_per_row: int, dtype, rng, exponent: float 
 
 def sparse_case(n: int, d: int, nnz_per_row: int, dtype, losses, threads_list, rounds: int, rng) -> list[dict]:
     """Rows of the CSR table: fused kernel (1..k threads) and SciPy's two calls against one SpMV."""
-    from pgd.losses import get_loss  # noqa: PLC0415
 
     dtype = np.dtype(dtype)
     A = power_law_csr(n, d, nnz_per_row, dtype, rng)
@@ -274,8 +275,6 @@ def main(argv=None) -> int:
             print(format_rows(rows), flush=True)
             results["rows"] += rows
     if args.json:
-        from pgd.fileio import atomic_path  # noqa: PLC0415 - only when writing
-
         with atomic_path(args.json, "benchmark results") as path, open(path, "w") as handle:
             json.dump(results, handle, indent=1)
     return 0

@@ -13,7 +13,8 @@ pytest.importorskip("numba")
 scipy_sparse = pytest.importorskip("scipy.sparse")
 
 from pgd.local import cpu_kernels as K  # noqa: E402
-from pgd.losses import LocalLinearGradient, get_loss  # noqa: E402
+from pgd.local.linear import LocalLinearGradient  # noqa: E402
+from pgd.local.losses import get_loss  # noqa: E402
 
 LOSSES = ("squared", "logistic", "gram")
 SHAPES = [(0, 3), (1, 1), (5, 1), (7, 2), (13, 5), (37, 17), (101, 33)]
@@ -173,7 +174,7 @@ def test_dense_chunk_bounds():
 @pytest.mark.parametrize("mode", ["squared", "logistic", "gram"])
 @pytest.mark.parametrize("rows", [None, slice(3, 50), slice(60, 60)])
 def test_fused_cpu_gradient_matches_local_linear_gradient(rows, mode, fit_intercept, sparse):
-    """Same ``out`` layout and values as pgd.losses' blocked path, for the whole slab and slices."""
+    """Same ``out`` layout and values as pgd.local.linear's blocked path, for the whole slab and slices."""
     loss = "logistic" if mode == "logistic" else "squared"
     X, y, weight, w, b = problem(61, 7, np.float64, loss, True, seed=4)
     if sparse:
@@ -216,7 +217,7 @@ def test_data_precision_float32(threads, loss, kind):
 @pytest.mark.parametrize("y_value", [0.0, 1.0])
 def test_logistic_extreme_scores(y_value):
     """The kernel's own exp/log1p: full float64 accuracy for every score, nothing overflows; below
-    exp(-708) (3e-308) the value is clipped like pgd.losses clips it."""
+    exp(-708) (3e-308) the value is clipped like pgd.local.losses clips it."""
     z = np.concatenate([np.linspace(-800, 800, 4001), [0.0, -0.0, 1e-300, -1e-300, 36.7, -36.7, 1e-9, -1e-9]])
     X, y, ones = z[:, None].copy(), np.full(z.size, y_value), np.ones(1)
     sums = np.empty((z.size, 3))
