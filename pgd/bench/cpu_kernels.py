@@ -1,6 +1,6 @@
 """Benchmark of the compiled CPU kernels (:mod:`pgd.local.cpu_kernels`) against their floors.
 
-``python -m pgd.local.cpu_kernels_bench`` measures, in one process and one run:
+``python -m pgd.bench.cpu_kernels`` measures, in one process and one run:
 
 - dense: per evaluation (loss + gradient sums over all rows), the fused kernel (both precisions for
   float32) and today's blocked BLAS path (:class:`pgd.local.linear.LocalLinearGradient`), each against the floor,
@@ -235,7 +235,7 @@ def _ints(text: str) -> list[int]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pgd.local.cpu_kernels_bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pgd.bench.cpu_kernels", description=__doc__.split("\n")[0])
     parser.add_argument("--megabytes", type=float, default=400, help="size of dense X per case (default 400)")
     parser.add_argument("--d", type=_ints, default=[16, 100, 1000])
     parser.add_argument("--dtypes", default="float32,float64")
