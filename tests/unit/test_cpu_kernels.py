@@ -282,3 +282,22 @@ def test_without_numba(monkeypatch):
     spec.loader.exec_module(module)
     assert not module.available()
     assert module.unavailable_reason().startswith("numba is not installed")
+
+
+def test_benchmark_runs_and_writes_its_rows(tmp_path):
+    """``python -m pgd.bench.cpu_kernels`` on a tiny problem: every candidate measured, JSON written."""
+    import json
+
+    from pgd.bench import cpu_kernels as bench
+
+    out = tmp_path / "bench.json"
+    assert bench.main(["--megabytes", "0.05", "--rounds", "1", "--d", "4", "--dtypes", "float32",
+                       "--losses", "logistic", "--threads", "1", "--sparse", "60,20,3", "--no-startup",
+                       "--passes", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    candidates = {(row["kind"], row["candidate"]) for row in results["rows"]}
+    assert candidates == {("dense", "blocked BLAS (pgd.local.linear)"), ("dense", "numba fused (float64)"),
+                          ("dense", "numba fused (data)"), ("csr", "scipy two calls"),
+                          ("csr", "numba fused (float64), 1 thread"), ("csr", "numba fused (data), 1 thread")}
+    assert all(row["ratio"] > 0 and row["floor_ms"] > 0 for row in results["rows"])
+    assert {row["precision"] for row in results["passes"]} == {"float64", "data"}
