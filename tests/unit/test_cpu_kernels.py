@@ -233,6 +233,18 @@ def test_logistic_extreme_scores(y_value):
         assert sums[i, 2] == pytest.approx((sigmoid - y_value) * zi, rel=4e-16, abs=1e-303), zi
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_threads_work_in_a_forked_child():
+    """A child forked after the pool started gets a pool of its own (the parent's threads are gone)."""
+    import multiprocessing
+
+    X, y, _, w, b = problem(300, 5, np.float64, "squared", False, seed=6)
+    expected = K.dense_loss_grad(X, y, w, b, "squared", threads=2)[0]
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(K.dense_loss_grad, (X, y, w, b, "squared"), {"threads": 2}).get(timeout=60)[0]
+    assert got == expected
+
+
 def test_bad_arguments():
     X, y, _, w, b = problem(5, 3, np.float64, "squared", False)
     with pytest.raises(ValueError, match="unknown loss"):
