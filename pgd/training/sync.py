@@ -34,7 +34,7 @@ from pgd.training.modes import pick_runner
 from pgd.training.preempt import adopt_signal_flag, catch_signals_early, make_resilience_hook, release_early_signals
 from pgd.training.setup import bind_backend, blas_threads, build_objective, describe_device, step_size
 from pgd.training.slow_rank import make_slow_rank_hook
-from pgd.training.summary import print_summary, refuse_unconverged, timing
+from pgd.training.summary import peak_rss_bytes, print_summary, refuse_unconverged, timing
 
 #: Factories ``make_hook(cfg, world, optimizer) -> hook or None`` run by every training loop. A hook's
 #: ``after_step(iteration) -> str | None`` is called on every rank after each step, and must return the
@@ -146,6 +146,7 @@ def train(cfg, world=None) -> dict:
 
 
 def _train(cfg, world) -> dict:
+    setup_started = MPI.Wtime()
     rank, size = world.Get_rank(), world.Get_size()
     backend, local_size = bind_backend(cfg, world)
     xp = backend.xp
@@ -230,8 +231,9 @@ def _train(cfg, world) -> dict:
         converged = bool(optimizer.fresh and test.holds(optimality))
         wall = MPI.Wtime() - started
         compute, comm_seconds = objective.compute_seconds, objective.comm.seconds
-        wall_max, compute_max, comm_max, other_max = max_over_ranks(
-            world, [wall, compute, comm_seconds, wall - compute - comm_seconds])
+        wall_max, compute_max, comm_max, other_max, setup_max, rss_max = max_over_ranks(
+            world, [wall, compute, comm_seconds, wall - compute - comm_seconds, started - setup_started,
+                    peak_rss_bytes()])
         params = objective.full_params(optimizer.params)
         identical = _replicas_identical(world, params)
         summary = dict(
@@ -243,7 +245,8 @@ def _train(cfg, world) -> dict:
             metrics=cfg.metrics,
             comm_bytes_per_iteration=(objective.comm.bytes - bytes_before)
             // max(iteration - first_iteration, 1),
-            timing=timing(wall_max, compute_max, comm_max, other_max, iteration - first_iteration))
+            timing=timing(wall_max, compute_max, comm_max, other_max, iteration - first_iteration, setup_max),
+            peak_rss_bytes=int(rss_max))
         summary["warnings"] = _warnings(optimizer, converged, test, optimality, iteration, stop_reason,
                                         method=method, dtype=slab.dtype, standardized=facts["standardize"] != "off")
         with collectively(world):  # a failed write (disk full) is one line on every rank
