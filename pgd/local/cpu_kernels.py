@@ -56,6 +56,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from pgd.runtime import settings
+
 try:  # numba is optional: without it the caller keeps the blocked NumPy/BLAS path
     import numba
 except ImportError as exc:  # pragma: no cover - exercised by the fall-back test through a flag
@@ -83,9 +85,9 @@ __all__ = [
 
 #: Loss codes the kernels understand (``gram``: ``r = z``, scalar ``z^2``).
 LOSS_CODES = {"squared": 0, "logistic": 1, "gram": 2}
-#: Setting this environment variable to a non-empty value other than ``0`` disables the kernels (the
-#: caller falls back), e.g. to compare the two paths or to work around a broken numba install.
-DISABLE_ENV = "PGD_CPU_KERNELS_OFF"
+#: ``PGD_CPU_KERNEL=blocked`` disables the kernels (the caller falls back), e.g. to compare the two paths or to
+#: work around a broken numba install (read by :func:`pgd.runtime.settings.cpu_kernel`).
+DISABLE_ENV = "PGD_CPU_KERNEL"
 
 # Reassociation lets LLVM vectorise the dot product; no 'nnan'/'ninf' (inf and NaN must propagate).
 _FASTMATH = {"reassoc", "contract"}
@@ -378,7 +380,7 @@ DTYPES = ("float32", "float64")
 
 
 def _env_disabled() -> bool:
-    return os.environ.get(DISABLE_ENV, "").strip() not in ("", "0")
+    return settings.cpu_kernel() == "blocked"
 
 
 def _keys(kind, dtype) -> list[str]:
@@ -400,7 +402,7 @@ def available(kind: str | None = None, dtype=None) -> bool:
 def unavailable_reason(kind: str | None = None, dtype=None) -> str:
     """Empty when :func:`available`; otherwise one line saying why the kernels are not used."""
     if _env_disabled():
-        return f"compiled CPU kernels disabled by {DISABLE_ENV}"
+        return f"compiled CPU kernels disabled by {DISABLE_ENV}=blocked"
     if _IMPORT_PROBLEM:
         return _IMPORT_PROBLEM
     with _state_lock:

@@ -262,7 +262,7 @@ def test_bad_arguments():
 
 
 def test_disabled_by_environment(monkeypatch):
-    monkeypatch.setenv(K.DISABLE_ENV, "1")
+    monkeypatch.setenv(K.DISABLE_ENV, "blocked")
     assert not K.available()
     assert K.DISABLE_ENV in K.unavailable_reason()
     assert K.warm_up() == {"problem": K.unavailable_reason()}
@@ -313,3 +313,38 @@ def test_benchmark_runs_and_writes_its_rows(tmp_path):
                           ("csr", "numba fused (float64), 1 thread"), ("csr", "numba fused (data), 1 thread")}
     assert all(row["ratio"] > 0 and row["floor_ms"] > 0 for row in results["rows"])
     assert {row["precision"] for row in results["passes"]} == {"float64", "data"}
+
+
+@pytest.mark.parametrize("choice, n_bytes, d, threads, expect", [
+    ("blocked", 1 << 30, 100, 2, "PGD_CPU_KERNEL=blocked"),
+    ("auto", 1 << 20, 100, 2, "slab below"),
+    ("auto", 1 << 30, 16, 1, "d < 64 on one thread"),
+    ("auto", 1 << 30, 16, 2, ""),
+    ("auto", 1 << 30, 100, 1, ""),
+    ("fused", 1 << 10, 4, 1, ""),
+])
+def test_host_kernel_choice(choice, n_bytes, d, threads, expect):
+    from pgd.local.linear import host_kernel_choice
+
+    reason = host_kernel_choice(n_bytes, d, threads, np.float64, choice)
+    assert (reason == "") if not expect else (expect in reason)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_local_gradient_runs_the_kernel_where_chosen(monkeypatch, dtype, weighted):
+    """PGD_CPU_KERNEL=fused puts the compiled kernel behind LocalLinearGradient; it equals the blocked path."""
+    X, y, weight, w, b = problem(301, 7, dtype, "logistic", weighted)
+    params = np.append(w, b)
+    results = {}
+    for choice in ("fused", "blocked"):
+        monkeypatch.setenv("PGD_CPU_KERNEL", choice)
+        local = LocalLinearGradient(X, y, get_loss("logistic"), fit_intercept=True, xp=np, sample_weight=weight)
+        assert ("numba" in local.kernel) == (choice == "fused"), local.kernel
+        for mode in ("loss", "gram"):
+            out = np.full(X.shape[1] + 2, np.nan)
+            local.sums_at(params, out, gram=mode == "gram")
+            results[choice, mode] = out
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for mode in ("loss", "gram"):
+        np.testing.assert_allclose(results["fused", mode], results["blocked", mode], rtol=tol, atol=tol)
