@@ -5,8 +5,10 @@ Same interface and conventions as :class:`pgd.local.linear.LocalLinearGradient` 
 Two computations, chosen once per slab and named in :attr:`SparseLinearGradient.kernel` (the run summary's
 ``gradient_kernel``):
 
-- the compiled one-pass kernel of :mod:`pgd.local.cpu_kernels` (numba) when it is present and passes its
-  start-up check: one pass over the non-zeros per evaluation (score, loss derivative, scatter);
+- the compiled one-pass kernel of :mod:`pgd.local.cpu_kernels` (numba) where it pays and passes its
+  start-up check (``PGD_CPU_KERNEL``: ``auto`` from 32 MiB of CSR arrays, ``fused`` always, ``blocked``
+  never; see :func:`csr_kernel_choice`): one pass over the non-zeros per evaluation (score, loss
+  derivative, scatter), on the rank's BLAS threads;
 - otherwise SciPy's two sparse products, ``z = X w`` then ``g = Xᵀ r``, called through SciPy's compiled
   ``csr_matvec`` / ``csc_matvec`` into buffers made once (no allocation per evaluation).
 
@@ -20,13 +22,8 @@ import numpy as np
 import scipy.sparse
 from scipy.sparse import _sparsetools
 
-from pgd.local.linear import LocalLinearGradient
-from pgd.runtime import launcher
-
-try:  # the compiled CPU kernels (numba); without them the SciPy two-call path runs
-    from pgd.local import cpu_kernels
-except ImportError:  # pragma: no cover - depends on the branch / install
-    cpu_kernels = None
+from pgd.local.linear import AUTO_MIN_SLAB_BYTES, LocalLinearGradient
+from pgd.runtime import launcher, settings
 
 __all__ = ["SparseLinearGradient", "is_sparse", "local_gradient", "row_blocks", "row_range"]
 
@@ -46,22 +43,44 @@ def local_gradient(X, y, loss, *, fit_intercept: bool, xp, block_bytes: int = Lo
                                sample_weight=sample_weight)
 
 
-def _kernel_threads() -> int:
-    """Threads of the compiled kernel: the rank's resolved BLAS threads (1 when unknown)."""
-    text = str(launcher.BLAS_THREADS_RESOLVED or "1").split()[0]
-    return int(text) if text.isdigit() and int(text) > 0 else 1
+#: What runs without the compiled kernel (named in the run summary's ``gradient_kernel``).
+SCIPY_PATH = "SciPy CSR, two calls per evaluation (X w, then Xᵀ r)"
+
+
+def csr_kernel_choice(n_bytes: int, dtype, choice: str) -> str:
+    """Why SciPy's two calls run on this CSR slab, or ``""`` when the compiled kernel should be tried.
+
+    Parameters
+    ----------
+    n_bytes : int
+        Bytes of the slab's CSR arrays.
+    dtype : dtype
+        Value dtype.
+    choice : {"auto", "fused", "blocked"}
+        ``PGD_CPU_KERNEL`` (``blocked`` means SciPy here).
+    """
+    if choice == "blocked":
+        return "PGD_CPU_KERNEL=blocked"
+    if choice == "auto" and n_bytes < AUTO_MIN_SLAB_BYTES:
+        return f"slab below {AUTO_MIN_SLAB_BYTES >> 20} MiB: the compiled kernel would not repay its load time"
+    from pgd.local import cpu_kernels  # noqa: PLC0415 - imports numba (about 0.5 s): only where it may run
+
+    return cpu_kernels.unavailable_reason("csr", dtype)
 
 
 def _compiled_kernel(X, y, fit_intercept: bool, sample_weight):
-    """``(kernel or None, description)``: the compiled CSR kernel when usable for this dtype, else None and
-    the reason SciPy's two calls run instead."""
-    if cpu_kernels is None:
-        return None, "SciPy CSR, two calls per evaluation (X w, then Xᵀ r); compiled CPU kernels not installed"
-    problem = cpu_kernels.unavailable_reason("csr", X.dtype)
-    if problem:
-        return None, f"SciPy CSR, two calls per evaluation (X w, then Xᵀ r); {problem}"
-    fused = cpu_kernels.FusedCPUGradient((X.data, X.indices, X.indptr, X.shape[1]), y, fit_intercept=fit_intercept,
-                                         sample_weight=sample_weight, threads=_kernel_threads())
+    """``(kernel or None, description)``: the compiled one-pass CSR kernel when :func:`csr_kernel_choice`
+    allows it, else None and why SciPy's two calls run instead."""
+    nbytes = X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
+    reason = csr_kernel_choice(nbytes, X.dtype, settings.cpu_kernel())
+    if reason:
+        return None, f"{SCIPY_PATH}; {reason}"
+    from pgd.local.cpu_kernels import FusedCPUGradient  # noqa: PLC0415 - loaded by csr_kernel_choice
+
+    precision = "data" if X.dtype == np.float32 else "float64"   # float32 products as the SciPy path does
+    fused = FusedCPUGradient((X.data, X.indices, X.indptr, X.shape[1]), y, fit_intercept=fit_intercept,
+                             sample_weight=sample_weight, threads=launcher.blas_thread_count(),
+                             precision=precision)
     return fused, fused.kernel
 
 
@@ -122,7 +141,7 @@ class SparseLinearGradient(LocalLinearGradient):
         self._gradient = np.empty(self.d, dtype=self.dtype)
         self._params_w = np.empty(self.d, dtype=self.dtype)
         self._fused, self.kernel = (_compiled_kernel(X, y, self.fit_intercept, sample_weight) if compiled
-                                    else (None, "SciPy CSR, two calls per evaluation (X w, then Xᵀ r)"))
+                                    else (None, SCIPY_PATH))
 
     @property
     def nbytes(self) -> int:

@@ -242,10 +242,12 @@ def format_summary(summary: dict) -> str:
     lines = [
         f"pgd train: {summary['loss']} loss, {summary['ranks']} rank(s), {summary['device']}, "
         f"comm {summary['communicator']}, {summary['dtype']}, optimizer {summary['optimizer']}",
-        f"  data {summary['data']}: {summary['n']} rows x {summary['d']} columns",
+        f"  data {summary['data']}: {summary['n']} rows x {summary['d']} columns"
+        + (f", sparse CSR with {summary['nnz']} non-zeros" if summary.get("data_format") == "csr" else ""),
         f"  MPI on device buffers: {summary.get('cuda_aware', 'no GPU')}",
         *([f"  gradient: {summary['gradient_kernel']}"]
-          if "gradient_kernel" in summary and summary["device"].startswith("gpu") else []),
+          if "gradient_kernel" in summary and (summary["device"].startswith("gpu")
+                                               or summary.get("data_format") == "csr") else []),
         f"  stopped after {summary['iterations']} iterations: {summary['stop_reason']}",
         f"  loss {summary['final_loss']:.12g}  |grad| {summary['grad_norm']:.3e}  "
         f"lr {summary['lr']:.6g}{' (auto, 1/L)' if summary['lr_auto'] else ''}",

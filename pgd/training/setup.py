@@ -63,6 +63,8 @@ def build_objective(cfg, world, backend):
         method = "lbfgs" if cfg.optimizer in ("auto", None) else cfg.optimizer
     facts = {"standardize": describe(scaling, cfg.penalty_scale), "penalty_scale": cfg.penalty_scale,
              "sample_weight": slab.weight_source, "total_weight": slab.total_weight, "solver": solver}
+    if getattr(slab.meta, "sparse", False):
+        facts.update(data_format="csr", nnz=int(slab.meta.nnz))
     return objective, slab, facts, method
 
 

@@ -94,7 +94,9 @@ def test_logistic_on_csr_equals_scikit_learn(runs, ranks):
     assert run["converged"] and run["optimizer"] == "lbfgs" and run["standardize"].startswith("on"), run
     assert "CSR" in run["gradient_kernel"], run
     reference = _sk_logistic(X, y)
-    for name in ("logistic-csr", "logistic-csr-int64", "logistic-csr-nostd"):
+    fused = runs[ranks]["logistic-csr-fused"]
+    assert fused["gradient_kernel"].startswith("fused one-pass CPU kernel (numba, CSR"), fused
+    for name in ("logistic-csr", "logistic-csr-fused", "logistic-csr-int64", "logistic-csr-nostd"):
         _close(_params(runs[ranks][name]), reference, 1e-6)
     noint = LogisticRegression(C=1 / (L2 * len(y)), tol=1e-12, max_iter=10_000, fit_intercept=False).fit(X, y)
     _close(_params(runs[ranks]["logistic-csr-noint"])[:-1], noint.coef_[0], 1e-6)
@@ -134,6 +136,7 @@ def test_squared_loss_on_csr_equals_scikit_learn(runs, ranks):
     assert direct["optimizer"] == "cholesky" and direct["solver"].startswith("gram"), direct
     _close(_params(direct), expected, 1e-10)
     _close(_params(runs[ranks]["ridge-csr-lbfgs"]), expected, 1e-6)
+    _close(_params(runs[ranks]["ridge-csr-lbfgs-fused"]), expected, 1e-6)
     ols = LinearRegression().fit(X.toarray(), y)     # on SciPy CSR it runs lsqr, accurate to ~1e-6 only
     _close(_params(runs[ranks]["ols-csr"]), np.append(ols.coef_, ols.intercept_), 1e-9)
     weighted = LinearRegression().fit(X.toarray(), y, sample_weight=s)
@@ -150,6 +153,7 @@ def test_dense_and_sparse_files_give_the_same_model(runs, ranks):
 
 @pytest.mark.mpi
 def test_rank_counts_agree(runs):
-    for name in ("logistic-csr", "logistic-heavy-row", "ridge-csr", "logistic-csr-l1", "logistic-csr-weights"):
+    for name in ("logistic-csr", "logistic-csr-fused", "logistic-heavy-row", "ridge-csr", "logistic-csr-l1",
+                 "logistic-csr-weights"):
         for ranks in (2, 3):
             _close(_params(runs[ranks][name]), _params(runs[1][name]), 1e-9)

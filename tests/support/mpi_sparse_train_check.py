@@ -28,6 +28,9 @@ def _configs() -> dict:
     return {
         "logistic-csr": dict(data="bin-csr.h5", **logistic),
         "logistic-dense": dict(data="bin-dense.h5", **logistic),
+        "logistic-csr-fused": dict(data="bin-csr.h5", env={"PGD_CPU_KERNEL": "fused"}, **logistic),
+        "ridge-csr-lbfgs-fused": dict(data="reg-csr.h5", loss="squared", l2=1e-2, solver="iterative",
+                                      env={"PGD_CPU_KERNEL": "fused"}, **TIGHT),
         "logistic-csr-int64": dict(data="bin-csr64.h5", **logistic),
         "logistic-csr-f32": dict(data="bin-csr32.h5", loss="logistic", l2=1e-2),
         "logistic-csr-weights": dict(data="binw-csr.h5", class_weight="balanced", **logistic),
@@ -56,8 +59,12 @@ def main(workdir: str) -> None:
     results = {}
     for name, options in _configs().items():
         out = os.path.join(workdir, f"model-{name}-{world.Get_size()}.h5")
+        env = options.pop("env", {})
+        os.environ.update(env)
         values = dict(options, data=os.path.join(workdir, options["data"]), quiet=True, device="cpu", out=out)
         summary = train(train_config(**values), world)
+        for variable in env:
+            del os.environ[variable]
         results[name] = {key: summary.get(key) for key in (
             "converged", "optimizer", "solver", "iterations", "final_loss", "standardize", "sample_weight",
             "gradient_kernel")}

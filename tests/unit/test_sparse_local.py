@@ -25,11 +25,13 @@ def _matrix(n=57, d=13, dtype=np.float64, seed=0):
 @pytest.mark.parametrize("loss", ["squared", "logistic"])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("compiled", [False, True])
-def test_sparse_sums_match_dense(loss, weighted, compiled):
+def test_sparse_sums_match_dense(loss, weighted, compiled, monkeypatch):
+    monkeypatch.setenv("PGD_CPU_KERNEL", "fused")
     X, y, weight = _matrix()
     s = weight if weighted else None
     dense = LocalLinearGradient(X.toarray(), y, get_loss(loss), fit_intercept=True, xp=np, sample_weight=s)
     sparse = SparseLinearGradient(X, y, get_loss(loss), fit_intercept=True, sample_weight=s, compiled=compiled)
+    assert sparse.kernel.startswith("fused one-pass CPU kernel (numba, CSR" if compiled else "SciPy CSR"), sparse.kernel
     params = np.random.default_rng(1).standard_normal(X.shape[1] + 1)
     for gram in (False, True):
         for rows in (None, slice(4, 40), np.array([0, 3, 9, 56, 9])):
@@ -44,22 +46,28 @@ def test_sparse_sums_match_dense(loss, weighted, compiled):
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_kernel_named_and_fallback():
+def test_kernel_named_and_fallback(monkeypatch):
     X, y, _ = _matrix()
+    monkeypatch.setenv("PGD_CPU_KERNEL", "auto")
     scipy_path = SparseLinearGradient(X, y, get_loss("squared"), fit_intercept=False, compiled=False)
     assert scipy_path.kernel.startswith("SciPy CSR")
     chosen = local_gradient(X, y, get_loss("squared"), fit_intercept=False, xp=np)
-    assert isinstance(chosen, SparseLinearGradient) and chosen.kernel
+    assert isinstance(chosen, SparseLinearGradient) and "below 32 MiB" in chosen.kernel   # auto: small slab
+    monkeypatch.setenv("PGD_CPU_KERNEL", "blocked")
+    assert "PGD_CPU_KERNEL=blocked" in local_gradient(X, y, get_loss("squared"), fit_intercept=False, xp=np).kernel
     assert isinstance(local_gradient(X.toarray(), y, get_loss("squared"), fit_intercept=False, xp=np),
                       LocalLinearGradient)
 
 
-def test_empty_slab_contributes_zeros():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_empty_slab_contributes_zeros(compiled, monkeypatch):
+    monkeypatch.setenv("PGD_CPU_KERNEL", "fused")
     X = scipy.sparse.csr_matrix((0, 6))
-    local = SparseLinearGradient(X, np.zeros(0), get_loss("logistic"), fit_intercept=True)
-    out = np.full(8, 7.0)
-    local.sums_at(np.ones(7), out)
-    assert not out.any()
+    local = SparseLinearGradient(X, np.zeros(0), get_loss("logistic"), fit_intercept=True, compiled=compiled)
+    for gram in (False, True):
+        out = np.full(8, 7.0)
+        local.sums_at(np.ones(7), out, gram=gram)
+        assert not out.any()
 
 
 def test_row_blocks_and_range_cover_rows():
