@@ -112,16 +112,10 @@ def data_info(path, x_key, y_key, as_json, scan):
 
     world = get_world()
     if sparse_collectively(world, path, x_key=x_key, locking="best-effort"):
-        from pgd.data.csr import format_csr_info, inspect_csr, scan_csr  # noqa: PLC0415
+        from pgd.data.describe import describe_csr_dataset, format_csr_description  # noqa: PLC0415
 
-        info = on_rank0(world, lambda: scan_csr(inspect_csr(path, x_key, y_key, require_y=False))
-                        if scan else _csr_summary(inspect_csr(path, x_key, y_key, require_y=False)))
-        text = f"{path}\n{format_csr_info(info)}" if scan else (
-            f"{path}\nsparse CSR: {info['n']} rows x {info['d']} features, nnz {info['nnz']} "
-            f"(density {info['density']:.3g}), {info['dtype']} values, {info['index_dtype']} indices")
-        if scan and info["nonfinite"]:
-            text += f"\nnon-finite values: {info['nonfinite']}"
-        print_result(world, {"path": path, "sparse": True, **info}, as_json, text)
+        description = on_rank0(world, lambda: describe_csr_dataset(path, x_key, y_key, scan=scan))
+        print_result(world, description, as_json, format_csr_description(description))
         return
     part = None
     with collectively(world):
@@ -133,12 +127,6 @@ def data_info(path, x_key, y_key, as_json, scan):
         description = combine_descriptions(parts) if scan else whole
         click.echo(json.dumps(description, indent=2, default=str) if as_json
                    else format_description(description))
-
-
-def _csr_summary(meta) -> dict:
-    """What ``pgd data info --no-scan`` shows of a sparse file (a few elements read)."""
-    return {"n": meta.n, "d": meta.d, "nnz": meta.nnz, "density": meta.density, "dtype": meta.dtype.name,
-            "index_dtype": meta.index_dtype.name, "index_bits": 8 * meta.index_dtype.itemsize, "nbytes": meta.nbytes}
 
 
 @data.command("rechunk")

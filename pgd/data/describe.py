@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from pgd.data.csr import inspect_csr, scan_csr
 from pgd.data.format import DEFAULT_X_KEY, DEFAULT_Y_KEY, inspect_dataset, open_h5
 from pgd.data.slab import count_nonfinite, default_block_rows, iter_row_blocks
 
@@ -45,27 +46,81 @@ def _merge_values(values: set | None, new) -> set | None:
     return merged if len(merged) <= MAX_DISTINCT else None
 
 
+class _LabelStats:
+    """Additive label statistics over blocks (finite values only)."""
+
+    def __init__(self):
+        self.count, self.total, self.low, self.high, self.values = 0, 0.0, None, None, set()
+
+    def add(self, y_block) -> None:
+        finite = y_block[np.isfinite(y_block)].astype(np.float64) if y_block.dtype.kind == "f" \
+            else y_block.astype(np.float64)
+        if finite.size:
+            self.count += finite.size
+            self.total += float(finite.sum())
+            self.low = min(float(finite.min()), self.low) if self.low is not None else float(finite.min())
+            self.high = max(float(finite.max()), self.high) if self.high is not None else float(finite.max())
+            self.values = _merge_values(self.values, np.unique(finite).tolist() if self.values is not None else None)
+
+    def summary(self) -> dict:
+        return _label_summary(self.count, self.total, self.low, self.high, self.values)
+
+
 def _scan(meta, start: int, stop: int, block_rows: int | None, locking: str) -> dict:
     non_finite, first_row = 0, -1
-    count, total, low, high, values = 0, 0.0, None, None, set()
+    labels = _LabelStats()
     for offset, x_block, y_block in iter_row_blocks(meta, start, stop, block_rows, locking=locking):
         bad, first = count_nonfinite(x_block, y_block)
         non_finite += bad
         if first >= 0 and first_row < 0:
             first_row = offset + first
-        if y_block is None:
-            continue
-        finite = y_block[np.isfinite(y_block)].astype(np.float64) if y_block.dtype.kind == "f" \
-            else y_block.astype(np.float64)
-        if finite.size:
-            count += finite.size
-            total += float(finite.sum())
-            low = min(float(finite.min()), low) if low is not None else float(finite.min())
-            high = max(float(finite.max()), high) if high is not None else float(finite.max())
-            values = _merge_values(values, np.unique(finite).tolist() if values is not None else None)
+        if y_block is not None:
+            labels.add(y_block)
     return {"scan": {"start": start, "stop": stop, "rows": stop - start},
             "non_finite": non_finite, "first_non_finite_row": first_row,
-            "labels": _label_summary(count, total, low, high, values) if meta.y_key else None}
+            "labels": labels.summary() if meta.y_key else None}
+
+
+def describe_csr_dataset(path, x_key: str = DEFAULT_X_KEY, y_key: str | None = DEFAULT_Y_KEY, *, scan: bool = True,
+                         locking: str = "best-effort", block: int = 1 << 22) -> dict:
+    """Describe a sparse (CSR) dataset: :func:`pgd.data.csr.scan_csr`'s facts (nnz, density, non-zeros per
+    row, index width; with ``scan``, the whole file is checked in blocks) and the label summary."""
+    meta = inspect_csr(path, x_key, y_key, require_y=False, locking=locking)
+    desc = {"path": os.fspath(path), "sparse": True, "x_key": meta.x_key, "y_key": meta.y_key, "task": meta.task,
+            "n": meta.n, "d": meta.d, "nnz": meta.nnz, "density": meta.density, "dtype": meta.dtype.name,
+            "index_dtype": meta.index_dtype.name, "index_bits": 8 * meta.index_dtype.itemsize, "nbytes": meta.nbytes,
+            "format_version": meta.attrs.get("pgd_format"), "attrs": _small_attrs(meta.attrs)}
+    if not scan:
+        return desc
+    desc.update(scan_csr(meta, block, locking))
+    desc["non_finite"] = desc.pop("nonfinite")
+    labels = _LabelStats()
+    if meta.y_key:
+        with open_h5(meta.path, locking) as h5:
+            for lo in range(0, meta.n, block):
+                labels.add(h5[meta.y_key][lo:lo + block].reshape(-1))
+    desc["labels"] = labels.summary() if meta.y_key else None
+    return desc
+
+
+def format_csr_description(desc: dict) -> str:
+    """``pgd data info``'s text for :func:`describe_csr_dataset`."""
+    lines = [f"file:   {desc['path']}  (pgd format {desc['format_version'] or 'unset'}, "
+             f"task {desc['task'] or 'unset'})",
+             f"X:      /{desc['x_key']} sparse CSR {desc['n']} x {desc['d']}, nnz {desc['nnz']} (density "
+             f"{desc['density']:.3g}), {desc['dtype']} values, {desc['index_dtype']} indices "
+             f"({desc['index_bits']}-bit), {desc['nbytes'] / 2**20:.3g} MiB of CSR arrays"]
+    if "row_nnz_min" in desc:
+        lines.append(f"rows:   non-zeros per row min {desc['row_nnz_min']}, mean {desc['row_nnz_mean']:.4g}, max "
+                     f"{desc['row_nnz_max']}; {desc['empty_rows']} empty rows; {desc['non_finite']} non-finite values")
+    lines.append(f"y:      /{desc['y_key']}" if desc["y_key"] else "y:      none")
+    labels = desc.get("labels")
+    if labels and labels["count"]:
+        kind = "binary 0/1" if labels["is_binary01"] else "-1/+1" if labels["is_pm1"] else None
+        shown = f" {labels['values']}" if labels["values"] is not None else ""
+        lines.append(f"labels: min {labels['min']:g}, max {labels['max']:g}, mean {labels['mean']:.4g}, "
+                     f"{labels['n_unique']} distinct{shown}" + (f" ({kind})" if kind else ""))
+    return "\n".join(lines)
 
 
 def describe_dataset(path, x_key: str = DEFAULT_X_KEY, y_key: str | None = DEFAULT_Y_KEY, *,
