@@ -98,8 +98,22 @@ def _gpu_methods(world, notes: list):
     return methods
 
 
-def comm_bench(world, *, min_bytes: int, max_bytes: int, repeats: int, gpu: bool = True) -> dict:
-    """Measure every method at every size; same result on every rank (collective).
+def model_buffer_bytes(d: int) -> int:
+    """Bytes of the buffer a data-parallel step sums for a ``d``-feature model: ``[Σ g_w, Σ g_b, Σ loss]``
+    in float64, ``8 (d + 2)``."""
+    return 8 * (int(d) + 2)
+
+
+def sizes_for(min_bytes: int, max_bytes: int, model_bytes: int | None = None) -> list[int]:
+    """:func:`message_sizes`, extended up to ``model_bytes`` when it lies beyond ``max_bytes``, and with
+    ``model_bytes`` itself measured."""
+    sizes = message_sizes(min_bytes, max(max_bytes, model_bytes or 0))
+    return sorted(set(sizes) | ({model_bytes} if model_bytes else set()))
+
+
+def comm_bench(world, *, min_bytes: int, max_bytes: int, repeats: int, gpu: bool = True,
+               model_bytes: int | None = None) -> dict:
+    """Measure every method at every size (:func:`sizes_for`); same result on every rank (collective).
 
     Returns
     -------
@@ -117,7 +131,7 @@ def comm_bench(world, *, min_bytes: int, max_bytes: int, repeats: int, gpu: bool
         for _ in range(200):  # connection set-up and first-touch costs stay out of the small sizes
             warm()
         mine = []
-        for nbytes in message_sizes(min_bytes, max_bytes):
+        for nbytes in sizes_for(min_bytes, max_bytes, model_bytes):
             inner = 1 if nbytes >= 1 << 20 else 10
             work = make(nbytes // 8)
 

@@ -182,14 +182,21 @@ def bench_worker(ctx, result, warmup, repeats, iters, **values):
 @option("--out", type=click.Path(file_okay=False), default=None,
         help="Directory for comm.csv, comm.json and comm.png.")
 @option("--plot/--no-plot", default=True, help="Write comm.png with --out (needs matplotlib).")
+@option("--features", type=click.IntRange(min=1), default=None,
+        help="Also time the gradient buffer of a model with this many features, 8 (d + 2) bytes (the sizes "
+             "grow up to it when it is above --max-bytes): a high-d model's cost per iteration.")
 @JSON_OPTION
-def bench_comm(min_bytes, max_bytes, repeats, gpu, out, plot, as_json):
+def bench_comm(min_bytes, max_bytes, repeats, gpu, out, plot, features, as_json):
     """Allreduce vs Reduce+Bcast (and NCCL / staged device buffers) from 8 B to 64 MiB, with an α-β fit."""
-    from pgd.bench.comm import comm_bench, format_comm  # noqa: PLC0415
+    from pgd.bench.comm import comm_bench, format_comm, model_buffer_bytes  # noqa: PLC0415
     from pgd.bench.common import machine_facts, write_results  # noqa: PLC0415
 
     world = get_world()
-    result = comm_bench(world, min_bytes=min_bytes, max_bytes=max_bytes, repeats=repeats, gpu=gpu)
+    model_bytes = model_buffer_bytes(features) if features else None
+    result = comm_bench(world, min_bytes=min_bytes, max_bytes=max_bytes, repeats=repeats, gpu=gpu,
+                        model_bytes=model_bytes)
+    if model_bytes:
+        result["notes"].append(f"the gradient buffer of a {features}-feature model is {model_bytes} B")
 
     def save():
         import os  # noqa: PLC0415

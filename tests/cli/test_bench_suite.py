@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from pgd.bench.comm import fit_alpha_beta, message_sizes
+from pgd.bench.comm import fit_alpha_beta, message_sizes, model_buffer_bytes, sizes_for
 from pgd.bench.common import child_environment
 from pgd.bench.modes import format_modes_bench
 from pgd.bench.scaling import COLUMNS, add_speedup, launcher_command, parse_ranks
@@ -46,6 +46,9 @@ def check_png(path):
 
 def test_units_without_mpi():
     assert message_sizes(8, 4096) == [8, 32, 128, 512, 2048, 4096]
+    assert model_buffer_bytes(1_000_000) == 8_000_016               # [Σ g_w, Σ g_b, Σ loss] in float64
+    assert sizes_for(8, 4096, 8_000_016)[-2:] == [2_097_152, 8_000_016]   # grown up to the model's buffer
+    assert 400 in sizes_for(8, 4096, 400) and max(sizes_for(8, 4096, 400)) == 4096
     sizes = np.array(message_sizes(8, 1 << 20))
     alpha, beta = fit_alpha_beta(sizes, 2e-6 + sizes / 5e9)
     assert alpha == pytest.approx(2e-6, rel=1e-6) and 1 / beta == pytest.approx(5e9, rel=1e-6)
