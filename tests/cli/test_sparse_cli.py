@@ -66,6 +66,11 @@ def _cases(tmp):
         case("train", tmp / "pm1.h5", "--loss", "logistic", "--out", tmp / "n.h5"),     # 14
         case("data", "convert", tmp / "csr.h5", tmp / "x.h5", "--from", "h5"),          # 15
         case("data", "info", tmp / "gen.h5"),                                           # 16
+        *[case("train", tmp / "csr.h5", "--loss", "logistic", "--optimizer", "gd", "--quiet", *extra)
+          for extra in (("--max-iter", 4, "--checkpoint", tmp / "ck.h5", "--checkpoint-every", 1, "--out",
+                         tmp / "c1.h5"),                                                # 17
+                        ("--max-iter", 8, "--checkpoint", tmp / "ck.h5", "--resume", "--out", tmp / "c2.h5"),  # 18
+                        ("--max-iter", 8, "--out", tmp / "c3.h5"))],                    # 19
     ]
 
 
@@ -168,3 +173,13 @@ def test_refusals_are_one_line_on_every_rank(outcomes, ranks):
         lines = [line for line in result["stderr"].splitlines() if line.startswith("pgd: error")]
         assert len(lines) == 1 and fragment in lines[0], (index, result["stderr"])
     assert not (tmp / "f.h5").exists() and not (tmp / "n.h5").exists() and not (tmp / "x.h5").exists()
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("ranks", [3, 1])
+def test_checkpoint_and_resume_on_csr(outcomes, ranks):
+    tmp, results = outcomes[ranks]
+    assert [results[i]["code"] for i in (17, 18, 19)] == [0, 0, 0], results[17:20]
+    assert "resuming from" in results[18]["stderr"] + results[18]["stdout"]
+    with h5py.File(tmp / "c2.h5") as resumed, h5py.File(tmp / "c3.h5") as straight:
+        np.testing.assert_allclose(resumed["w"][...], straight["w"][...], rtol=1e-12, atol=1e-14)

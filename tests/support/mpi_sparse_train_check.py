@@ -54,10 +54,22 @@ def _configs() -> dict:
     }
 
 
+def _multi_rank_configs() -> dict:
+    """Modes with loops of their own (they need two ranks or more)."""
+    sgd = dict(loss="logistic", l2=1e-2, optimizer="sgd", batch_size=16)
+    return {
+        "logistic-csr-async": dict(data="bin-csr.h5", mode="async", updates=400, **sgd),
+        "logistic-csr-shm": dict(data="bin-csr.h5", mode="shm", updates=400, **sgd),
+        "logistic-csr-local-sgd": dict(data="bin-csr.h5", sync_every=4, epochs=10, **sgd),
+        "logistic-dense-local-sgd": dict(data="bin-dense.h5", sync_every=4, epochs=10, **sgd),
+    }
+
+
 def main(workdir: str) -> None:
     world = MPI.COMM_WORLD
     results = {}
-    for name, options in _configs().items():
+    configs = {**_configs(), **(_multi_rank_configs() if world.Get_size() > 1 else {})}
+    for name, options in configs.items():
         out = os.path.join(workdir, f"model-{name}-{world.Get_size()}.h5")
         env = options.pop("env", {})
         os.environ.update(env)
