@@ -35,11 +35,11 @@ MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--mca", "btl", "^
 
 #: Tolerance ladders, loose to tight (each tool's own meaning of "tol").
 LADDERS = {
-    "pgd": [1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9],
-    "pgd-2ranks": [1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9],
-    "sklearn-lbfgs": [1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-10],
-    "sklearn-saga": [1e-2, 1e-3, 1e-4, 1e-5, 1e-6],
-    "liblinear": [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7],
+    "pgd": [1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9],
+    "pgd-2ranks": [1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9],
+    "sklearn-lbfgs": [1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-10],
+    "sklearn-saga": [1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6],
+    "liblinear": [1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7],
 }
 #: Tight runs whose lowest objective is the reference f* (a ladder stops at its first run within eps of it).
 REFERENCE_RUNS = [("pgd", 1e-10), ("liblinear", 1e-9)]
