@@ -72,7 +72,7 @@ def dense_case(d: int, dtype, losses, threads: int, megabytes: float, rounds: in
     rows = []
     with _blas_threads(threads):
         for loss in losses:
-            blocked = LocalLinearGradient(X, y, get_loss(loss), fit_intercept=True, xp=np)
+            blocked = LocalLinearGradient(X, y, get_loss(loss), fit_intercept=True, xp=np, host_kernel="blocked")
             candidates = {"gemv": lambda: np.dot(X, w_data, out=z),
                           "blocked BLAS (pgd.local.linear)": lambda: blocked.loss_gradient(w_data, b, out)}
             for p in precisions:
