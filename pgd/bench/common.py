@@ -19,6 +19,7 @@ import numpy as np
 from mpi4py import MPI
 
 import pgd
+from pgd.bench.timing import interleaved_samples
 from pgd.comm.host import AllreduceCommunicator
 from pgd.data import block_range
 from pgd.fileio import atomic_path
@@ -51,21 +52,11 @@ def _random_rows(rows: int, d: int, dtype, seed: int):
 
 
 def interleaved_collective(world, candidates: dict, rounds: int) -> dict:
-    """Median seconds of every candidate over ``rounds`` rounds: one call of each per round in a rotated
-    order, each after a ``Barrier`` and timed as the maximum over ranks (all ranks run it concurrently), after
-    one warm-up call each.  Interleaving exposes every candidate to the same machine state, so the ratios
-    of one run can be trusted on a shared machine."""
-    names = list(candidates)
-    for name in names:
-        candidates[name]()
-    samples = {name: [] for name in names}
-    for round_index in range(rounds):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            world.Barrier()
-            started = MPI.Wtime()
-            candidates[name]()
-            samples[name].append(world.allreduce(MPI.Wtime() - started, op=MPI.MAX))
+    """Median seconds of every candidate over ``rounds`` interleaved rounds
+    (:func:`pgd.bench.timing.interleaved_samples`), each call after a ``Barrier`` and timed as the maximum
+    over ranks (all ranks run it concurrently)."""
+    samples = interleaved_samples(candidates, rounds, barrier=world.Barrier,
+                                  reduce_max=lambda seconds: world.allreduce(seconds, op=MPI.MAX))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
