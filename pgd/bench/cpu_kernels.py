@@ -21,10 +21,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
+from pgd.bench.timing import interleaved_samples
 from pgd.fileio import atomic_path
 from pgd.local import cpu_kernels as K
 from pgd.local.linear import LocalLinearGradient
@@ -42,18 +42,9 @@ def _blas_threads(threads: int):
 
 
 def interleaved(candidates: dict, rounds: int) -> dict:
-    """Median and minimum seconds of every candidate over ``rounds`` rounds, one call of each per round
-    (order rotated per round), after one warm-up call each."""
-    names = list(candidates)
-    for name in names:
-        candidates[name]()
-    samples = {name: [] for name in names}
-    for round_index in range(rounds):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            candidates[name]()
-            samples[name].append(time.perf_counter() - start)
+    """Median and minimum seconds of every candidate over ``rounds`` interleaved rounds
+    (:func:`pgd.bench.timing.interleaved_samples`)."""
+    samples = interleaved_samples(candidates, rounds)
     return {name: {"median": float(np.median(s)), "min": float(np.min(s))} for name, s in samples.items()}
 
 
@@ -72,7 +63,7 @@ def dense_case(d: int, dtype, losses, threads: int, megabytes: float, rounds: in
     rows = []
     with _blas_threads(threads):
         for loss in losses:
-            blocked = LocalLinearGradient(X, y, get_loss(loss), fit_intercept=True, xp=np)
+            blocked = LocalLinearGradient(X, y, get_loss(loss), fit_intercept=True, xp=np, host_kernel="blocked")
             candidates = {"gemv": lambda: np.dot(X, w_data, out=z),
                           "blocked BLAS (pgd.local.linear)": lambda: blocked.loss_gradient(w_data, b, out)}
             for p in precisions:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from pgd.data.format import DEFAULT_X_KEY, DEFAULT_Y_KEY, _read_attrs, open_h5
+from pgd.data.format import DEFAULT_X_KEY, DEFAULT_Y_KEY, _read_attrs, check_not_empty, open_h5
 from pgd.errors import InputError
 
 ENCODING_TYPE = "csr_matrix"
@@ -151,10 +151,7 @@ def inspect_csr(path, x_key: str = DEFAULT_X_KEY, y_key: str | None = DEFAULT_Y_
             y_dtype = y.dtype
         else:
             y_key = None
-        if n == 0:
-            raise InputError(f"{path}: /{x_key} has no rows")
-        if d == 0:
-            raise InputError(f"{path}: /{x_key} has no columns")
+        check_not_empty(path, x_key, n, d)
         attrs = _read_attrs(h5)
     task = attrs.get("task")
     return CsrMeta(path=path, x_key=x_key, y_key=y_key, n=n, d=d, nnz=nnz, dtype=dtype,

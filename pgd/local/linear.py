@@ -45,6 +45,8 @@ class LocalLinearGradient:
         least as large as ``X`` so that the slab is one block.
     sample_weight : array, (n_local,), optional
         Non-negative row weights in the data dtype (None: every row weighs 1).
+    host_kernel : {"auto", "fused", "blocked"}, optional
+        On the host, whether the compiled one-pass kernel runs (default: ``PGD_CPU_KERNEL``, else ``auto``).
 
     Attributes
     ----------
@@ -59,7 +61,7 @@ class LocalLinearGradient:
     DEFAULT_BLOCK_BYTES = 1 << 20
 
     def __init__(self, X, y, loss, *, fit_intercept: bool, xp, block_bytes: int = DEFAULT_BLOCK_BYTES,
-                 sample_weight=None):
+                 sample_weight=None, host_kernel: str | None = None):
         if X.ndim != 2:
             raise ValueError(f"X must be 2-D, got shape {X.shape}")
         if X.dtype not in (xp.float32, xp.float64):
@@ -88,7 +90,8 @@ class LocalLinearGradient:
         self._params_w = xp.empty(self.d, dtype=self.dtype)   # w of a [w, b] vector, in the data dtype
         # the one-pass GPU kernel (None on the host, or when it failed its start-up check) and what runs
         if not is_cupy(xp):
-            self._fused, self.kernel = _host_kernel(X, y, sample_weight, self.fit_intercept)
+            self._fused, self.kernel = _host_kernel(X, y, sample_weight, self.fit_intercept,
+                                                    host_kernel or settings.cpu_kernel())
         elif sample_weight is not None:
             self._fused, self.kernel = None, "two-pass CuPy/cuBLAS (sample weights: the fused kernel has none)"
         else:
@@ -278,10 +281,10 @@ def host_kernel_choice(n_bytes: int, d: int, threads: int, dtype, choice: str) -
     return cpu_kernels.unavailable_reason("dense", dtype)
 
 
-def _host_kernel(X, y, sample_weight, fit_intercept: bool):
+def _host_kernel(X, y, sample_weight, fit_intercept: bool, choice: str):
     """The compiled one-pass CPU kernel for this slab, or None; and a description of what will run."""
     threads = launcher.blas_thread_count()
-    reason = host_kernel_choice(X.nbytes, X.shape[1], threads, X.dtype, settings.cpu_kernel())
+    reason = host_kernel_choice(X.nbytes, X.shape[1], threads, X.dtype, choice)
     if reason:
         return None, f"blocked two-pass (NumPy/BLAS; {reason})"
     from pgd.local.cpu_kernels import FusedCPUGradient  # noqa: PLC0415 - loaded by host_kernel_choice
