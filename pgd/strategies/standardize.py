@@ -120,7 +120,9 @@ def _csr_column_sums(X, weight, center=None) -> tuple[float, np.ndarray, np.ndar
         lo, hi = int(X.indptr[start]), int(X.indptr[stop])
         m = stop - start
         s = np.ones(m) if weight is None else weight[start:stop].astype(np.float64)
-        total += float(s.sum())
+        # summed one row after the other, as csc_matvec sums a column's stored weights below: a column stored
+        # in every row then gets exactly Σ s − Σ_stored s = 0 (a rounding residue times center² would not be)
+        total = float(np.add.accumulate(np.concatenate(([total], s)))[-1]) if m else total
         indptr, columns = X.indptr[start:stop + 1] - X.indptr.dtype.type(lo), X.indices[lo:hi]
         values = X.data[lo:hi].astype(np.float64)
         _sparsetools.csc_matvec(d, m, indptr, columns, values, s, first)

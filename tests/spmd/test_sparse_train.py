@@ -10,15 +10,13 @@ sparse file give the same model to 1e-10 (float64, standardisation on); rank cou
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import scipy.sparse
 
 from support import script
 from support.files import read_weights, write_csr_dataset, write_dataset
-from support.mpi import run_python
+from support.mpi import results_by_ranks
 
 sklearn = pytest.importorskip("sklearn")
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge  # noqa: E402
@@ -61,13 +59,7 @@ def runs(tmp_path_factory):
     write_csr_dataset(workdir / "regw-csr.h5", X, y_reg, sample_weight=s)
     write_dataset(workdir / "reg-dense.h5", X.toarray(), y_reg)
     write_csr_dataset(workdir / "heavy-csr.h5", *_heavy())
-    results = {}
-    for ranks in (1, 2, 3):
-        done = run_python(ranks, SCRIPT, workdir, timeout=300)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-        assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
-        results[ranks] = json.loads(lines[0][len("RESULT "):])
-    return results
+    return results_by_ranks(SCRIPT, workdir)
 
 
 def _params(run) -> np.ndarray:
@@ -101,6 +93,7 @@ def test_logistic_on_csr_equals_scikit_learn(runs, ranks):
     noint = LogisticRegression(C=1 / (L2 * len(y)), tol=1e-12, max_iter=10_000, fit_intercept=False).fit(X, y)
     _close(_params(runs[ranks]["logistic-csr-noint"])[:-1], noint.coef_[0], 1e-6)
     _close(_params(runs[ranks]["logistic-csr-f32"]), reference, 1e-3)
+    _close(_params(runs[ranks]["logistic-csr-as-f32"]), reference, 1e-3)      # --dtype float32 on a float64 file
     classes = s.sum() / (2 * np.array([s[y == 0].sum(), s[y == 1].sum()]))
     weighted = _sk_logistic(X, y, s * classes[y.astype(int)], l2=L2 * s.sum() / (s * classes[y.astype(int)]).sum())
     _close(_params(runs[ranks]["logistic-csr-weights"]), weighted, 1e-6)

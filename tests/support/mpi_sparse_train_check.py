@@ -33,6 +33,7 @@ def _configs() -> dict:
                                       env={"PGD_CPU_KERNEL": "fused"}, **TIGHT),
         "logistic-csr-int64": dict(data="bin-csr64.h5", **logistic),
         "logistic-csr-f32": dict(data="bin-csr32.h5", loss="logistic", l2=1e-2),
+        "logistic-csr-as-f32": dict(data="bin-csr.h5", dtype="float32", loss="logistic", l2=1e-2),
         "logistic-csr-weights": dict(data="binw-csr.h5", class_weight="balanced", **logistic),
         "logistic-heavy-row": dict(data="heavy-csr.h5", **logistic),
         "logistic-csr-nostd": dict(data="bin-csr.h5", standardize=False, **logistic),

@@ -88,3 +88,27 @@ def test_int64_indices():
     a.sums_at(params, out_a)
     b.sums_at(params, out_b)
     np.testing.assert_array_equal(out_a, out_b)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_csr_column_moments_need_no_cancellation(weighted):
+    """A stored column near 1e8 with unit spread: the two passes about the global mean keep the variance
+    that ``Σ x² − W mean²`` would lose (its rounding, about 1e-16 × 3e18, exceeds the true 300); all-zero
+    columns are fine."""
+    from mpi4py import MPI
+
+    from pgd.strategies.standardize import column_moments
+
+    rng = np.random.default_rng(4)
+    dense = np.zeros((300, 5))
+    dense[:, 0] = 1e8 + rng.standard_normal(300)
+    dense[::3, 1] = rng.standard_normal(100)
+    weight = rng.uniform(0.5, 2, 300) if weighted else None
+    total, mean, m2 = column_moments(MPI.COMM_SELF, scipy.sparse.csr_matrix(dense), weight, np, 64)
+    s = np.ones(300) if weight is None else weight
+    expected_mean = s @ dense / s.sum()
+    np.testing.assert_allclose(total, s.sum(), rtol=1e-14)
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(m2, s @ (dense - expected_mean) ** 2, rtol=1e-9, atol=1e-12)
+    naive = s @ dense[:, 0] ** 2 - total * mean[0] ** 2
+    assert abs(naive - m2[0]) > 1e-3 * m2[0]      # the test would catch the one-pass formula
