@@ -193,6 +193,23 @@ def _csr_gram_sums(local, scaling, gram, moment, buffer) -> None:
         gram[-1, -1] += total
 
 
+#: ``--solver auto`` leaves the Gram route for CSR data when a column's mean exceeds this many of its scales:
+#: the sparse route centres algebraically (``XᵀSX − Wμμᵀ``) and would lose about log10(ratio²) digits.
+CSR_CENTRING_RATIO = 1e3
+
+
+def csr_gram_hazard(objective, scaling) -> str:
+    """Why the Gram route would be inaccurate on this CSR objective (``""`` when it is not, or the data is
+    dense): columns whose mean is over :data:`CSR_CENTRING_RATIO` times their scale."""
+    if not getattr(getattr(objective, "local", None), "sparse", False) or not scaling.centred:
+        return ""
+    count = int(np.count_nonzero(np.abs(scaling.mean_host) > CSR_CENTRING_RATIO * scaling.scale_host))
+    if not count:
+        return ""
+    return (f"{count} CSR column(s) with |mean| > {CSR_CENTRING_RATIO:g} x their spread would lose digits in "
+            f"the Gram route")
+
+
 def gram_is_cheaper(d: int) -> bool:
     """``--solver auto``'s rule: the Gram route when ``d`` is at most :data:`AUTO_MAX_COLUMNS` and ``G`` fits
     in :data:`MAX_GRAM_BYTES`.  Measured by ``benchmarks/gram_crossover.py`` (docs/optimizers.md): on

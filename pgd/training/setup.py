@@ -15,7 +15,7 @@ from pgd.optim import OPTIMIZERS
 from pgd.runtime import launcher
 from pgd.runtime.topology import node_local_rank
 from pgd.strategies import STRATEGIES
-from pgd.strategies.gram import reduce_gram, select_solver
+from pgd.strategies.gram import csr_gram_hazard, reduce_gram, select_solver
 from pgd.strategies.standardize import StandardizedObjective, describe, penalty_factors, scaling_for
 
 
@@ -50,6 +50,8 @@ def build_objective(cfg, world, backend):
     scaling = scaling_for(objective, standardize=cfg.standardize, fit_intercept=cfg.fit_intercept, l2=cfg.l2,
                           penalty_scale=cfg.penalty_scale)
     use_gram, solver = select_solver(cfg, objective)
+    if use_gram and cfg.solver == "auto" and (reason := csr_gram_hazard(objective, scaling)):
+        use_gram, solver = False, f"iterative (auto: {reason})"
     if use_gram:
         started = MPI.Wtime()
         factors = penalty_factors(scaling, cfg.penalty_scale)

@@ -38,6 +38,13 @@ def _data(n=240, d=60, seed=3):
     return X, y, y_reg, rng.uniform(0.5, 2.0, n)
 
 
+def _offset(X, y):
+    """A first column near 1e5 with unit spread, stored in every row (the sparse Gram route would lose
+    digits centring it)."""
+    offset = scipy.sparse.hstack([1e5 + np.random.default_rng(8).standard_normal((X.shape[0], 1)), X]).tocsr()
+    return offset, y + 0.5 * (offset[:, 0].toarray().ravel() - 1e5)
+
+
 def _heavy():
     rows = [np.arange(0, 40, dtype=np.int32)] + [np.array([k % 40], dtype=np.int32) for k in range(1, 9)]
     indptr = np.cumsum([0] + [len(r) for r in rows])
@@ -57,6 +64,7 @@ def runs(tmp_path_factory):
     write_dataset(workdir / "bin-dense.h5", X.toarray(), y)
     write_csr_dataset(workdir / "reg-csr.h5", X, y_reg)
     write_csr_dataset(workdir / "regw-csr.h5", X, y_reg, sample_weight=s)
+    write_csr_dataset(workdir / "reg-offset-csr.h5", *_offset(X, y_reg))
     write_dataset(workdir / "reg-dense.h5", X.toarray(), y_reg)
     write_csr_dataset(workdir / "heavy-csr.h5", *_heavy())
     return results_by_ranks(SCRIPT, workdir)
@@ -132,6 +140,11 @@ def test_squared_loss_on_csr_equals_scikit_learn(runs, ranks):
     _close(_params(runs[ranks]["ridge-csr-lbfgs-fused"]), expected, 1e-6)
     ols = LinearRegression().fit(X.toarray(), y)     # on SciPy CSR it runs lsqr, accurate to ~1e-6 only
     _close(_params(runs[ranks]["ols-csr"]), np.append(ols.coef_, ols.intercept_), 1e-9)
+    offset_run = runs[ranks]["ols-csr-offset"]
+    assert offset_run["solver"].startswith("iterative (auto: 1 CSR column(s) with |mean| > 1000"), offset_run
+    Xo, yo = _offset(X, y)
+    exact = LinearRegression().fit(Xo.toarray(), yo)
+    _close(_params(offset_run), np.append(exact.coef_, exact.intercept_), 1e-6)
     weighted = LinearRegression().fit(X.toarray(), y, sample_weight=s)
     _close(_params(runs[ranks]["ols-csr-weights"]), np.append(weighted.coef_, weighted.intercept_), 1e-9)
 

@@ -51,6 +51,7 @@ def _configs() -> dict:
         "ridge-dense": dict(data="reg-dense.h5", loss="squared", l2=1e-2),
         "ridge-csr-lbfgs": dict(data="reg-csr.h5", loss="squared", l2=1e-2, solver="iterative", **TIGHT),
         "ols-csr": dict(data="reg-csr.h5", loss="squared"),
+        "ols-csr-offset": dict(data="reg-offset-csr.h5", loss="squared", **TIGHT),
         "ols-csr-weights": dict(data="regw-csr.h5", loss="squared"),
     }
 
