@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pgd.cli.common import on_rank0
 from pgd.data import convert_file
+from pgd.data.csr import is_csr_file
 from pgd.data.libsvm_convert import Collective, convert_libsvm
 from pgd.data.sparse_convert import convert_npz, csr_to_dense, dense_to_csr
 from pgd.data.sparse_csv_convert import convert_csv_parallel
@@ -18,11 +19,13 @@ from pgd.errors import InputError
 DEFAULT_TO = {"libsvm": "csr", "npz": "csr", "csv": "dense", "npy": "dense", "h5": None}
 
 
-def _check(fmt: str, to: str | None, y_file) -> str:
+def _check(source, fmt: str, to: str | None, y_file) -> str:
     """The output kind (``csr`` or ``dense``) for ``fmt``; InputError for a combination that does not exist."""
     to = to or DEFAULT_TO[fmt]
     if to is None:
         raise InputError("--from h5 needs --to csr or --to dense (which way to convert the pgd dataset)")
+    if fmt == "h5" and is_csr_file(source) == (to == "csr"):
+        raise InputError(f"{source} is already {'sparse (CSR)' if to == 'csr' else 'dense'}; nothing to convert")
     if fmt in ("csv", "npy") and to == "csr":
         raise InputError(f"--from {fmt} writes dense data; convert the result with `pgd data convert OUT.h5 "
                          f"CSR.h5 --from h5 --to csr`")
@@ -38,7 +41,7 @@ def run_conversion(world, source, out, fmt: str, *, to: str | None, label_column
                    delimiter: str, header, n_features, zero_based: bool, dtype: str | None, task) -> dict:
     """Convert ``source`` to ``out`` (collective over ``world``); the summary dict on every rank."""
     size = world.Get_size()
-    to = on_rank0(world, lambda: _check(fmt, to, y_file))
+    to = on_rank0(world, lambda: _check(source, fmt, to, y_file))
     if fmt == "libsvm":
         return convert_libsvm(source, out, dense=to == "dense", n_features=n_features, zero_based=zero_based,
                               dtype=dtype, labels=labels, task=task, collective=Collective.from_comm(world))

@@ -71,6 +71,7 @@ def _cases(tmp):
                          tmp / "c1.h5"),                                                # 17
                         ("--max-iter", 8, "--checkpoint", tmp / "ck.h5", "--resume", "--out", tmp / "c2.h5"),  # 18
                         ("--max-iter", 8, "--out", tmp / "c3.h5"))],                    # 19
+        case("data", "convert", tmp / "csr.h5", tmp / "x.h5", "--from", "h5", "--to", "csr"),  # 20
     ]
 
 
@@ -166,7 +167,8 @@ def test_refusals_are_one_line_on_every_rank(outcomes, ranks):
     expected = {12: "is sparse (CSR, stored row after row): --mode feature",
                 13: "non-finite values (NaN or Inf) in the data; first in row",
                 14: "labels look like {-1,+1}",
-                15: "--from h5 needs --to csr or --to dense"}
+                15: "--from h5 needs --to csr or --to dense",
+                20: "is already sparse (CSR); nothing to convert"}
     for index, fragment in expected.items():
         result = results[index]
         assert set(result["codes_by_rank"]) == {2}, (index, result)
