@@ -49,11 +49,6 @@ class RowSlab:
         """Rows of the whole dataset."""
         return self.meta.n
 
-    @property
-    def sparse(self) -> bool:
-        """Whether ``X`` is a SciPy CSR matrix (a sparse file) rather than a dense array."""
-        return bool(getattr(self.meta, "sparse", False))
-
 
 def resolve_dtype(choice: str, meta: DatasetMeta) -> np.dtype:
     """The compute dtype for ``--dtype`` ``choice`` (``auto`` keeps a float32/float64 file's type)."""

@@ -64,7 +64,7 @@ class DataParallelObjective(ReplicatedParameters):
 
     Parameters
     ----------
-    local : pgd.local.losses.LocalLinearGradient
+    local : pgd.local.linear.LocalLinearGradient or pgd.local.sparse.SparseLinearGradient
         This rank's rows (and weights) and the blocked gradient kernel.
     comm : pgd.comm.host.Communicator
         Sums the per-rank buffers.
@@ -191,7 +191,7 @@ def build_data_parallel(cfg, world, backend):
                          weight_key=cfg.weight_key, class_weight=cfg.class_weight)
     loss = get_loss(cfg.loss)
     local = local_gradient(slab.X, slab.y, loss, fit_intercept=cfg.fit_intercept, xp=backend.xp,
-                                block_bytes=cfg.block_bytes, sample_weight=slab.weight)
+                           block_bytes=cfg.block_bytes, sample_weight=slab.weight)
     comm = make_device_communicator(cfg.comm, world, backend, cfg.cuda_aware)
     objective = DataParallelObjective(local, comm, slab.n_global, cfg.l2, backend.xp,
                                       curvature=loss.curvature_bound, finish=device_finish(backend),

@@ -113,7 +113,7 @@ def global_objective(cfg, world, backend, rows: RowData):
     unless ``--no-standardize`` (collective: one pass for the column scales)."""
     loss = get_loss(cfg.loss)
     local = local_gradient(rows.X, rows.y, loss, fit_intercept=cfg.fit_intercept, xp=backend.xp,
-                                block_bytes=cfg.block_bytes, sample_weight=rows.weight)
+                           block_bytes=cfg.block_bytes, sample_weight=rows.weight)
     objective = DataParallelObjective(local, make_communicator("allreduce", world), rows.n_global, cfg.l2,
                                       backend.xp, curvature=loss.curvature_bound, total_weight=rows.total_weight)
     scaling = scaling_for(objective, standardize=cfg.standardize, fit_intercept=cfg.fit_intercept, l2=cfg.l2,
