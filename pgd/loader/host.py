@@ -12,7 +12,7 @@ import numpy as np
 from mpi4py import MPI
 
 from pgd.comm.host import collectively
-from pgd.data import DatasetMeta, block_range, count_nonfinite, inspect_dataset, read_rows, read_weights
+from pgd.data import DatasetMeta, block_range, count_nonfinite, inspect_dataset, open_h5, read_rows, read_weights
 from pgd.data.csr import CsrMeta, inspect_csr, is_csr_file
 from pgd.data.csr_slab import rank_row_range, read_csr_slab
 from pgd.errors import InputError
@@ -236,6 +236,11 @@ def load_csr_row_slab(mpi_comm, path: str, *, dtype: str = "auto", x_key: str = 
     part = None
     with collectively(mpi_comm):
         start, stop = rank_row_range(meta, mpi_comm.Get_size(), mpi_comm.Get_rank(), locking)
+        with open_h5(path, locking) as h5:   # two elements of indptr: this rank's non-zeros
+            nnz = int(h5[meta.x_key]["indptr"][stop]) - int(h5[meta.x_key]["indptr"][start])
+        check_fits_in_memory(rank=mpi_comm.Get_rank(), rows=stop - start, d=meta.d, dtype=compute_dtype,
+                             available=available_bytes(), ranks_here=launcher_local_size(),
+                             ranks=mpi_comm.Get_size(), nnz=nnz, index_itemsize=meta.index_dtype.itemsize)
         part = read_csr_slab(meta, start, stop, compute_dtype, weight_key=None, locking=locking)
     labels = part.y
     _check_values(mpi_comm, meta, part.start, _csr_nonfinite(part.data, part.indptr, labels), labels, loss)

@@ -120,8 +120,13 @@ def host_bytes_needed(rows: int, d: int, itemsize: int) -> int:
     return rows * (d + 3) * itemsize
 
 
+def csr_bytes_needed(rows: int, nnz: int, itemsize: int, index_itemsize: int) -> int:
+    """Host memory a CSR slab needs: its values, indices and row pointer, y and two row-sized work vectors."""
+    return nnz * (itemsize + index_itemsize) + 8 * (rows + 1) + 3 * rows * itemsize
+
+
 def check_fits_in_memory(*, rank: int, rows: int, d: int, dtype, available: int | None, ranks_here: int,
-                         ranks: int) -> None:
+                         ranks: int, nnz: int | None = None, index_itemsize: int = 4) -> None:
     """Raise a one-line :class:`InputError` when this rank's slab cannot fit its share of the node's memory.
 
     Parameters
@@ -130,6 +135,8 @@ def check_fits_in_memory(*, rank: int, rows: int, d: int, dtype, available: int 
         This rank and the ranks that split the rows (for the suggested fix).
     rows, d : int
         Shape of this rank's slab.
+    nnz : int, optional
+        Stored values of a CSR slab (then :func:`csr_bytes_needed` with ``index_itemsize``-byte indices).
     dtype : numpy dtype
         Compute dtype.
     available : int or None
@@ -140,13 +147,15 @@ def check_fits_in_memory(*, rank: int, rows: int, d: int, dtype, available: int 
     if available is None:
         return
     itemsize = np.dtype(dtype).itemsize
-    need = host_bytes_needed(rows, d, itemsize)
+    need = (host_bytes_needed(rows, d, itemsize) if nnz is None
+            else csr_bytes_needed(rows, nnz, itemsize, index_itemsize))
     share = available // max(ranks_here, 1)
     if need <= share:
         return
     more = max(ranks + 1, -(-ranks * need // max(share, 1)))
+    stored = "" if nnz is None else f" ({nnz} non-zeros)"
     raise InputError(
-        f"rank {rank}: its {rows} x {d} {np.dtype(dtype).name} rows need {format_bytes(need)} of memory but about "
-        f"{format_bytes(share)} is available to it ({format_bytes(available)} free on its node, shared by "
+        f"rank {rank}: its {rows} x {d} {np.dtype(dtype).name} rows{stored} need {format_bytes(need)} of memory "
+        f"but about {format_bytes(share)} is available to it ({format_bytes(available)} free on its node, shared by "
         f"{ranks_here} rank(s)); use about {more} ranks on more nodes"
         + (", or --dtype float32" if itemsize > 4 else ""))

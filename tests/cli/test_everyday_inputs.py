@@ -128,6 +128,12 @@ def test_memory_sources_and_the_check(tmp_path):
                                          r"519 B is available to it \(1.0 KiB free on its node, shared by 2 "
                                          r"rank\(s\)\); use about 5 ranks on more nodes, or --dtype float32"):
         check_fits_in_memory(rank=1, rows=10, d=10, dtype="float64", available=1039, ranks_here=2, ranks=2)
+    # a CSR slab: values, indices, row pointer, labels and two work vectors (20*12 + 88 + 240 = 568 bytes)
+    check_fits_in_memory(rank=0, rows=10, d=10**9, dtype="float64", available=2 * 568, ranks_here=2, ranks=2,
+                         nnz=20, index_itemsize=4)
+    with pytest.raises(InputError, match=r"rank 0: its 10 x 1000000000 float64 rows \(20 non-zeros\) need 568 B"):
+        check_fits_in_memory(rank=0, rows=10, d=10**9, dtype="float64", available=2 * 567, ranks_here=2, ranks=2,
+                             nnz=20, index_itemsize=4)
 
 
 def test_crc_parts_combine_to_the_whole():
