@@ -32,7 +32,7 @@ from scipy.sparse import _sparsetools
 
 from pgd.device.backend import host_copy_of
 from pgd.local.power import curvature_bound
-from pgd.local.sparse import is_sparse, row_blocks
+from pgd.local.sparse import is_sparse, row_blocks, row_range
 
 #: A column whose standard deviation is below this fraction of its magnitude is treated as constant.
 CONSTANT_RELATIVE = 1e-10
@@ -116,6 +116,7 @@ def _csr_column_sums(X, weight, center=None) -> tuple[float, np.ndarray, np.ndar
     d = X.shape[1]
     first, second, stored_weight = np.zeros(d), np.zeros(d), np.zeros(d)
     total = 0.0
+    canonical = X.has_canonical_format   # sorted indices without repeats (checked once, O(nnz))
     for start, stop in row_blocks(X):
         lo, hi = int(X.indptr[start]), int(X.indptr[stop])
         m = stop - start
@@ -123,8 +124,13 @@ def _csr_column_sums(X, weight, center=None) -> tuple[float, np.ndarray, np.ndar
         # summed one row after the other, as csc_matvec sums a column's stored weights below: a column stored
         # in every row then gets exactly Σ s − Σ_stored s = 0 (a rounding residue times center² would not be)
         total = float(np.add.accumulate(np.concatenate(([total], s)))[-1]) if m else total
-        indptr, columns = X.indptr[start:stop + 1] - X.indptr.dtype.type(lo), X.indices[lo:hi]
-        values = X.data[lo:hi].astype(np.float64)
+        if canonical:
+            indptr, columns = X.indptr[start:stop + 1] - X.indptr.dtype.type(lo), X.indices[lo:hi]
+            values = X.data[lo:hi].astype(np.float64)
+        else:   # a column repeated within a row: its entry is the sum, as in the gradient (a copy of the block)
+            block = row_range(X, start, stop).astype(np.float64)
+            block.sum_duplicates()
+            indptr, columns, values = block.indptr, block.indices, block.data
         _sparsetools.csc_matvec(d, m, indptr, columns, values, s, first)
         if center is not None:
             values -= center[columns]

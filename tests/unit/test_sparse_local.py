@@ -112,3 +112,19 @@ def test_csr_column_moments_need_no_cancellation(weighted):
     np.testing.assert_allclose(m2, s @ (dense - expected_mean) ** 2, rtol=1e-9, atol=1e-12)
     naive = s @ dense[:, 0] ** 2 - total * mean[0] ** 2
     assert abs(naive - m2[0]) > 1e-3 * m2[0]      # the test would catch the one-pass formula
+
+
+def test_csr_column_moments_sum_repeated_columns():
+    """A column stored twice in a row counts as the sum of the two values, as SciPy and the gradient do."""
+    from mpi4py import MPI
+
+    from pgd.strategies.standardize import column_moments
+
+    data = np.array([1.0, 2.0, 5.0, 3.0, 4.0])
+    X = scipy.sparse.csr_matrix((data, np.array([0, 0, 1, 1, 0]), np.array([0, 3, 3, 5])), shape=(3, 2))
+    assert not X.has_canonical_format
+    dense = X.toarray()                      # [[3, 5], [0, 0], [4, 3]]
+    total, mean, m2 = column_moments(MPI.COMM_SELF, X, None, np, 64)
+    np.testing.assert_allclose(mean, dense.mean(0), rtol=1e-15)
+    np.testing.assert_allclose(m2, ((dense - dense.mean(0)) ** 2).sum(0), rtol=1e-14)
+    np.testing.assert_array_equal(X.data, data)     # the slab itself is left as it is
