@@ -143,11 +143,6 @@ class SparseLinearGradient(LocalLinearGradient):
         self._fused, self.kernel = (_compiled_kernel(X, y, self.fit_intercept, sample_weight) if compiled
                                     else (None, SCIPY_PATH))
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the slab's CSR arrays."""
-        return int(self.X.data.nbytes + self.X.indices.nbytes + self.X.indptr.nbytes)
-
     def _rows(self, rows):
         """``(indptr, indices, data, y, s, z, work)`` of ``rows``: all rows, a slice (views of the stored
         arrays and a rebased row pointer), or an index array (gathered by SciPy)."""
