@@ -64,7 +64,7 @@ class DataParallelObjective(ReplicatedParameters):
 
     Parameters
     ----------
-    local : pgd.local.linear.LocalLinearGradient or pgd.local.sparse.SparseLinearGradient
+    local : pgd.local.losses.LocalLinearGradient
         This rank's rows (and weights) and the blocked gradient kernel.
     comm : pgd.comm.host.Communicator
         Sums the per-rank buffers.
