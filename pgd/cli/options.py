@@ -85,7 +85,10 @@ COMPUTE_OPTIONS = [
 
 MODEL_OPTIONS = [
     option("--loss", type=RegistryChoice(loss_names), required=True,
-           help="squared: ½(ŷ−y)²; logistic: labels in {0,1}."),
+           help="squared: ½(ŷ−y)²; logistic: labels in {0,1}; multinomial: softmax cross-entropy, labels "
+                "0..K−1 (data mode)."),
+    option("--classes", type=click.IntRange(min=2), default=None,
+           help="multinomial: the number of classes K (default: the largest label + 1)."),
     option("--l2", type=NONNEG_FLOAT, default=0.0, help="L2 penalty λ in (λ/2)‖w‖²."),
     option("--l1", type=NONNEG_FLOAT, default=0.0,
            help="L1 penalty α in α‖w‖₁ (with --l2: elastic net); proximal steps with gd (ISTA), nesterov "
@@ -97,8 +100,9 @@ MODEL_OPTIONS = [
     option("--penalty-scale", type=click.Choice(["original", "standardized"]), default="original",
            help="Coefficients the penalties apply to: original w (the objective as documented) or the "
                 "standardised ones (glmnet/Spark convention; changes the optimum)."),
-    option("--class-weight", default=None, metavar="balanced|W0,W1",
-           help="logistic: weight rows of class 0 and 1 (balanced: n / (2 n_class)), times any sample weights."),
+    option("--class-weight", default=None, metavar="balanced|W0,W1[,...]",
+           help="logistic/multinomial: weight rows by class (balanced: n / (K n_class); or one weight per class), "
+                "times any sample weights."),
 ]
 
 #: Options of the individual optimizers (pgd.optim.methods, pgd.optim.sgd) and of the Gram solver.

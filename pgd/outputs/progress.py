@@ -236,11 +236,16 @@ def _updates_line(summary: dict) -> str:
     return text + f"; waiting {_format_seconds(summary['wait_seconds'])} (max over ranks)"
 
 
+def _classes(summary: dict) -> str:
+    """`` (K classes)`` for a multinomial run."""
+    return f" ({summary['n_classes']} classes)" if summary.get("n_classes") else ""
+
+
 def format_summary(summary: dict) -> str:
     """The end-of-run report: what ran, why it stopped, where the time went (max over ranks)."""
     timing = summary["timing"]
     lines = [
-        f"pgd train: {summary['loss']} loss, {summary['ranks']} rank(s), {summary['device']}, "
+        f"pgd train: {summary['loss']} loss{_classes(summary)}, {summary['ranks']} rank(s), {summary['device']}, "
         f"comm {summary['communicator']}, {summary['dtype']}, optimizer {summary['optimizer']}",
         f"  data {summary['data']}: {summary['n']} rows x {summary['d']} columns",
         f"  MPI on device buffers: {summary.get('cuda_aware', 'no GPU')}",

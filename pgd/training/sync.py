@@ -32,7 +32,14 @@ from pgd.runtime import settings
 from pgd.runtime.topology import mpi_library
 from pgd.training.modes import pick_runner
 from pgd.training.preempt import adopt_signal_flag, catch_signals_early, make_resilience_hook, release_early_signals
-from pgd.training.setup import bind_backend, blas_threads, build_objective, describe_device, step_size
+from pgd.training.setup import (
+    bind_backend,
+    blas_threads,
+    build_objective,
+    check_loss_options,
+    describe_device,
+    step_size,
+)
 from pgd.training.slow_rank import make_slow_rank_hook
 from pgd.training.summary import print_summary, refuse_unconverged, timing
 
@@ -150,6 +157,7 @@ def _train(cfg, world) -> dict:
     backend, local_size = bind_backend(cfg, world)
     xp = backend.xp
     catch_signals_early()  # a SIGTERM/SIGUSR1 while the data loads stops the run at its first decision
+    check_loss_options(cfg)
     if (runner := pick_runner(cfg)) is not None:  # modes with loops of their own (async, shm, local SGD)
         return runner(cfg, world, backend)
 
