@@ -30,7 +30,8 @@ def iris(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("iris")
     X, y = load_iris(return_X_y=True)
     csv = workdir / "iris.csv"
-    lines = [",".join(NAMES + ["species"])] + [",".join([*(repr(float(v)) for v in row), SPECIES[label]]) for row, label in zip(X, y)]
+    lines = [",".join(NAMES + ["species"])]
+    lines += [",".join([*(repr(float(v)) for v in row), SPECIES[label]]) for row, label in zip(X, y)]
     csv.write_text("\n".join(lines) + "\n")
     convert_file(csv, workdir / "iris.h5", "csv", labels="classes", dtype="float64")
     model = workdir / "model.h5"
