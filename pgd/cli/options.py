@@ -188,6 +188,18 @@ OUTPUT_OPTIONS = [
 ]
 
 
+VALIDATION_OPTIONS = [
+    option("--validation", type=click.Path(dir_okay=False), default=None,
+           help="Validation data (same format): its loss and metric every --validate-every iterations."),
+    option("--validation-fraction", type=FiniteFloatRange(min=0.0, max=1.0, min_open=True, max_open=True),
+           default=None, help="Hold out this share of the training rows for validation (seeded by --seed; the "
+                              "same rows whatever the rank count)."),
+    option("--validate-every", type=click.IntRange(min=1), default=10,
+           help="Validate every K iterations (and the last iterate)."),
+    option("--early-stopping", type=click.IntRange(min=0), default=0,
+           help="Stop after P validations without a lower validation loss and keep the best weights (0: off)."),
+]
+
 CHECKPOINT_OPTIONS = [
     option("--checkpoint", type=click.Path(dir_okay=False), default=None,
            help="Checkpoint file (the one before is kept as PATH.prev)."),
@@ -202,7 +214,7 @@ CHECKPOINT_OPTIONS = [
 ]
 
 TRAIN_OPTIONS = (DATA_OPTIONS + [WEIGHT_OPTION] + COMPUTE_OPTIONS + MODEL_OPTIONS + OPTIMIZER_OPTIONS + PARALLEL_OPTIONS
-                 + ASYNC_OPTIONS + OUTPUT_OPTIONS + CHECKPOINT_OPTIONS)
+                 + ASYNC_OPTIONS + VALIDATION_OPTIONS + OUTPUT_OPTIONS + CHECKPOINT_OPTIONS)
 
 
 def train_config(**values) -> RunConfig:

@@ -168,6 +168,7 @@ class Progress:
         self._started = clock()
         self._first = None  # (iteration, time) of the first update: the per-iteration time counts from it
         self._shown = None  # (iteration, time) of the last line shown
+        self.note = ""  # shown at the end of every line (the latest validation, for example)
         self._drawn = False
 
     def update(self, iteration: int, loss: float, grad_norm: float, force: bool = False) -> None:
@@ -192,13 +193,14 @@ class Progress:
         pace = self._pace(iteration, now, finished=force)
         elapsed = _format_clock(now - self._started)
         if self.terminal is not None:
+            note = "  " + self.note if self.note else ""
             self._draw(iteration, f"{iteration}/{self.total} loss {loss:.7g} |grad| {grad_norm:.2e} "
                                   f"{pace[0] + '/it ' if pace else ''}{elapsed} elapsed"
-                                  f"{', <=' + pace[1] + ' left' if pace else ''}")
+                                  f"{', <=' + pace[1] + ' left' if pace else ''}{note}")
         else:
             self.log.write(f"pgd: iter {iteration:>{len(str(self.total))}}/{self.total}  loss {loss:.10g}  "
                            f"|grad| {grad_norm:.3e}  {pace[0] + '/it  ' if pace else ''}elapsed {elapsed}"
-                           f"{'  left <= ' + pace[1] if pace else ''}\n")
+                           f"{'  left <= ' + pace[1] if pace else ''}{'  ' + self.note if self.note else ''}\n")
             self.log.flush()
 
     def finish(self, iteration: int, loss: float, grad_norm: float) -> None:
@@ -259,6 +261,11 @@ def format_summary(summary: dict) -> str:
         f"(max over ranks); {_format_seconds(timing['per_iteration'])}/iteration, "
         f"{summary['comm_bytes_per_iteration']} B communicated per iteration per rank",
     ]
+    if "validation" in summary:
+        metrics = summary.get("validation_metrics") or {}
+        shown = "  ".join(f"{key} {value:.6g}" for key, value in metrics.items() if key != "iteration")
+        lines.append(f"  validation on {summary['validation_rows']} rows ({summary['validation']}): {shown} "
+                     f"(weights of iteration {metrics.get('iteration')})")
     if summary.get("solver", "iterative") != "iterative":
         lines.append(f"  solver {summary['solver']}")
     if "epochs" in summary:

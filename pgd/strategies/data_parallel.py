@@ -17,6 +17,7 @@ from pgd.device.kernels import FinishKernel
 from pgd.device.ops import CupyOps
 from pgd.loader.classes import prepare_classes
 from pgd.loader.host import load_row_slab
+from pgd.loader.validation import validation_rows
 from pgd.local.linear import LocalLinearGradient
 from pgd.local.losses import get_loss
 from pgd.local.multinomial import LocalMultinomialGradient
@@ -208,7 +209,8 @@ def build_data_parallel(cfg, world, backend):
     Returns
     -------
     (objective, slab)
-        With ``--loss multinomial`` the slab carries ``n_classes`` (K).
+        With ``--loss multinomial`` the slab carries ``n_classes`` (K); ``slab.validation`` holds this rank's
+        validation rows (:class:`pgd.loader.validation.ValidationRows`) or None.
     """
     if cfg.grid:
         grid_shape("data", cfg.grid, world.Get_size())  # --grid must then be Nx1
@@ -219,6 +221,8 @@ def build_data_parallel(cfg, world, backend):
     loss = get_loss(cfg.loss)
     if multinomial:
         slab.n_classes = prepare_classes(world, slab, backend, requested=cfg.classes, class_weight=cfg.class_weight)
+    slab, validation = validation_rows(world, cfg, backend, slab)   # held-out rows leave the training slab
+    if multinomial:
         local = LocalMultinomialGradient(slab.X, slab.y, slab.n_classes, fit_intercept=cfg.fit_intercept,
                                          xp=backend.xp, block_bytes=cfg.block_bytes, sample_weight=slab.weight)
     else:
@@ -230,4 +234,5 @@ def build_data_parallel(cfg, world, backend):
                                       finish=device_finish(backend, getattr(local, "n_classes", 1)),
                                       total_weight=slab.total_weight)
     objective.row_range = (slab.start, slab.stop)
+    slab.validation = validation
     return objective, slab
