@@ -223,8 +223,9 @@ def build_data_parallel(cfg, world, backend):
         slab.n_classes = prepare_classes(world, slab, backend, requested=cfg.classes, class_weight=cfg.class_weight)
     slab, validation = validation_rows(world, cfg, backend, slab)   # held-out rows leave the training slab
     if multinomial:
+        block_bytes = cfg.block_bytes if not backend.is_gpu else 1 << 62   # a GPU: the slab in one pair of GEMMs
         local = LocalMultinomialGradient(slab.X, slab.y, slab.n_classes, fit_intercept=cfg.fit_intercept,
-                                         xp=backend.xp, block_bytes=cfg.block_bytes, sample_weight=slab.weight)
+                                         xp=backend.xp, block_bytes=block_bytes, sample_weight=slab.weight)
     else:
         local = LocalLinearGradient(slab.X, slab.y, loss, fit_intercept=cfg.fit_intercept, xp=backend.xp,
                                     block_bytes=cfg.block_bytes, sample_weight=slab.weight)

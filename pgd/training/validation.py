@@ -26,6 +26,9 @@ def check_validation_options(cfg) -> None:
         raise InputError("give --validation or --validation-fraction, not both", collective=True)
     if cfg.early_stopping and not wanted:
         raise InputError("--early-stopping needs --validation FILE or --validation-fraction F", collective=True)
+    if cfg.early_stopping and cfg.checkpoint:
+        raise InputError("--early-stopping with --checkpoint is not supported (the best weights are not "
+                         "checkpointed)", collective=True)
     if wanted and (cfg.mode != "data" or cfg.sync_every or cfg.solver == "gram"):
         raise InputError("--validation and --validation-fraction need --mode data (synchronous, iterative)",
                          collective=True)

@@ -139,3 +139,23 @@ def test_classes_belongs_to_multinomial_and_threshold_to_binary(tmp_path):
     assert_one_error_line(results[0], "--classes needs --loss multinomial")
     assert results[1]["code"] == 0
     assert_one_error_line(results[2], "--threshold applies to binary (logistic) models")
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--validation", "V", "--validation-fraction", "0.2"], "not both"),
+    (["--early-stopping", "3"], "--early-stopping needs --validation FILE or --validation-fraction F"),
+    (["--validation-fraction", "0.2", "--mode", "feature"], "need --mode data"),
+    (["--validation-fraction", "0.2", "--solver", "gram"], "need --mode data"),
+    (["--validation-fraction", "0.2", "--early-stopping", "2", "--checkpoint", "CK"], "not checkpointed"),
+    (["--validation-fraction", "0.001"], "leaves 0 validation and 30 training rows"),
+    (["--validation", "WIDE"], "has 3 columns but the training data has 2"),
+])
+def test_validation_options_that_cannot_work_are_one_line(tmp_path, extra, fragment):
+    rng = np.random.default_rng(3)
+    data = write_dataset(tmp_path / "d.h5", rng.standard_normal((30, 2)), rng.standard_normal(30))
+    wide = write_dataset(tmp_path / "w.h5", rng.standard_normal((30, 3)), rng.standard_normal(30))
+    names = {"V": data, "WIDE": wide, "CK": str(tmp_path / "ck.h5")}
+    results = run_cases(2, [{"args": ["train", data, "--loss", "squared", "--out", str(tmp_path / "o.h5"),
+                                      *[names.get(arg, arg) for arg in extra]]}], tmp_path)
+    assert_one_error_line(results[0], fragment)
+    assert not (tmp_path / "o.h5").exists()
