@@ -159,3 +159,12 @@ def test_validation_options_that_cannot_work_are_one_line(tmp_path, extra, fragm
                                       *[names.get(arg, arg) for arg in extra]]}], tmp_path)
     assert_one_error_line(results[0], fragment)
     assert not (tmp_path / "o.h5").exists()
+
+
+def test_bench_gradient_times_multinomial_against_one_gemm(tmp_path):
+    result = run_pgd(2, "bench", "gradient", "--loss", "multinomial", "--n", "3000", "--d", "20", "--classes", "3",
+                     "--classes", "7", "--repeats", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [case["classes"] for case in report["cases"]] == [3, 7] and report["ranks"] == 2
+    assert all(case["ratio"] == case["pgd_iteration"] / case["local_gemm"] > 0 for case in report["cases"])
