@@ -43,9 +43,8 @@ from mpi4py import MPI  # noqa: E402
 
 from pgd.cli.options import train_config  # noqa: E402
 from pgd.data import generate_dataset  # noqa: E402
-from pgd.device.backend import select_backend  # noqa: E402
 from pgd.optim import make_optimizer  # noqa: E402
-from pgd.strategies import STRATEGIES  # noqa: E402
+from pgd.training.setup import bind_backend, build_objective  # noqa: E402
 
 
 def _dataset(world, args, task: str) -> str:
@@ -58,9 +57,12 @@ def _dataset(world, args, task: str) -> str:
 
 
 def _objective(world, path: str, loss: str, **options):
-    cfg = train_config(data=path, loss=loss, device="cpu", **options)
-    backend = select_backend("cpu", 0)
-    objective, slab = STRATEGIES["data"](cfg, world, backend)
+    """The objective ``pgd train`` builds (:func:`pgd.training.setup.build_objective`), on the raw columns: these
+    measurements compare the optimizers themselves on badly scaled data, so standardisation is off and the
+    iterative solver runs."""
+    cfg = train_config(data=path, loss=loss, device="cpu", standardize=False, solver="iterative", **options)
+    backend, _ = bind_backend(cfg, world)
+    objective, slab, _, _ = build_objective(cfg, world, backend)
     return cfg, objective, slab.meta.d
 
 

@@ -56,6 +56,12 @@ json.dump({"w": np.ravel(model.coef_).tolist(), "b": float(np.ravel(model.interc
 """
 
 
+def _pgd_fit_seconds(timing: dict) -> float:
+    """pgd's fit: the loop plus the set-up after reading (standardisation, Gram reduction, step size); the set-up
+    also counts the read of the slab, which scikit-learn's fit does not, so this errs against pgd."""
+    return timing["wall"] + timing.get("setup", 0.0)
+
+
 def _write(path: str, X, y, dtype) -> str:
     with h5py.File(path, "w") as handle:
         handle.attrs["pgd_format"] = 1
@@ -129,7 +135,7 @@ def run_pgd(problem: dict, ranks: int, workdir: str) -> dict:
         w, b = handle["w"][...], float(handle["b"][()])
     setting = f"defaults ({attrs['optimizer']}, {attrs['iterations']} iterations), {ranks} ranks"
     return {"tool": "pgd", "setting": setting, "w": w, "b": b, "process": process,
-            "fit": json.loads(attrs["timing"])["wall"], "converged": bool(attrs["converged"])}
+            "fit": _pgd_fit_seconds(json.loads(attrs["timing"])), "converged": bool(attrs["converged"])}
 
 
 def run_sklearn(problem: dict, setting: str, workdir: str) -> dict:

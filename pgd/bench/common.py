@@ -1,7 +1,8 @@
-"""Benchmarks that can be rerun: ``pgd bench gradient`` (one iteration against its baselines).
+"""Benchmarks that can be rerun: ``pgd bench gradient`` (one iteration against its floor) and shared helpers.
 
 Timing rules: one warm-up repetition is excluded, every repetition starts after a ``Barrier``, the time of
-a repetition is the maximum over ranks, and the median over repetitions is reported.
+a repetition is the maximum over ranks, and the median over repetitions is reported; candidates compared
+with a floor are interleaved with it round by round.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from mpi4py import MPI
 
 import pgd
+from pgd.bench.timing import interleaved_samples
 from pgd.comm.host import AllreduceCommunicator
 from pgd.data import block_range
 from pgd.fileio import atomic_path
@@ -49,26 +51,48 @@ def _random_rows(rows: int, d: int, dtype, seed: int):
     return X, y
 
 
+def interleaved_collective(world, candidates: dict, rounds: int) -> dict:
+    """Median seconds of every candidate over ``rounds`` interleaved rounds
+    (:func:`pgd.bench.timing.interleaved_samples`), each call after a ``Barrier`` and timed as the maximum
+    over ranks (all ranks run it concurrently)."""
+    samples = interleaved_samples(candidates, rounds, barrier=world.Barrier,
+                                  reduce_max=lambda seconds: world.allreduce(seconds, op=MPI.MAX))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _pgd_step(X, y, n: int, loss: str, comm, block_bytes: int, host_kernel: str):
+    """One iteration of ``--optimizer gd`` as ``pgd train`` runs it (local sums, Allreduce, update) and the
+    description of the gradient path."""
+    pointwise = get_loss(loss)
+    local = LocalLinearGradient(X, y, pointwise, fit_intercept=True, xp=np, block_bytes=block_bytes,
+                                host_kernel=host_kernel)
+    objective = DataParallelObjective(local, comm, n, 0.0, np, curvature=pointwise.curvature_bound)
+    optimizer = PlainGradientDescent(objective, xp=np, lr=0.1)
+    optimizer.start(np.zeros(X.shape[1] + 1))
+    return optimizer.step, local.kernel
+
+
 def gradient_bench(world, *, n: int, d: int, dtype: str, loss: str, repeats: int,
                    block_bytes: int) -> dict:
-    """Per-iteration times: pgd's step, the naive two-pass gradient + Allreduce, one local GEMV, and
-    (on rank 0 alone, the others waiting) one GEMV over the whole ``X``.
+    """Per-iteration times of pgd's gradient paths against the floor, one GEMV over the same rows.
+
+    Candidates, interleaved with the floor in every round (:func:`interleaved_collective`): the iteration on
+    the compiled one-pass kernel (where numba can run it), on the blocked BLAS path, and the naive two-pass
+    ``X.T @ (X @ w - y)``; each ends with the Allreduce.  The floor is ``X @ w`` over each rank's own rows
+    on all ranks at once, with this rank's BLAS threads (the kernel uses as many).
 
     Returns
     -------
     dict
-        Seconds per operation and the ratios to the whole-X GEMV.
+        Median seconds per candidate, their ratios to the floor, and what ran.
     """
     rank, size = world.Get_rank(), world.Get_size()
     start, stop = block_range(n, size, rank)
     X, y = _random_rows(stop - start, d, dtype, seed=1000 + rank)
     w = np.full(d, 0.01, dtype=dtype)
-    pointwise = get_loss(loss)
+    z = np.empty(X.shape[0], dtype=dtype)
     comm = AllreduceCommunicator(world)
-    local = LocalLinearGradient(X, y, pointwise, fit_intercept=True, xp=np, block_bytes=block_bytes)
-    objective = DataParallelObjective(local, comm, n, 0.0, np, curvature=pointwise.curvature_bound)
-    optimizer = PlainGradientDescent(objective, xp=np, lr=0.1)
-    optimizer.start(np.zeros(d + 1))
+    pointwise = get_loss(loss)
     naive_sums = np.empty(d + 2)
 
     def naive_step():
@@ -77,38 +101,37 @@ def gradient_bench(world, *, n: int, d: int, dtype: str, loss: str, repeats: int
         naive_sums[d] = residual.sum()
         comm.allreduce(naive_sums)
 
-    result = {
-        "n": n, "d": d, "dtype": dtype, "loss": loss, "ranks": size, "block_bytes": block_bytes,
-        "block_rows": local.block_rows, "blas_threads": launcher.BLAS_THREADS_RESOLVED,
-        "pgd_iteration": time_collective(world, optimizer.step, repeats),
-        "naive_iteration": time_collective(world, naive_step, repeats),
-        "local_gemv": time_collective(world, lambda: X @ w, repeats),
-    }
-    X = y = local = objective = optimizer = None  # free the slab before rank 0 allocates the whole matrix
-    whole = None
-    if rank == 0:
-        X_whole, _ = _random_rows(n, d, dtype, seed=7)
-        whole = time_collective(MPI.COMM_SELF, lambda: X_whole @ w, repeats)
-        del X_whole
-    result["whole_gemv"] = world.bcast(whole, root=0)
-    for key in ("pgd_iteration", "naive_iteration", "local_gemv"):
-        result[f"{key}_over_whole_gemv"] = result[key] / result["whole_gemv"]
+    candidates = {"gemv": lambda: np.dot(X, w, out=z), "naive_iteration": naive_step}
+    kernels = {}
+    for name, choice in (("fused_iteration", "fused"), ("blocked_iteration", "blocked")):
+        step, kernels[name] = _pgd_step(X, y, n, loss, comm, block_bytes, choice)
+        if choice == "blocked" or "numba" in kernels[name]:
+            candidates[name] = step
+    times = interleaved_collective(world, candidates, repeats)
+    floor = times["gemv"]
+    result = {"n": n, "d": d, "dtype": dtype, "loss": loss, "ranks": size, "block_bytes": block_bytes,
+              "blas_threads": launcher.BLAS_THREADS_RESOLVED, "rows_per_rank": stop - start,
+              "floor_GBps_per_rank": X.nbytes / floor / 1e9, "kernels": kernels, **times}
+    for key in times:
+        result[f"{key}_over_gemv"] = times[key] / floor
     return result
 
 
 def format_gradient_bench(result: dict) -> str:
-    """A small table of the gradient benchmark."""
-    rows = [("pgd iteration (blocked gradient + Allreduce + step)", "pgd_iteration"),
+    """A small table of the gradient benchmark: every candidate against the floor of the same run."""
+    rows = [("pgd iteration, compiled one-pass kernel", "fused_iteration"),
+            ("pgd iteration, blocked BLAS path", "blocked_iteration"),
             ("naive X.T @ (X @ w - y) + Allreduce", "naive_iteration"),
-            ("one GEMV over this rank's rows", "local_gemv"),
-            ("one GEMV over the whole X (1 rank)", "whole_gemv")]
+            ("floor: one GEMV over each rank's rows", "gemv")]
     head = (f"gradient bench: {result['n']} x {result['d']} {result['dtype']} {result['loss']}, "
-            f"{result['ranks']} rank(s), BLAS threads {result['blas_threads']}, "
-            f"blocks of {result['block_rows']} rows")
+            f"{result['ranks']} rank(s) at once, BLAS threads {result['blas_threads']}, "
+            f"floor {result['floor_GBps_per_rank']:.1f} GB/s per rank (medians, interleaved)")
     lines = [head]
     for label, key in rows:
-        ratio = result.get(f"{key}_over_whole_gemv", 1.0)
-        lines.append(f"  {label:<52} {result[key] * 1e3:9.2f} ms  {ratio:5.2f}x whole-X GEMV")
+        if key in result:
+            lines.append(f"  {label:<45} {result[key] * 1e3:9.2f} ms  {result[f'{key}_over_gemv']:5.2f}x floor")
+    if "fused_iteration" not in result:
+        lines.append(f"  (no compiled kernel: {result['kernels']['fused_iteration']})")
     return "\n".join(lines)
 
 

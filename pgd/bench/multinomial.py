@@ -3,14 +3,15 @@
 The floor of a one-pass gradient is reading ``X`` once while multiplying it by a (d, K) matrix: one GEMM
 ``X W`` over this rank's rows.  pgd's blocked gradient does ``X_b W`` and ``X_bᵀ R_b`` per row block (twice the
 flops, ``X`` read from memory once), the softmax, one Allreduce of ``(d + 1) K + 1`` numbers and the step.
-Timing rules are those of :mod:`pgd.bench.common` (warm-up excluded, max over ranks, median of repeats).
+Timing rules are those of :func:`pgd.bench.common.interleaved_collective`: pgd's iteration and the GEMM are
+timed in interleaved rounds (the same machine state for both), warm-up excluded, max over ranks, medians.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from pgd.bench.common import time_collective
+from pgd.bench.common import interleaved_collective
 from pgd.comm.host import AllreduceCommunicator
 from pgd.data import block_range
 from pgd.local.multinomial import LocalMultinomialGradient
@@ -36,8 +37,9 @@ def multinomial_gradient_bench(world, *, n: int, d: int, dtype: str, classes, re
         optimizer.start(np.zeros(objective.n_params))
         W = np.full((d, k), 0.01, dtype=dtype)
         scores = np.empty((stop - start, k), dtype=dtype)
-        iteration = time_collective(world, optimizer.step, repeats)
-        gemm = time_collective(world, lambda: np.dot(X, W, out=scores), repeats)
+        times = interleaved_collective(world, {"pgd": optimizer.step,
+                                               "gemm": lambda: np.dot(X, W, out=scores)}, repeats)  # noqa: B023
+        iteration, gemm = times["pgd"], times["gemm"]
         cases.append({"classes": int(k), "pgd_iteration": iteration, "local_gemm": gemm,
                       "ratio": iteration / gemm, "block_rows": local.block_rows})
     return {"n": n, "d": d, "dtype": dtype, "loss": "multinomial", "ranks": size, "block_bytes": block_bytes,

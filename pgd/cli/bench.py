@@ -66,8 +66,8 @@ def bench_straggler(n, d, condition, bounds, slow_factor, repeats, fraction, loc
 @option("--block-bytes", type=click.IntRange(min=1024), default=1 << 20, help="pgd's row-block size.")
 @JSON_OPTION
 def bench_gradient(n, d, dtype, loss, classes, repeats, block_bytes, as_json):
-    """One training iteration of pgd against the naive X.T @ (X @ w - y) and a single GEMV over X; multinomial:
-    against one GEMM X W over this rank's rows, for every --classes K."""
+    """One training iteration of pgd (compiled kernel, blocked BLAS, naive) against one GEMV over the same rows;
+    multinomial: against one GEMM X W over this rank's rows, for every --classes K."""
     from pgd.bench.common import format_gradient_bench, gradient_bench  # noqa: PLC0415
 
     world = get_world()

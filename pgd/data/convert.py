@@ -10,6 +10,7 @@ multiclass) is returned as ``notes`` and stored as attributes where it matters l
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import os
 from typing import Iterable, Iterator
@@ -18,6 +19,7 @@ import h5py
 import numpy as np
 
 from pgd.data.slab import default_block_rows
+from pgd.data.sparse_csv import SlowText, fast_csv_blocks
 from pgd.data.writer import atomic_h5_file, create_xy, float_dtype, summary
 from pgd.errors import InputError
 from pgd.fileio import refuse_same_files
@@ -197,8 +199,10 @@ def _has_header(first: list[str], second: list[str] | None) -> bool:
     return any(not _is_numeric([a]) and _is_numeric([b]) for a, b in zip(first, second))
 
 
-def _csv_source(src: str, label_column, delimiter: str, header: bool | None, block_rows: int | None,
-                collect_classes: bool, notes: list):
+def csv_layout(src: str, label_column, delimiter: str, header: bool | None, notes: list):
+    """What the first two rows of a CSV file say: ``(rows, first, second, header, ncols, label, features)``,
+    ``rows`` the row iterator after them, ``label`` the label column (None: no labels), ``features`` the
+    feature columns (an unnamed pandas index column left out)."""
     rows = _csv_rows(src, delimiter)
     first = next(rows, None)
     if first is None:
@@ -219,6 +223,17 @@ def _csv_source(src: str, label_column, delimiter: str, header: bool | None, blo
             notes.append(f"label column: {shown}; --label-column picks another, --label-column none keeps every "
                          "column as a feature")
     features = np.array([c for c in range(ncols) if c != label and c not in skipped], dtype=np.intp)
+    return rows, first, second, header, ncols, label, features
+
+
+def _csv_source(src: str, label_column, delimiter: str, header: bool | None, block_rows: int | None,
+                collect_classes: bool, notes: list):
+    rows, first, second, header, ncols, label, features = csv_layout(src, label_column, delimiter, header, notes)
+    feature_names = [first[1][c].strip() for c in features] if header else None   # kept as /feature_names
+    fast = None if collect_classes else fast_csv_blocks(src, delimiter, bool(header), ncols)
+    if fast is not None:  # numeric text: compiled count and parse, the csv module for awkward blocks
+        return fast[0], len(features), _fast_blocks(fast[1], src, delimiter, ncols, features, label), "line", None, \
+            label, feature_names
     n, classes = 0, (set() if collect_classes and label is not None else None)
     for _, fields in itertools.chain([] if header else [first], [second] if second else [], rows):
         n += 1
@@ -233,8 +248,28 @@ def _csv_source(src: str, label_column, delimiter: str, header: bool | None, blo
             y = None if label is None else np.array([fields[label].strip() for _, fields in batch], dtype=object)
             yield X, y, np.array([line for line, _ in batch])
 
-    feature_names = [names[c] for c in features] if header else None
     return n, len(features), blocks(), "line", classes, label, feature_names
+
+
+def _fast_blocks(items, src: str, delimiter: str, ncols: int, features: np.ndarray, label: int | None):
+    """Blocks of :func:`pgd.data.sparse_csv.fast_csv_blocks` in the csv path's form; a :class:`SlowText`
+    block is parsed by the csv module (same values, same messages)."""
+    for item in items:
+        if isinstance(item, SlowText):
+            try:
+                text = item.text.decode()
+            except UnicodeDecodeError:
+                raise InputError(f"{src} is not a text file; is --from right?") from None
+            reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+            batch = [(reader.line_num + item.first_line - 1, fields) for fields in reader
+                     if fields and any(f.strip() for f in fields)]
+            if batch:
+                X = _parse_csv_block(batch, ncols, features, src)  # checks the column counts first
+                y = None if label is None else np.array([f[label].strip() for _, f in batch], dtype=object)
+                yield X, y, np.array([line for line, _ in batch])
+            continue
+        values, where = item
+        yield values[:, features], None if label is None else values[:, label], where
 
 
 def _npy_source(src: str, label_column, block_rows: int | None, collect_classes: bool, notes: list):

@@ -139,6 +139,14 @@ def _check_numeric(path: str, key: str, dtype: np.dtype) -> None:
                          "store it as float32 or float64")
 
 
+def check_not_empty(path: str, x_key: str, n: int, d: int) -> None:
+    """One line when ``/X`` (dense or CSR) has no rows or no columns."""
+    if n == 0:
+        raise InputError(f"{path}: /{x_key} has no rows")
+    if d == 0:
+        raise InputError(f"{path}: /{x_key} has no columns")
+
+
 def _dataset(h5: h5py.File, path: str, key: str) -> h5py.Dataset:
     link = h5.get(key, getlink=True)
     if link is None:
@@ -195,10 +203,7 @@ def inspect_dataset(path, x_key: str = DEFAULT_X_KEY, y_key: str | None = DEFAUL
             y_dtype = y.dtype
         else:
             y_key, y_dtype = None, None
-        if n == 0:
-            raise InputError(f"{path}: /{x_key} has no rows")
-        if d == 0:
-            raise InputError(f"{path}: /{x_key} has no columns")
+        check_not_empty(path, x_key, n, d)
         attrs = _read_attrs(h5)
         task = attrs.get("task")
         return DatasetMeta(path=path, x_key=x_key, y_key=y_key, n=n, d=d, dtype=x.dtype,

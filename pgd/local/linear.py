@@ -2,7 +2,9 @@
 
 Conventions are those of :mod:`pgd.local.losses` (``xp`` passed in, local sums into a float64 ``out`` of
 length ``d + 2``).  On CuPy the fused one-pass kernel of :mod:`pgd.device.kernels` is used when it passes
-its start-up :func:`self_check` on this slab; otherwise the blocked two-pass computation runs.
+its start-up :func:`self_check` on this slab; on the host the compiled one-pass kernel of
+:mod:`pgd.local.cpu_kernels` where it pays (:func:`host_kernel_choice`); otherwise the blocked two-pass
+computation runs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 from pgd.device.backend import is_cupy
 from pgd.device.kernels import MAX_READS_OF_X, SELF_CHECK_TOLERANCE, FusedGradient
 from pgd.local.losses import get_loss, sum64
+from pgd.runtime import launcher, settings
 
 __all__ = ["LocalLinearGradient", "self_check"]
 
@@ -42,6 +45,8 @@ class LocalLinearGradient:
         least as large as ``X`` so that the slab is one block.
     sample_weight : array, (n_local,), optional
         Non-negative row weights in the data dtype (None: every row weighs 1).
+    host_kernel : {"auto", "fused", "blocked"}, optional
+        On the host, whether the compiled one-pass kernel runs (default: ``PGD_CPU_KERNEL``, else ``auto``).
 
     Attributes
     ----------
@@ -56,7 +61,7 @@ class LocalLinearGradient:
     DEFAULT_BLOCK_BYTES = 1 << 20
 
     def __init__(self, X, y, loss, *, fit_intercept: bool, xp, block_bytes: int = DEFAULT_BLOCK_BYTES,
-                 sample_weight=None):
+                 sample_weight=None, host_kernel: str | None = None):
         if X.ndim != 2:
             raise ValueError(f"X must be 2-D, got shape {X.shape}")
         if X.dtype not in (xp.float32, xp.float64):
@@ -84,7 +89,10 @@ class LocalLinearGradient:
         self._blocks = self._block_views(X, y, sample_weight)   # all rows: views, built once
         self._params_w = xp.empty(self.d, dtype=self.dtype)   # w of a [w, b] vector, in the data dtype
         # the one-pass GPU kernel (None on the host, or when it failed its start-up check) and what runs
-        if sample_weight is not None and is_cupy(xp):
+        if not is_cupy(xp):
+            self._fused, self.kernel = _host_kernel(X, y, sample_weight, self.fit_intercept,
+                                                    host_kernel or settings.cpu_kernel())
+        elif sample_weight is not None:
             self._fused, self.kernel = None, "two-pass CuPy/cuBLAS (sample weights: the fused kernel has none)"
         else:
             self._fused, self.kernel = _fused_kernel(X, y, xp, self.fit_intercept, loss.name)
@@ -240,11 +248,56 @@ class LocalLinearGradient:
             self.xp.add(out, float(b), out=out)
 
 
+#: ``PGD_CPU_KERNEL=auto`` leaves slabs below this size to the blocked path: loading the compiled kernel from
+#: its disk cache costs about 0.8 s per process, more than it saves on a few hundred passes over a small slab.
+AUTO_MIN_SLAB_BYTES = 32 << 20
+#: ... and, on one thread, narrow rows (d below this), where the blocked path measured faster
+#: (docs/cpu_kernels.md).
+AUTO_MIN_COLUMNS_ONE_THREAD = 64
+
+
+def host_kernel_choice(n_bytes: int, d: int, threads: int, dtype, choice: str) -> str:
+    """Why the blocked path runs on the host, or ``""`` when the compiled kernel should be tried.
+
+    Parameters
+    ----------
+    n_bytes, d : int
+        The slab's size in bytes and its columns.
+    threads : int
+        Threads of this rank.
+    dtype : dtype
+        Data dtype.
+    choice : {"auto", "fused", "blocked"}
+        ``PGD_CPU_KERNEL``.
+    """
+    if choice == "blocked":
+        return "PGD_CPU_KERNEL=blocked"
+    if choice == "auto" and n_bytes < AUTO_MIN_SLAB_BYTES:
+        return f"slab below {AUTO_MIN_SLAB_BYTES >> 20} MiB: the compiled kernel would not repay its load time"
+    if choice == "auto" and threads == 1 and d < AUTO_MIN_COLUMNS_ONE_THREAD:
+        return f"d < {AUTO_MIN_COLUMNS_ONE_THREAD} on one thread: the blocked path is faster"
+    from pgd.local import cpu_kernels  # noqa: PLC0415 - imports numba (about 0.5 s): only where it may run
+
+    return cpu_kernels.unavailable_reason("dense", dtype)
+
+
+def _host_kernel(X, y, sample_weight, fit_intercept: bool, choice: str):
+    """The compiled one-pass CPU kernel for this slab, or None; and a description of what will run."""
+    threads = launcher.blas_thread_count()
+    reason = host_kernel_choice(X.nbytes, X.shape[1], threads, X.dtype, choice)
+    if reason:
+        return None, f"blocked two-pass (NumPy/BLAS; {reason})"
+    from pgd.local.cpu_kernels import FusedCPUGradient  # noqa: PLC0415 - loaded by host_kernel_choice
+
+    precision = "data" if X.dtype == np.float32 else "float64"   # float32 rows' dot products as BLAS does
+    fused = FusedCPUGradient(X, y, fit_intercept=fit_intercept, sample_weight=sample_weight, threads=threads,
+                             precision=precision)
+    return fused, fused.kernel
+
+
 def _fused_kernel(X, y, xp, fit_intercept: bool, loss: str):
-    """The fused one-pass kernel (:mod:`pgd.device.kernels`) when ``xp`` is CuPy and it passes its start-up
-    check on this slab, else None; and a description of the gradient computation that will run."""
-    if not is_cupy(xp):
-        return None, "blocked two-pass (NumPy/BLAS)"
+    """The fused one-pass kernel (:mod:`pgd.device.kernels`) when it passes its start-up check on this slab
+    (``xp`` is CuPy), else None; and a description of the gradient computation that will run."""
     fused = FusedGradient(xp, X, y, fit_intercept=fit_intercept)
     reads = fused.plan().tiles
     if reads > MAX_READS_OF_X:

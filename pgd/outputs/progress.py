@@ -256,6 +256,9 @@ def format_summary(summary: dict) -> str:
         f"  stopped after {summary['iterations']} iterations: {summary['stop_reason']}",
         f"  loss {summary['final_loss']:.12g}  |grad| {summary['grad_norm']:.3e}  "
         f"lr {summary['lr']:.6g}{' (auto, 1/L)' if summary['lr_auto'] else ''}",
+        *([f"  set-up {_format_seconds(timing['setup'])} (data, standardisation, step size; max over ranks)"
+           + (f", peak memory {summary['peak_rss_bytes'] / 2**20:.0f} MiB (max over ranks)"
+              if "peak_rss_bytes" in summary else "")] if "setup" in timing else []),
         f"  wall {_format_seconds(timing['wall'])}: compute {_format_seconds(timing['compute'])}, "
         f"communication {_format_seconds(timing['comm'])}, other {_format_seconds(timing['other'])} "
         f"(max over ranks); {_format_seconds(timing['per_iteration'])}/iteration, "

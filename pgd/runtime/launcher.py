@@ -106,6 +106,12 @@ def configure_blas_threads(environ=os.environ) -> tuple[int, str]:
     return threads, reason
 
 
+def blas_thread_count() -> int:
+    """This rank's resolved BLAS threads (1 when :func:`configure_blas_threads` has not run: in-process use)."""
+    text = BLAS_THREADS_RESOLVED or "1"
+    return max(1, int(text.split()[0]))
+
+
 def configure_mpi_environment(environ=os.environ) -> None:
     """Apply :data:`MPI_DEFAULTS` where the environment does not set them (before MPI starts)."""
     for name, value in MPI_DEFAULTS.items():

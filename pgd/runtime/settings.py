@@ -2,6 +2,8 @@
 :mod:`pgd.config`).
 
 - ``PGD_BLAS_THREADS``: BLAS/OpenMP threads per rank (see :func:`pgd.runtime.launcher.configure_blas_threads`).
+- ``PGD_CPU_KERNEL``: the host gradient path, ``auto`` (default: the compiled one-pass kernel where it pays),
+  ``fused`` (the compiled kernel whenever it can run) or ``blocked`` (the blocked BLAS path only).
 - ``PGD_DEBUG``: print the traceback of an internal error.
 - ``PGD_CHECK_REPLICAS``: tests: a bitwise check after every step that all ranks hold the same parameters.
 - ``PGD_GPU_RESERVE_BYTES``: device memory kept free for the CUDA context, kernels and small buffers.
@@ -24,6 +26,17 @@ def blas_threads(environ=os.environ) -> int | None:
     """``PGD_BLAS_THREADS`` as an int, or None when unset or not a number."""
     value = environ.get("PGD_BLAS_THREADS", "").strip()
     return int(value) if value.isdigit() else None
+
+
+CPU_KERNEL_CHOICES = ("auto", "fused", "blocked")
+
+
+def cpu_kernel(environ=os.environ) -> str:
+    """``PGD_CPU_KERNEL`` (``auto`` when unset; an unknown value is an error naming the choices)."""
+    value = environ.get("PGD_CPU_KERNEL", "").strip().lower() or "auto"
+    if value not in CPU_KERNEL_CHOICES:
+        raise ValueError(f"PGD_CPU_KERNEL={value!r}: choose from {', '.join(CPU_KERNEL_CHOICES)}")
+    return value
 
 
 def debug_traceback(environ=os.environ) -> bool:

@@ -9,15 +9,25 @@ same summary; only rank 0 prints.
 
 from __future__ import annotations
 
+import resource
 import sys
 
 from pgd.errors import NotConvergedError
 from pgd.outputs.progress import format_summary
 
 
-def timing(wall: float, compute: float, comm: float, other: float, steps: int) -> dict:
-    """The summary's ``timing``: wall, compute, communication and other seconds, and wall per step."""
-    return {"wall": wall, "compute": compute, "comm": comm, "other": other, "per_iteration": wall / max(steps, 1)}
+def timing(wall: float, compute: float, comm: float, other: float, steps: int, setup: float | None = None) -> dict:
+    """The summary's ``timing``: wall, compute, communication and other seconds of the loop, wall per step,
+    and (when given) the set-up before the loop (data, standardisation, Gram reduction, step size)."""
+    split = {"wall": wall, "compute": compute, "comm": comm, "other": other, "per_iteration": wall / max(steps, 1)}
+    if setup is not None:
+        split["setup"] = setup
+    return split
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory in bytes (Linux reports ``ru_maxrss`` in KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def print_summary(summary: dict) -> None:

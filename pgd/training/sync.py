@@ -41,7 +41,7 @@ from pgd.training.setup import (
     step_size,
 )
 from pgd.training.slow_rank import make_slow_rank_hook
-from pgd.training.summary import print_summary, refuse_unconverged, timing
+from pgd.training.summary import peak_rss_bytes, print_summary, refuse_unconverged, timing
 from pgd.training.validation import Validator, check_validation_options
 
 #: Factories ``make_hook(cfg, world, optimizer) -> hook or None`` run by every training loop. A hook's
@@ -168,6 +168,7 @@ def train(cfg, world=None) -> dict:
 
 
 def _train(cfg, world) -> dict:
+    setup_started = MPI.Wtime()
     rank, size = world.Get_rank(), world.Get_size()
     backend, local_size = bind_backend(cfg, world)
     xp = backend.xp
@@ -258,8 +259,9 @@ def _train(cfg, world) -> dict:
         converged = bool(optimizer.fresh and test.holds(optimality))
         wall = MPI.Wtime() - started
         compute, comm_seconds = objective.compute_seconds, objective.comm.seconds
-        wall_max, compute_max, comm_max, other_max = max_over_ranks(
-            world, [wall, compute, comm_seconds, wall - compute - comm_seconds])
+        wall_max, compute_max, comm_max, other_max, setup_max, rss_max = max_over_ranks(
+            world, [wall, compute, comm_seconds, wall - compute - comm_seconds, started - setup_started,
+                    peak_rss_bytes()])
         params = objective.full_params(optimizer.params)
         identical = _replicas_identical(world, params)
         validation_facts = {}
@@ -276,8 +278,8 @@ def _train(cfg, world) -> dict:
             metrics=cfg.metrics,
             comm_bytes_per_iteration=(objective.comm.bytes - bytes_before)
             // max(iteration - first_iteration, 1),
-            timing=timing(wall_max, compute_max, comm_max, other_max, iteration - first_iteration),
-            **validation_facts)
+            timing=timing(wall_max, compute_max, comm_max, other_max, iteration - first_iteration, setup_max),
+            peak_rss_bytes=int(rss_max), **validation_facts)
         early_stopped = stop_reason.startswith("early stopping")
         summary["warnings"] = _warnings(optimizer, converged or early_stopped, test, optimality, iteration,
                                         stop_reason, method=method, dtype=slab.dtype,

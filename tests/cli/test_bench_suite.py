@@ -162,3 +162,17 @@ def test_plots_without_matplotlib_fail_in_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(InputError, match=r"pip install 'pgd\[plot\]'"):
         plot_scaling([{"ranks": 1, "time_per_iter": 1.0}], "strong", "unused.png")
+
+
+@needs_mpirun
+def test_bench_gradient_times_every_path_against_the_same_run_floor():
+    result = run_pgd(2, "bench", "gradient", "--n", "3001", "--d", "9", "--repeats", "3", "--loss", "logistic",
+                     "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = json.loads(result.stdout)
+    assert document["ranks"] == 2 and document["rows_per_rank"] in (1500, 1501)
+    assert "numba" in document["kernels"]["fused_iteration"]
+    assert "blocked" in document["kernels"]["blocked_iteration"]
+    for key in ("fused_iteration", "blocked_iteration", "naive_iteration"):
+        assert document[key] > 0 and document[f"{key}_over_gemv"] == pytest.approx(document[key] / document["gemv"])
+    assert document["gemv_over_gemv"] == 1.0

@@ -13,14 +13,12 @@ well-conditioned, float64):
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from support import script
 from support.files import write_dataset
-from support.mpi import run_python
+from support.mpi import results_by_ranks
 
 SCRIPT = script("mpi_optimizers_check.py")
 TOLERANCE = {"adam": 1e-4, "sgd": 2e-2}
@@ -69,12 +67,7 @@ def runs(tmp_path_factory):
     """{ranks: results} for 1, 2, 3 ranks, plus the problems."""
     workdir = tmp_path_factory.mktemp("optimizers")
     w_sparse = make_problems(workdir)
-    results = {}
-    for ranks in (1, 2, 3):
-        done = run_python(ranks, SCRIPT, workdir, timeout=300)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-        assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
-        results[ranks] = json.loads(lines[0][len("RESULT "):])
+    results = results_by_ranks(SCRIPT, workdir)
     return workdir, w_sparse, results
 
 

@@ -18,15 +18,13 @@ objective (``LogisticRegression(C = 1/(λ Σs))``, ``Ridge(alpha = λ Σs)``, ``
 
 from __future__ import annotations
 
-import json
-
 import h5py
 import numpy as np
 import pytest
 
 from support import script
 from support.files import read_weights, write_dataset
-from support.mpi import run_pgd, run_python
+from support.mpi import results_by_ranks, run_pgd
 
 sklearn = pytest.importorskip("sklearn")
 from sklearn.datasets import load_breast_cancer, load_diabetes  # noqa: E402
@@ -61,12 +59,7 @@ def runs(tmp_path_factory):
         wide[:, 0] *= 1000.0
         _write(workdir / f"{name}64-x1000.h5", wide, y)
         _write(workdir / f"{name}w.h5", X, y, weight=_weights(len(y)))
-    results = {}
-    for ranks in (1, 2, 3):
-        done = run_python(ranks, SCRIPT, workdir, timeout=300)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-        assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
-        results[ranks] = json.loads(lines[0][len("RESULT "):])
+    results = results_by_ranks(SCRIPT, workdir)
     return workdir, results
 
 

@@ -43,6 +43,18 @@ def run_python(ranks: int, script: str, *args, timeout: float = 120, env: dict |
                           env=dict(os.environ, PGD_BLAS_THREADS="1", **(env or {})))
 
 
+def results_by_ranks(script: str, *args, ranks=(1, 2, 3), timeout: float = 300) -> dict:
+    """``{ranks: result}``: run ``script ARGS`` under each rank count; the result is the JSON of its first
+    ``RESULT {...}`` line (the run must succeed)."""
+    results = {}
+    for count in ranks:
+        done = run_python(count, script, *args, timeout=timeout)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
+        results[count] = json.loads(lines[0][len("RESULT "):])
+    return results
+
+
 def train_params(ranks: int, out, *args, env: dict | None = None, timeout: float = 300):
     """Run ``pgd train ARGS --out OUT`` (must succeed); returns ``([w, b], model attributes, stdout)``."""
     result = run_pgd(ranks, "train", *args, "--out", out, env=env, timeout=timeout)

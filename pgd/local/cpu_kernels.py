@@ -1,0 +1,842 @@
+"""Compiled one-pass CPU kernels (numba) for one rank's loss and gradient sums: dense rows and CSR.
+
+One read of the data per evaluation: for each row ``i`` the kernel forms ``z_i = x_i . w + b``, the
+pointwise loss and its derivative ``r_i``, and adds ``s_i r_i x_i`` to the gradient.  Rows go in blocks
+that fit in L1 (dense) or of 256 rows (CSR): the block's scores, then its residuals and losses in one
+vectorised loop (logistic ``exp``/``log1p`` written as polynomials), then the block's rows (non-zeros)
+added into the gradient while still in cache.  The conventions are those of :mod:`pgd.local.losses`: losses
+``squared`` (``(z - y)^2 / 2``, ``r = z - y``) and ``logistic`` (labels in {0, 1},
+``max(z, 0) - y z + log1p(exp(-|z|))``, ``r = sigmoid(z) - y``, never overflowing), plus ``gram``
+(``r = z``, scalar ``z^2``: the Gram product ``X~^T X~ v`` of the power iteration).
+
+Numerics
+--------
+- The data is read in its own dtype (float32 or float64, never converted or copied).  With
+  ``precision="float64"`` (default) every product and sum is float64; with ``precision="data"`` (float32
+  data) a row's dot product and the combination of four rows for the gradient are float32, as BLAS does.
+  Sums over rows (gradient, intercept, loss and weight sums) are float64 either way.
+- Threads: rows are split into ``threads`` contiguous chunks (dense: equal rows; CSR: equal non-zeros,
+  a pure function of ``indptr``).  Chunk ``t`` accumulates into its own float64 partial vector and the
+  partials are added in chunk order, so a result is bit-for-bit reproducible for a given thread count and
+  agrees to rounding across thread counts.  Chunks run on Python threads calling the compiled kernel
+  with the GIL released (no numba threading layer, no global ``numba.set_num_threads`` state, nothing that
+  competes with the BLAS's own threads); the calling thread runs chunk 0.  Memory: ``(threads - 1) * d``
+  float64 partial vectors (dense and CSR alike: 8 MB per extra thread at d = 10^6), allocated once in a
+  :class:`Workspace`.
+- Reproducible reductions: the loops that reduce only read, and the scratch blocks sit at fixed 64-byte
+  aligned offsets, so no run-time aliasing check sends a reduction down a differently rounded path.
+- Standardisation does not reach the kernels: it is an O(d) transform of ``(w, b)`` and of the gradient
+  around the objective (:mod:`pgd.strategies.standardize`).
+
+Availability and fall-back
+--------------------------
+numba is imported with this module (import it lazily from the caller); kernels compile on first use and
+are cached on disk (``cache=True``; numba's cache directory, or ``NUMBA_CACHE_DIR``).  :func:`available`
+says whether they can be used and :func:`unavailable_reason` says why not (numba missing, or a kernel that
+failed to compile or failed its start-up check), so the caller takes today's blocked NumPy/BLAS path and
+names the reason in the run summary.  :func:`warm_up` compiles (or loads) the kernels a run needs and
+reports the seconds and whether the disk cache was hit.
+
+API
+---
+- :func:`dense_loss_grad` and :func:`csr_loss_grad`: one evaluation into caller-provided buffers.
+- :class:`FusedCPUGradient`: bound to one rank's slab, with the call convention of the GPU kernel
+  (:class:`pgd.device.kernels.FusedGradient`): ``kernel(params, mode, out, rows=None)`` with
+  ``params = [w, b]`` float64 and ``out`` the ``(d + 2,)`` float64 layout of
+  :class:`pgd.local.linear.LocalLinearGradient`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from pgd.runtime import settings
+
+try:  # numba is optional: without it the caller keeps the blocked NumPy/BLAS path
+    import numba
+except ImportError as exc:  # pragma: no cover - exercised by the fall-back test through a flag
+    numba = None
+    _IMPORT_PROBLEM = f"numba is not installed ({exc})"
+else:
+    _IMPORT_PROBLEM = ""
+
+__all__ = [
+    "LOSS_CODES",
+    "DISABLE_ENV",
+    "available",
+    "unavailable_reason",
+    "warm_up",
+    "Workspace",
+    "dense_loss_grad",
+    "csr_loss_grad",
+    "csr_chunk_bounds",
+    "dense_chunk_bounds",
+    "dense_workspace",
+    "csr_workspace",
+    "PRECISIONS",
+    "FusedCPUGradient",
+]
+
+#: Loss codes the kernels understand (``gram``: ``r = z``, scalar ``z^2``).
+LOSS_CODES = {"squared": 0, "logistic": 1, "gram": 2}
+#: ``PGD_CPU_KERNEL=blocked`` disables the kernels (the caller falls back), e.g. to compare the two paths or to
+#: work around a broken numba install (read by :func:`pgd.runtime.settings.cpu_kernel`).
+DISABLE_ENV = "PGD_CPU_KERNEL"
+
+# Reassociation lets LLVM vectorise the dot product; no 'nnan'/'ninf' (inf and NaN must propagate).
+_FASTMATH = {"reassoc", "contract"}
+
+
+def _jit(function=None, *, fastmath=_FASTMATH):
+    """``numba.njit`` with the kernels' options (cached on disk, GIL released), or the function itself
+    when numba is missing (it is then never called: :func:`available` is False)."""
+    if function is None:
+        return lambda f: _jit(f, fastmath=fastmath)
+    if numba is None:
+        return function
+    return numba.njit(cache=True, nogil=True, fastmath=fastmath, error_model="numpy")(function)
+
+
+# exp(-a) = 2^-k exp(-r), a = k ln2 + r, |r| <= ln2 / 2 (Cody-Waite split of ln 2)
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+#: ``|z|`` is clipped here: ``exp(-708)`` is still a normal float64 (pgd.local.losses clips likewise); what is
+#: lost, ``exp(-|z|) < 3e-308``, is below rounding of any sum it enters.
+_EXP_ARGUMENT_MAX = 708.0
+
+
+@_jit
+def _logistic_terms(z, y, weight, m, rbuf, lbuf, bits):
+    """Logistic terms of the ``m`` scores in ``z`` (``y``, ``weight``: the block's): ``z[k] <- s r`` with
+    ``r = sigmoid(z) - y``, ``rbuf[k] <- s r`` (in ``rbuf``'s dtype), ``lbuf[k] <- s loss`` with
+    ``loss = max(z, 0) - y z + log1p(exp(-|z|))``.
+
+    ``exp`` and ``log1p`` are polynomials written out here (no calls), so the loop over the block is
+    vectorised: ``exp(-r)`` by its Taylor series to degree 13 (``|r| <= ln2/2``: error below 1e-17) times
+    ``2^-k`` built from its bits in ``bits`` (int64 scratch); ``log1p(e) = 2 atanh(e / (2 + e))`` by its
+    odd series to degree 37 (``e / (2 + e) <= 1/3``: error below 1e-19).  Every term is non-negative, so
+    nothing cancels for large ``|z|``; the loss of a fitted row with ``|z|`` beyond 708 is exact to rounding.
+    """
+    for k in range(m):
+        a = min(abs(z[k]), _EXP_ARGUMENT_MAX)
+        bits[k] = (1023 - np.int64(a * _LOG2E + 0.5)) << 52
+    scale = bits.view(np.float64)
+    for k in range(m):
+        zk = z[k]
+        a = min(abs(zk), _EXP_ARGUMENT_MAX)
+        n = np.float64(np.int64(a * _LOG2E + 0.5))
+        t = (n * _LN2_HI - a) + n * _LN2_LO                      # -r
+        p = 1.0 / 6227020800.0
+        p = p * t + 1.0 / 479001600.0
+        p = p * t + 1.0 / 39916800.0
+        p = p * t + 1.0 / 3628800.0
+        p = p * t + 1.0 / 362880.0
+        p = p * t + 1.0 / 40320.0
+        p = p * t + 1.0 / 5040.0
+        p = p * t + 1.0 / 720.0
+        p = p * t + 1.0 / 120.0
+        p = p * t + 1.0 / 24.0
+        p = p * t + 1.0 / 6.0
+        p = p * t + 0.5
+        p = p * t + 1.0
+        p = p * t + 1.0
+        e = p * scale[k]                                          # exp(-|z|)
+        u = e / (2.0 + e)
+        v = u * u
+        q = 1.0 / 37.0
+        q = q * v + 1.0 / 35.0
+        q = q * v + 1.0 / 33.0
+        q = q * v + 1.0 / 31.0
+        q = q * v + 1.0 / 29.0
+        q = q * v + 1.0 / 27.0
+        q = q * v + 1.0 / 25.0
+        q = q * v + 1.0 / 23.0
+        q = q * v + 1.0 / 21.0
+        q = q * v + 1.0 / 19.0
+        q = q * v + 1.0 / 17.0
+        q = q * v + 1.0 / 15.0
+        q = q * v + 1.0 / 13.0
+        q = q * v + 1.0 / 11.0
+        q = q * v + 1.0 / 9.0
+        q = q * v + 1.0 / 7.0
+        q = q * v + 1.0 / 5.0
+        q = q * v + 1.0 / 3.0
+        q = q * v + 1.0 / 1.0
+        softplus = 2.0 * u * q                                    # log1p(e)
+        positive = zk >= 0.0
+        yk = np.float64(y[k])
+        r = (1.0 if positive else e) / (1.0 + e) - yk
+        loss = zk * ((1.0 if positive else 0.0) - yk) + softplus
+        s = 1.0 if weight is None else np.float64(weight[k])
+        z[k] = r * s
+        rbuf[k] = r * s
+        lbuf[k] = loss * s
+
+
+@_jit
+def _block_sums(z, lbuf, weight, m):
+    """``(sum lbuf, sum z, sum s)`` over the block.  A loop that only reads, apart from the loops that
+    write: its vectorised reduction then has no run-time aliasing checks, so it sums in the same order
+    whatever the addresses (results reproducible run to run)."""
+    loss_sum = 0.0
+    residual_sum = 0.0
+    for k in range(m):
+        loss_sum += lbuf[k]
+        residual_sum += z[k]
+    weight_sum = np.float64(m)
+    if weight is not None:
+        weight_sum = 0.0
+        for k in range(m):
+            weight_sum += np.float64(weight[k])
+    return loss_sum, residual_sum, weight_sum
+
+
+@_jit
+def _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf, bits):
+    """Terms of the ``m`` scores in ``z`` (rows ``start ...``): ``s r`` into ``z`` (float64) and ``rbuf``
+    (its dtype: the dtype the rows are combined in), ``s loss`` into ``lbuf``; returns the block's
+    ``(loss_sum, residual_sum, weight_sum)`` in float64.  ``mode``: 0 squared (``(z - y)^2 / 2``,
+    ``r = z - y``), 1 logistic, 2 Gram product (``z^2``, ``r = z``; ``y`` unused).
+
+    The loops see the block's slices of ``y`` and ``weight``, indexed from 0: ``y[start + k]`` with an
+    arbitrary ``start`` would compile to a gather (numba's negative-index wrap-around per element)."""
+    if weight is None:
+        return _block_terms(z, y[start:start + m], None, m, mode, rbuf, lbuf, bits)
+    return _block_terms(z, y[start:start + m], weight[start:start + m], m, mode, rbuf, lbuf, bits)
+
+
+@_jit
+def _block_terms(z, y, weight, m, mode, rbuf, lbuf, bits):
+    """:func:`_residual_terms` on the block's ``y`` and ``weight`` (or None)."""
+    if mode == 1:
+        _logistic_terms(z, y, weight, m, rbuf, lbuf, bits)
+    elif mode == 0:
+        for k in range(m):       # one loop per mode: a branch inside would keep it from vectorising
+            r = z[k] - np.float64(y[k])
+            s = 1.0 if weight is None else np.float64(weight[k])
+            z[k] = r * s
+            rbuf[k] = r * s
+            lbuf[k] = 0.5 * r * r * s
+    else:
+        for k in range(m):
+            r = z[k]
+            s = 1.0 if weight is None else np.float64(weight[k])
+            z[k] = r * s
+            rbuf[k] = r * s
+            lbuf[k] = r * r * s
+    return _block_sums(z, lbuf, weight, m)
+
+
+@_jit
+def _dense_scores(X, w, b, start, m, z):
+    """``z[k] = x_(start+k) . w + b`` for ``k < m``, four rows per sweep of ``w``.  The products and the
+    sums within a row are in ``w``'s dtype (float64, or the data dtype for BLAS-like float32 speed)."""
+    d = X.shape[1]
+    zero = w.dtype.type(0)
+    k = 0
+    while k + 4 <= m:
+        x0, x1, x2, x3 = X[start + k], X[start + k + 1], X[start + k + 2], X[start + k + 3]
+        z0 = z1 = z2 = z3 = zero
+        for j in range(d):
+            wj = w[j]
+            z0 += x0[j] * wj
+            z1 += x1[j] * wj
+            z2 += x2[j] * wj
+            z3 += x3[j] * wj
+        z[k] = np.float64(z0) + b
+        z[k + 1] = np.float64(z1) + b
+        z[k + 2] = np.float64(z2) + b
+        z[k + 3] = np.float64(z3) + b
+        k += 4
+    while k < m:
+        x0 = X[start + k]
+        z0 = zero
+        for j in range(d):
+            z0 += x0[j] * w[j]
+        z[k] = np.float64(z0) + b
+        k += 1
+
+
+@_jit
+def _dense_accumulate(X, start, m, rbuf, grad):
+    """``grad += sum_k rbuf[k] x_(start+k)``: four rows combined in ``rbuf``'s dtype, then added to the
+    float64 ``grad`` (one load and store of ``grad`` per four rows)."""
+    d = X.shape[1]
+    k = 0
+    while k + 4 <= m:
+        x0, x1, x2, x3 = X[start + k], X[start + k + 1], X[start + k + 2], X[start + k + 3]
+        r0, r1, r2, r3 = rbuf[k], rbuf[k + 1], rbuf[k + 2], rbuf[k + 3]
+        for j in range(d):
+            grad[j] += (r0 * x0[j] + r1 * x1[j]) + (r2 * x2[j] + r3 * x3[j])
+        k += 4
+    while k < m:
+        x0 = X[start + k]
+        r0 = rbuf[k]
+        for j in range(d):
+            grad[j] += r0 * x0[j]
+        k += 1
+
+
+@_jit
+def _dense_rows(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, bits):
+    """Sums over rows ``lo:hi`` of dense ``X`` into ``grad`` (overwritten, float64); returns
+    ``(loss_sum, intercept_sum, weight_sum)``.  ``weight`` may be None (every row weighs 1).
+
+    Rows go in blocks of ``len(z)`` (a block of ``X`` fits in L1): the block's scores, then its residuals
+    (a vectorised loop), then its rows added into ``grad`` while still in cache; ``X`` is read from memory
+    once.  ``z`` (float64), ``rbuf`` (dtype the rows are combined in) and ``bits`` (int64) are scratch."""
+    for j in range(grad.shape[0]):
+        grad[j] = 0.0
+    loss_sum = 0.0
+    residual_sum = 0.0
+    weight_sum = 0.0
+    block = z.shape[0]
+    for start in range(lo, hi, block):
+        m = min(block, hi - start)
+        _dense_scores(X, w, b, start, m, z)
+        sums = _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf, bits)
+        loss_sum += sums[0]
+        residual_sum += sums[1]
+        weight_sum += sums[2]
+        _dense_accumulate(X, start, m, rbuf, grad)
+    return loss_sum, residual_sum, weight_sum
+
+
+@_jit(fastmath=False)   # reassociation would vectorise the dot into AVX-512 gathers: 3x slower on Zen 4
+def _csr_scores(data, indices, indptr, w, b, start, m, z):
+    """``z[k] = x_(start+k) . w + b`` over the non-zeros of CSR rows ``start ... start + m - 1``.
+
+    Four partial sums per row (non-zeros ``p = 0, 1, 2, 3 mod 4``, added as ``(s0 + s1) + (s2 + s3)``):
+    a single running sum would wait one FMA latency per non-zero, which bounds SciPy's CSR mat-vec."""
+    four = np.uint64(4)
+    for k in range(m):
+        p = np.uint64(indptr[start + k])        # unsigned positions: no wrap-around check per access
+        stop = np.uint64(indptr[start + k + 1])
+        s0 = s1 = s2 = s3 = 0.0
+        while p + four <= stop:
+            s0 += data[p] * w[indices[p]]
+            s1 += data[p + np.uint64(1)] * w[indices[p + np.uint64(1)]]
+            s2 += data[p + np.uint64(2)] * w[indices[p + np.uint64(2)]]
+            s3 += data[p + np.uint64(3)] * w[indices[p + np.uint64(3)]]
+            p += four
+        if p < stop:
+            s0 += data[p] * w[indices[p]]
+        if p + np.uint64(1) < stop:
+            s1 += data[p + np.uint64(1)] * w[indices[p + np.uint64(1)]]
+        if p + np.uint64(2) < stop:
+            s2 += data[p + np.uint64(2)] * w[indices[p + np.uint64(2)]]
+        z[k] = ((s0 + s1) + (s2 + s3)) + b
+
+
+@_jit(fastmath=False)
+def _csr_accumulate(data, indices, indptr, start, m, rbuf, grad):
+    """``grad[indices] += rbuf[k] * data`` over the non-zeros of CSR rows ``start ... start + m - 1``."""
+    for k in range(m):
+        r = np.float64(rbuf[k])
+        for p in range(np.uint64(indptr[start + k]), np.uint64(indptr[start + k + 1])):
+            grad[indices[p]] += r * data[p]
+
+
+@_jit
+def _csr_rows(data, indices, indptr, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, bits):
+    """Sums over CSR rows ``lo:hi`` into ``grad`` (overwritten, float64, length ``d``); returns
+    ``(loss_sum, intercept_sum, weight_sum)``.  ``weight`` may be None.  ``indices`` are unsigned
+    (a view of the validated signed indices), so no negative-index wrap-around check is compiled in.
+    Blocks of ``len(z)`` rows: their scores (gather), residuals (vectorised), then the scatter, with the
+    block's non-zeros still in cache."""
+    for j in range(grad.shape[0]):
+        grad[j] = 0.0
+    loss_sum = 0.0
+    residual_sum = 0.0
+    weight_sum = 0.0
+    block = z.shape[0]
+    for start in range(lo, hi, block):
+        m = min(block, hi - start)
+        _csr_scores(data, indices, indptr, w, b, start, m, z)
+        sums = _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf, bits)
+        loss_sum += sums[0]
+        residual_sum += sums[1]
+        weight_sum += sums[2]
+        _csr_accumulate(data, indices, indptr, start, m, rbuf, grad)
+    return loss_sum, residual_sum, weight_sum
+
+
+# ---------------------------------------------------------------------------------------------------
+# availability, compilation, cache
+
+
+_state_lock = threading.Lock()
+_problems: dict = {}        # "kind/dtype" -> "" (usable) or the reason it is not; absent: not checked yet
+_warm_report: dict = {}
+KINDS = ("dense", "csr")
+DTYPES = ("float32", "float64")
+
+
+def _env_disabled() -> bool:
+    return settings.cpu_kernel() == "blocked"
+
+
+def _keys(kind, dtype) -> list[str]:
+    kinds = KINDS if kind is None else (kind,)
+    dtypes = DTYPES if dtype is None else (np.dtype(dtype).name,)
+    return [f"{k}/{t}" for k in kinds for t in dtypes]
+
+
+def available(kind: str | None = None, dtype=None) -> bool:
+    """Whether the compiled kernels can be used (numba present, kernels compiled and self-checked).
+
+    ``kind`` (``"dense"`` or ``"csr"``) and ``dtype`` (float32 or float64) narrow the check to what a run
+    uses (default: all four).  The first call for a kernel compiles it (or loads it from the disk cache)
+    and checks it against NumPy on a small problem; later calls are free.
+    """
+    return unavailable_reason(kind, dtype) == ""
+
+
+def unavailable_reason(kind: str | None = None, dtype=None) -> str:
+    """Empty when :func:`available`; otherwise one line saying why the kernels are not used."""
+    if _env_disabled():
+        return f"compiled CPU kernels disabled by {DISABLE_ENV}=blocked"
+    if _IMPORT_PROBLEM:
+        return _IMPORT_PROBLEM
+    with _state_lock:
+        for key in _keys(kind, dtype):
+            if key not in _problems:
+                _problems[key] = _compile_and_check(*key.split("/"))
+            if _problems[key]:
+                return _problems[key]
+    return ""
+
+
+def _dispatchers() -> dict:
+    return {"dense": _dense_rows, "csr": _csr_rows}
+
+
+def _cache_hits(dispatcher) -> int:
+    stats = getattr(dispatcher, "stats", None)
+    return sum(getattr(stats, "cache_hits", {}).values()) if stats is not None else 0
+
+
+def _compile_and_check(kind: str, dtype: str) -> str:
+    """Compile (or load) one kernel's unweighted specialisations (both precisions), record the seconds and
+    whether the disk cache served them, check them; '' when all is well."""
+    try:
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((7, 3)).astype(dtype)
+        y = (rng.random(7) < 0.5).astype(dtype)
+        w = rng.standard_normal(3)
+        before, hits = time.perf_counter(), _cache_hits(_dispatchers()[kind])
+        problem = _self_check(kind, X, y, w)
+        _warm_report[f"{kind}/{dtype}"] = {"seconds": time.perf_counter() - before,
+                                           "cache_hit": _cache_hits(_dispatchers()[kind]) > hits}
+    except Exception as exc:  # noqa: BLE001 - any compile failure means: fall back, and say why
+        return f"compiled CPU kernels failed to compile ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+    return f"compiled CPU kernel failed its start-up check ({problem})" if problem else ""
+
+
+def _self_check(kind: str, X, y, w) -> str:
+    """Compare one evaluation per loss and precision with NumPy in float64; '' or what disagreed."""
+    X64, y64, b = X.astype(np.float64), y.astype(np.float64), 0.25
+    indptr = np.arange(0, X.size + 1, X.shape[1], dtype=np.int64)
+    indices = np.tile(np.arange(X.shape[1], dtype=np.int32), X.shape[0])
+    for precision in PRECISIONS:
+        for loss in LOSS_CODES:
+            if kind == "dense":
+                loss_sum, grad, r_sum, _ = dense_loss_grad(X, y, w, b, loss, precision=precision)
+            else:
+                loss_sum, grad, r_sum, _ = csr_loss_grad(X.ravel(), indices, indptr, y, w, b, loss,
+                                                         precision=precision)
+            z = X64 @ w + b
+            if loss == "squared":
+                r, pointwise = z - y64, 0.5 * (z - y64) ** 2
+            elif loss == "logistic":
+                r, pointwise = 1 / (1 + np.exp(-z)) - y64, np.logaddexp(0, z) - y64 * z
+            else:
+                r, pointwise = z, z * z
+            if not (np.allclose(grad, X64.T @ r, rtol=1e-5, atol=1e-5)
+                    and math.isclose(r_sum, r.sum(), rel_tol=1e-5, abs_tol=1e-5)
+                    and math.isclose(loss_sum, pointwise.sum(), rel_tol=1e-5, abs_tol=1e-5)):
+                return f"{kind} {loss} {X.dtype} (precision {precision}) disagrees with NumPy"
+    return ""
+
+
+def warm_up(kind: str | None = None, dtype=None) -> dict:
+    """Compile (or load from the disk cache) the kernels (narrowed as in :func:`available`) and report, per
+    ``"kind/dtype"``, the seconds it took and whether the disk cache was hit; ``{"problem": reason}`` when
+    they are unavailable.
+
+    The seconds of a cache hit are the load time; a miss includes compiling (count it in start-up).  The
+    first call in a process also pays numba's own initialisation (about 0.4 s here), counted in the
+    first entry.  Weighted specialisations compile on first use (not counted here)."""
+    problem = unavailable_reason(kind, dtype)
+    if problem:
+        return {"problem": problem}
+    return {key: _warm_report[key] for key in _keys(kind, dtype) if key in _warm_report}
+
+
+# ---------------------------------------------------------------------------------------------------
+# threads and buffers
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def _forget_pool() -> None:
+    """In a forked child the parent's pool threads do not exist: start a new pool on first use."""
+    global _pool, _pool_size
+    _pool, _pool_size = None, 0
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool with at least ``workers`` threads (grown, never shrunk)."""
+    global _pool, _pool_size
+    with _state_lock:
+        if _pool is None or _pool_size < workers:
+            if _pool is not None:
+                _pool.shutdown(wait=True)
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pgd-kernel")
+            _pool_size = workers
+        return _pool
+
+
+#: Precisions of the products inside a row: ``float64`` (every product and sum in float64) or ``data``
+#: (dense: a row's dot product and the combination of four rows in the data dtype, as BLAS does, then
+#: float64; CSR: the products ``x_ij w_j`` in the data dtype, summed in float64).  Equal for float64 data.
+PRECISIONS = ("float64", "data")
+#: Bytes of dense rows per block (the block is re-read from L1 for the gradient).
+DENSE_BLOCK_BYTES = 16 * 1024
+#: Rows per block of the CSR kernel (gather, residuals, scatter).
+CSR_BLOCK_ROWS = 256
+
+
+def dense_block_rows(d: int, itemsize: int) -> int:
+    """Rows per block of the dense kernel: about :data:`DENSE_BLOCK_BYTES`, a multiple of 4, 4 to 256."""
+    rows = DENSE_BLOCK_BYTES // max(1, d * itemsize)
+    return int(min(256, max(4, rows - rows % 4)))
+
+
+#: Scratch blocks start on multiples of this many bytes (a cache line, and the widest vector).
+SCRATCH_ALIGNMENT = 64
+
+
+def _aligned_blocks(threads: int, block: int, dtypes) -> list:
+    """One ``(threads, block)`` array per dtype, carved from one buffer so that every row starts on a
+    :data:`SCRATCH_ALIGNMENT` boundary at the same offsets in every run: the vectorised loops over them
+    then split the same way every time (their reductions must not depend on where memory happened to be)."""
+    row_bytes = -(-block * 8 // SCRATCH_ALIGNMENT) * SCRATCH_ALIGNMENT
+    raw = np.empty(len(dtypes) * threads * row_bytes + SCRATCH_ALIGNMENT, dtype=np.uint8)
+    first = -raw.ctypes.data % SCRATCH_ALIGNMENT
+    arrays = []
+    for index, dtype in enumerate(dtypes):
+        start = first + index * threads * row_bytes
+        rows = raw[start:start + threads * row_bytes].reshape(threads, row_bytes)
+        arrays.append(rows.view(np.dtype(dtype))[:, :block])
+    return arrays
+
+
+class Workspace:
+    """Preallocated buffers for ``threads`` chunks of a ``d``-column problem (allocate once, pass to every
+    call): ``(threads - 1) * d`` float64 partial gradients, a copy of ``w`` in the product dtype, and per
+    chunk a block of scores, residuals, losses and exponent bits.
+
+    Parameters
+    ----------
+    d : int
+        Number of features.
+    threads : int
+        Chunks (and threads) the rows are split into; at least 1.
+    block : int
+        Rows per block.
+    combine_dtype : dtype
+        Dtype of the products inside a row (float64, or the data dtype with ``precision="data"``).
+    residual_dtype : dtype, optional
+        Dtype of the block's residuals (default ``combine_dtype``; the CSR kernel scatters in float64).
+    """
+
+    def __init__(self, d: int, threads: int = 1, *, block: int = CSR_BLOCK_ROWS, combine_dtype=np.float64,
+                 residual_dtype=None):
+        if int(threads) < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self.d, self.threads, self.block = int(d), int(threads), int(block)
+        self.combine_dtype = np.dtype(combine_dtype)
+        self.partials = np.empty((self.threads - 1, self.d), dtype=np.float64)
+        self.scalars = np.empty((self.threads, 3), dtype=np.float64)
+        self.w_cast = np.empty(self.d, dtype=self.combine_dtype)
+        self.residual_dtype = np.dtype(residual_dtype or combine_dtype)
+        self.z, self.rbuf, self.lbuf, self.bits = _aligned_blocks(
+            self.threads, self.block, (np.float64, self.residual_dtype, np.float64, np.int64))
+
+    def fits(self, d: int, threads: int, block: int, combine_dtype, residual_dtype=None) -> bool:
+        """Whether this workspace serves such a call."""
+        return ((self.d, self.threads, self.block, self.combine_dtype, self.residual_dtype)
+                == (d, threads, block, np.dtype(combine_dtype), np.dtype(residual_dtype or combine_dtype)))
+
+    def weights(self, w):
+        """``w`` in the product dtype: ``w`` itself, or its copy in :attr:`w_cast` (O(d), no allocation)."""
+        if w.dtype == self.combine_dtype:
+            return w
+        self.w_cast[...] = w
+        return self.w_cast
+
+
+def dense_chunk_bounds(n: int, chunks: int) -> np.ndarray:
+    """Row boundaries ``b[t] = n t // chunks`` (``chunks + 1`` values): equal contiguous row ranges."""
+    return np.array([n * t // chunks for t in range(chunks + 1)], dtype=np.int64)
+
+
+def csr_chunk_bounds(indptr, chunks: int) -> np.ndarray:
+    """Row boundaries of ``chunks`` contiguous row ranges with balanced non-zeros (a pure function of
+    ``indptr``): chunk ``t`` ends at the first row whose ``indptr`` reaches ``nnz (t + 1) / chunks``."""
+    indptr = np.asarray(indptr)
+    n = indptr.shape[0] - 1
+    first, nnz = int(indptr[0]), int(indptr[-1] - indptr[0])
+    targets = [first + (nnz * t + chunks - 1) // chunks for t in range(1, chunks)]
+    inner = np.searchsorted(indptr, targets, side="left").clip(0, n) if chunks > 1 else []
+    bounds = np.concatenate(([0], inner, [n])).astype(np.int64)
+    return np.maximum.accumulate(bounds)
+
+
+def _run_chunks(call, bounds, out_grad, workspace) -> tuple[float, float, float]:
+    """Run ``call(lo, hi, grad, t)`` for every chunk ``t`` (chunk 0 on this thread into ``out_grad``, the
+    others on the pool into ``workspace.partials``), then add the partials and scalars in chunk order."""
+    chunks = len(bounds) - 1
+    scalars = workspace.scalars
+    if chunks == 1:
+        scalars[0] = call(bounds[0], bounds[1], out_grad, 0)
+    else:
+        def job(t):
+            scalars[t] = call(bounds[t], bounds[t + 1], workspace.partials[t - 1], t)
+
+        futures = [_executor(chunks - 1).submit(job, t) for t in range(1, chunks)]
+        scalars[0] = call(bounds[0], bounds[1], out_grad, 0)
+        for future in futures:
+            future.result()
+        for t in range(chunks - 1):
+            np.add(out_grad, workspace.partials[t], out=out_grad)
+    loss_sum = intercept_sum = weight_sum = 0.0
+    for t in range(chunks):
+        loss_sum += scalars[t, 0]
+        intercept_sum += scalars[t, 1]
+        weight_sum += scalars[t, 2]
+    return loss_sum, intercept_sum, weight_sum
+
+
+def _loss_code(loss: str) -> int:
+    try:
+        return LOSS_CODES[loss]
+    except KeyError:
+        raise ValueError(f"unknown loss {loss!r}; choose from {sorted(LOSS_CODES)}") from None
+
+
+def _check_vectors(n: int, d: int, dtype, y, w, sample_weight, out_grad) -> None:
+    if y.shape != (n,) or y.dtype != dtype:
+        raise ValueError(f"y must have shape ({n},) and dtype {dtype}, got {y.shape} {y.dtype}")
+    if sample_weight is not None and (sample_weight.shape != (n,) or sample_weight.dtype != dtype):
+        raise ValueError(f"sample_weight must have shape ({n},) and dtype {dtype}")
+    if w.shape != (d,) or w.dtype not in (np.float32, np.float64):
+        raise ValueError(f"w must be a float vector of shape ({d},), got {w.shape} {w.dtype}")
+    if out_grad.shape != (d,) or out_grad.dtype != np.float64 or not out_grad.flags.c_contiguous:
+        raise ValueError(f"out_grad must be a contiguous float64 vector of shape ({d},)")
+
+
+def _prepare(d: int, threads: int, block: int, combine_dtype, out_grad, workspace, residual_dtype=None):
+    out_grad = np.empty(d, dtype=np.float64) if out_grad is None else out_grad
+    if workspace is None or not workspace.fits(d, threads, block, combine_dtype, residual_dtype):
+        workspace = Workspace(d, threads, block=block, combine_dtype=combine_dtype, residual_dtype=residual_dtype)
+    return out_grad, workspace
+
+
+def _combine_dtype(precision: str, dtype):
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
+    return np.dtype(dtype) if precision == "data" else np.dtype(np.float64)
+
+
+def dense_loss_grad(X, y, w, b: float, loss: str, *, sample_weight=None, out_grad=None, threads: int = 1,
+                    precision: str = "float64", workspace: Workspace | None = None, bounds=None):
+    """Local sums of the loss and gradient over the rows of a dense ``X``, in one read of ``X``.
+
+    Parameters
+    ----------
+    X : ndarray, (n, d)
+        C-contiguous float32 or float64 (read as it is); ``n`` may be 0.
+    y : ndarray, (n,)
+        Targets (logistic: labels in {0, 1}), dtype of ``X``; ignored by ``gram``.
+    w : ndarray, (d,)
+        Weights (float64 from the optimizer, or float32); cast to the product dtype when it differs.
+    b : float
+        Intercept (pass 0.0 without one).
+    loss : {"squared", "logistic", "gram"}
+    sample_weight : ndarray, (n,), optional
+        Non-negative row weights, dtype of ``X``.
+    out_grad : ndarray, (d,), float64, optional
+        Receives ``sum_i s_i r_i x_i`` (overwritten); allocated when omitted.
+    threads : int
+        Chunks of rows, each on its own thread (1: this thread only).
+    precision : {"float64", "data"}
+        Dtype of the products inside a row (:data:`PRECISIONS`); sums over rows are float64 either way.
+    workspace : Workspace, optional
+        Buffers; pass one (allocated once, or returned by :func:`dense_workspace`) to make calls
+        allocation-free.
+    bounds : ndarray, optional
+        Chunk boundaries (:func:`dense_chunk_bounds`); computed when omitted.
+
+    Returns
+    -------
+    (float, ndarray, float, float)
+        ``sum_i s_i loss_i``, ``out_grad``, ``sum_i s_i r_i`` (intercept component), ``sum_i s_i``.
+    """
+    if X.ndim != 2 or X.dtype not in (np.float32, np.float64) or not X.flags.c_contiguous:
+        raise ValueError(f"X must be a C-contiguous 2-D float32/float64 array, got {X.shape} {X.dtype}")
+    n, d = X.shape
+    combine = _combine_dtype(precision, X.dtype)
+    out_grad, workspace = _prepare(d, threads, dense_block_rows(d, X.itemsize), combine, out_grad, workspace)
+    _check_vectors(n, d, X.dtype, y, w, sample_weight, out_grad)
+    code, b, w = _loss_code(loss), float(b), workspace.weights(w)
+    bounds = dense_chunk_bounds(n, workspace.threads) if bounds is None else bounds
+    z, rbuf, lbuf, bits = workspace.z, workspace.rbuf, workspace.lbuf, workspace.bits
+    loss_sum, intercept_sum, weight_sum = _run_chunks(
+        lambda lo, hi, grad, t: _dense_rows(X, y, sample_weight, w, b, code, lo, hi, grad, z[t], rbuf[t], lbuf[t],
+                                            bits[t]),
+        bounds, out_grad, workspace)
+    return loss_sum, out_grad, intercept_sum, weight_sum
+
+
+def dense_workspace(X, threads: int = 1, precision: str = "float64") -> Workspace:
+    """The :class:`Workspace` :func:`dense_loss_grad` needs for ``X`` (make it once per slab)."""
+    d = X.shape[1]
+    return Workspace(d, threads, block=dense_block_rows(d, X.itemsize),
+                     combine_dtype=_combine_dtype(precision, X.dtype))
+
+
+def csr_workspace(d: int, data_dtype, threads: int = 1, precision: str = "float64") -> Workspace:
+    """The :class:`Workspace` :func:`csr_loss_grad` needs for ``d`` features (make it once per slab)."""
+    return Workspace(d, threads, block=CSR_BLOCK_ROWS, combine_dtype=_combine_dtype(precision, data_dtype),
+                     residual_dtype=np.float64)
+
+
+def csr_loss_grad(data, indices, indptr, y, w, b: float, loss: str, *, sample_weight=None, out_grad=None,
+                  threads: int = 1, precision: str = "float64", workspace: Workspace | None = None, bounds=None):
+    """Local sums of the loss and gradient over the rows of a CSR matrix, in one pass over its non-zeros.
+
+    Parameters
+    ----------
+    data, indices, indptr : ndarray
+        CSR arrays: ``data`` float32 or float64, ``indices`` int32 or int64 (in ``0 .. len(w) - 1``,
+        unchecked here: validate when loading), ``indptr`` int32 or int64 of length ``n + 1`` (it may start
+        above 0, as a rank's slice of a larger ``indptr`` does).
+    y, w, b, loss, sample_weight, out_grad, threads, precision, workspace
+        As in :func:`dense_loss_grad`; ``d = len(w)``.
+    bounds : ndarray, optional
+        Chunk boundaries (:func:`csr_chunk_bounds`); computed when omitted.
+
+    Returns
+    -------
+    (float, ndarray, float, float)
+        As :func:`dense_loss_grad`.
+    """
+    if data.dtype not in (np.float32, np.float64) or indices.dtype not in (np.int32, np.int64):
+        raise ValueError(f"CSR data must be float32/float64 and indices int32/int64, got {data.dtype}, "
+                         f"{indices.dtype}")
+    if indptr.ndim != 1 or indptr.shape[0] < 1 or indptr.dtype not in (np.int32, np.int64):
+        raise ValueError("indptr must be a non-empty int32/int64 vector")
+    n, d = indptr.shape[0] - 1, w.shape[0]
+    combine = _combine_dtype(precision, data.dtype)
+    out_grad, workspace = _prepare(d, threads, CSR_BLOCK_ROWS, combine, out_grad, workspace, np.float64)
+    _check_vectors(n, d, data.dtype, y, w, sample_weight, out_grad)
+    code, b, w = _loss_code(loss), float(b), workspace.weights(w)
+    bounds = csr_chunk_bounds(indptr, workspace.threads) if bounds is None else bounds
+    unsigned = indices.view(np.uint32 if indices.dtype == np.int32 else np.uint64)
+    z, rbuf, lbuf, bits = workspace.z, workspace.rbuf, workspace.lbuf, workspace.bits
+    loss_sum, intercept_sum, weight_sum = _run_chunks(
+        lambda lo, hi, grad, t: _csr_rows(data, unsigned, indptr, y, sample_weight, w, b, code, lo, hi, grad,
+                                          z[t], rbuf[t], lbuf[t], bits[t]),
+        bounds, out_grad, workspace)
+    return loss_sum, out_grad, intercept_sum, weight_sum
+
+
+class FusedCPUGradient:
+    """One rank's slab bound to the compiled kernel, with the call convention of the GPU's fused kernel
+    (:class:`pgd.device.kernels.FusedGradient`), so the local gradient can hold either.
+
+    Buffers (the per-thread partial gradients) and chunk boundaries are made once here; a call allocates
+    nothing of size ``n`` or ``d``.
+
+    Parameters
+    ----------
+    X : ndarray (n, d) C-contiguous, or a tuple ``(data, indices, indptr, d)`` for CSR
+        The rank's rows, float32 or float64.
+    y : ndarray, (n,)
+        Targets in the data dtype.
+    fit_intercept : bool
+        Whether ``params[d]`` is added to every score and ``out[d]`` receives the residual sum.
+    sample_weight : ndarray, (n,), optional
+        Row weights in the data dtype.
+    threads : int
+        Threads (row chunks) per call; take it from ``PGD_BLAS_THREADS`` / the affinity as for BLAS.
+
+    Attributes
+    ----------
+    kernel : str
+        What runs, for the run summary (e.g. ``"fused one-pass CPU kernel (numba, 2 threads)"``).
+    weight_sum : float
+        ``sum_i s_i`` over all rows (``n`` without weights), from the last call over all rows.
+    """
+
+    def __init__(self, X, y, *, fit_intercept: bool, sample_weight=None, threads: int = 1,
+                 precision: str = "float64"):
+        self.sparse = isinstance(X, tuple)
+        if self.sparse:
+            data, indices, indptr, d = X
+            self.X, self.n, self.d = (data, indices, indptr), indptr.shape[0] - 1, int(d)
+        else:
+            self.X, (self.n, self.d) = X, X.shape
+        self.y, self.sample_weight = y, sample_weight
+        self.fit_intercept = bool(fit_intercept)
+        self.threads = max(1, int(threads))
+        self.precision = precision
+        if self.sparse:
+            self.workspace = csr_workspace(self.d, self.X[0].dtype, self.threads, precision)
+        else:
+            self.workspace = dense_workspace(self.X, self.threads, precision)
+        self._all_bounds = self._bounds(0, self.n)
+        self.weight_sum = float("nan")
+        form = "CSR" if self.sparse else "dense"
+        plural = "s" if self.threads > 1 else ""
+        self.kernel = f"fused one-pass CPU kernel (numba, {form}, {self.threads} thread{plural})"
+
+    def _bounds(self, start: int, stop: int):
+        if self.sparse:
+            return start + csr_chunk_bounds(self.X[2][start:stop + 1], self.threads)
+        return start + dense_chunk_bounds(stop - start, self.threads)
+
+    def __call__(self, params, loss: str, out, rows: slice | None = None) -> None:
+        """Overwrite ``out`` (float64, ``d + 2``: gradient sum, residual sum or 0, loss sum) with the sums
+        over ``rows`` (all rows by default) at ``params = [w, b]`` (float64, length ``d + 1``)."""
+        d = self.d
+        start, stop = (0, self.n) if rows is None else rows.indices(self.n)[:2]
+        stop = max(start, stop)
+        bounds = self._all_bounds if (start, stop) == (0, self.n) else self._bounds(start, stop)
+        w, b = params[:d], float(params[d]) if self.fit_intercept else 0.0
+        common = dict(sample_weight=self.sample_weight, out_grad=out[:d], threads=self.threads,
+                      precision=self.precision, workspace=self.workspace, bounds=bounds)
+        if self.sparse:
+            data, indices, indptr = self.X
+            loss_sum, _, intercept_sum, weight_sum = csr_loss_grad(data, indices, indptr, self.y, w, b, loss,
+                                                                   **common)
+        else:
+            loss_sum, _, intercept_sum, weight_sum = dense_loss_grad(self.X, self.y, w, b, loss, **common)
+        out[d] = intercept_sum if self.fit_intercept else 0.0
+        out[d + 1] = loss_sum
+        if rows is None:
+            self.weight_sum = weight_sum

@@ -1,0 +1,25 @@
+"""``pgd train`` on the compiled one-pass CPU kernel (PGD_CPU_KERNEL=fused) under mpirun: the same model as the
+blocked BLAS path, every rank count, and the summary says which ran."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from support.files import write_loss_datasets
+from support.mpi import train_params
+
+pytest.importorskip("numba")
+
+
+def test_fused_kernel_trains_the_blocked_model(tmp_path):
+    loss = "logistic"   # the squared loss through the same path: tests/unit/test_cpu_kernels.py
+    data = write_loss_datasets(tmp_path, 400, 6, seed=11, intercept=0.5)[loss]
+    args = (data, "--loss", loss, "--l2", "1e-3", "--dtype", "float64", "--solver", "iterative", "--tol", "1e-10")
+    blocked, attrs, _ = train_params(1, tmp_path / "blocked.h5", *args, env={"PGD_CPU_KERNEL": "blocked"})
+    assert "blocked" in attrs["gradient_kernel"]
+    for ranks in (1, 3):
+        params, attrs, _ = train_params(ranks, tmp_path / f"fused{ranks}.h5", *args,
+                                        env={"PGD_CPU_KERNEL": "fused"})
+        assert "numba" in attrs["gradient_kernel"], attrs["gradient_kernel"]
+        np.testing.assert_allclose(params, blocked, rtol=1e-8, atol=1e-9)

@@ -1,0 +1,350 @@
+"""The compiled CPU kernels (pgd/local/cpu_kernels.py) against float64 NumPy references."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+scipy_sparse = pytest.importorskip("scipy.sparse")
+
+from pgd.local import cpu_kernels as K  # noqa: E402
+from pgd.local.linear import LocalLinearGradient  # noqa: E402
+from pgd.local.losses import get_loss  # noqa: E402
+
+LOSSES = ("squared", "logistic", "gram")
+SHAPES = [(0, 3), (1, 1), (5, 1), (7, 2), (13, 5), (37, 17), (101, 33)]
+
+
+def reference(X, y, w, b, loss, weight=None):
+    """``(loss_sum, grad_sum, intercept_sum, weight_sum)`` in float64 NumPy, straight from the formulas."""
+    X64, y64 = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    s = np.ones(X64.shape[0]) if weight is None else np.asarray(weight, dtype=np.float64)
+    z = X64 @ w + b
+    if loss == "squared":
+        r, pointwise = z - y64, 0.5 * (z - y64) ** 2
+    elif loss == "logistic":
+        r, pointwise = 0.5 * (1 + np.tanh(z / 2)) - y64, np.logaddexp(0, z) - y64 * z
+    else:
+        r, pointwise = z, z * z
+    return float(s @ pointwise), X64.T @ (s * r), float(s @ r), float(s.sum())
+
+
+def problem(n, d, dtype, loss, weighted, seed=0):
+    rng = np.random.default_rng(seed)
+    X = (rng.standard_normal((n, d)) * rng.uniform(0.5, 3, d)).astype(dtype)
+    y = (rng.random(n) < 0.4).astype(dtype) if loss == "logistic" else rng.standard_normal(n).astype(dtype)
+    weight = rng.uniform(0, 2, n).astype(dtype) if weighted else None
+    w = rng.standard_normal(d) / np.sqrt(d)
+    return X, y, weight, w, float(rng.standard_normal())
+
+
+def assert_matches(result, expected, rtol=1e-11):
+    loss_sum, grad, intercept, weight_sum = result
+    e_loss, e_grad, e_intercept, e_weight = expected
+    scale = 1.0 + np.abs(e_grad).max(initial=0.0)
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_allclose(grad, e_grad, rtol=rtol, atol=rtol * scale)
+    assert loss_sum == pytest.approx(e_loss, rel=rtol, abs=rtol)
+    assert intercept == pytest.approx(e_intercept, rel=rtol, abs=rtol * scale)
+    assert weight_sum == pytest.approx(e_weight, rel=1e-6, abs=1e-9)
+
+
+def poisoned_workspace(d, threads):
+    workspace = K.Workspace(d, threads)
+    workspace.partials.fill(np.nan)
+    workspace.scalars.fill(np.nan)
+    return workspace
+
+
+def test_available():
+    assert K.available("dense", np.float32), K.unavailable_reason("dense", np.float32)
+    assert set(K.warm_up("dense", np.float32)) == {"dense/float32"}
+    assert K.available(), K.unavailable_reason()
+    report = K.warm_up()
+    assert set(report) == {"dense/float32", "dense/float64", "csr/float32", "csr/float64"}
+    assert all(entry["seconds"] >= 0 and isinstance(entry["cache_hit"], bool) for entry in report.values())
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_dense_matches_reference(shape, threads, weighted, dtype, loss):
+    X, y, weight, w, b = problem(*shape, dtype, loss, weighted)
+    out = np.full(shape[1], np.nan)
+    result = K.dense_loss_grad(X, y, w, b, loss, sample_weight=weight, out_grad=out, threads=threads,
+                               workspace=poisoned_workspace(shape[1], threads))
+    assert result[1] is out
+    assert_matches(result, reference(X, y, w, b, loss, weight))
+
+
+def to_csr(X, index_dtype, indptr_dtype=np.int64, empty_every=0):
+    """CSR arrays of ``X`` with some entries (and, with ``empty_every``, whole rows) zeroed out."""
+    X = X.copy()
+    X[np.abs(X) < 0.7] = 0                     # about half the entries
+    if empty_every:
+        X[::empty_every] = 0                   # empty rows
+    if X.shape[1] > 2:
+        X[:, 1] = 0                            # an all-zero column
+    A = scipy_sparse.csr_matrix(X)
+    return X, A.data, A.indices.astype(index_dtype), A.indptr.astype(indptr_dtype)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_csr_matches_reference(shape, threads, weighted, index_dtype, dtype, loss):
+    X, y, weight, w, b = problem(*shape, dtype, loss, weighted, seed=1)
+    X, data, indices, indptr = to_csr(X, index_dtype, indptr_dtype=index_dtype, empty_every=3)
+    out = np.full(shape[1], np.nan)
+    result = K.csr_loss_grad(data, indices, indptr, y, w, b, loss, sample_weight=weight, out_grad=out,
+                             threads=threads, workspace=poisoned_workspace(shape[1], threads))
+    assert_matches(result, reference(X, y, w, b, loss, weight))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_csr_slice_of_a_larger_indptr(threads):
+    """A rank's slice: ``indptr`` starts above 0 and ``data``/``indices`` are the whole arrays."""
+    X, y, _, w, b = problem(50, 9, np.float64, "logistic", False, seed=2)
+    X, data, indices, indptr = to_csr(X, np.int32, empty_every=4)
+    rows = slice(11, 40)
+    result = K.csr_loss_grad(data, indices, indptr[rows.start:rows.stop + 1], y[rows], w, b, "logistic",
+                             threads=threads)
+    assert_matches(result, reference(X[rows], y[rows], w, b, "logistic"))
+
+
+@pytest.mark.parametrize("kind", ["dense", "csr"])
+def test_threads_deterministic_and_agree(kind):
+    X, y, weight, w, b = problem(1003, 31, np.float32, "logistic", True, seed=3)
+    if kind == "csr":
+        _, data, indices, indptr = to_csr(X, np.int32, empty_every=5)
+
+        def run(threads):
+            return K.csr_loss_grad(data, indices, indptr, y, w, b, "logistic", sample_weight=weight,
+                                   threads=threads)
+    else:
+        def run(threads):
+            return K.dense_loss_grad(X, y, w, b, "logistic", sample_weight=weight, threads=threads)
+    results = {threads: run(threads) for threads in (1, 2, 3)}
+    ballast = []
+    for threads, (loss_sum, grad, intercept, weight_sum) in results.items():
+        for size in range(1, 9):   # fresh buffers at other addresses each time: sums must not care
+            ballast.append(np.empty(size * 24 + threads))
+            again = run(threads)
+            assert (again[0], again[2], again[3]) == (loss_sum, intercept, weight_sum)
+            np.testing.assert_array_equal(again[1], grad)   # bit for bit, run to run
+        np.testing.assert_allclose(grad, results[1][1], rtol=1e-12, atol=1e-12 * np.abs(grad).max())
+        assert loss_sum == pytest.approx(results[1][0], rel=1e-13)
+    assert not np.array_equal(results[1][1], np.zeros_like(results[1][1]))
+
+
+@pytest.mark.parametrize("indptr", [
+    [0], [0, 0, 0], [0, 5], [0, 1, 2, 3, 4, 5, 6, 7], [0, 100, 100, 101, 102, 300],
+    [7, 7, 9, 30, 30, 31], [0, 0, 0, 0, 50, 50, 50],
+])
+@pytest.mark.parametrize("chunks", [1, 2, 3, 5])
+def test_csr_chunk_bounds(indptr, chunks):
+    indptr = np.array(indptr, dtype=np.int64)
+    bounds = K.csr_chunk_bounds(indptr, chunks)
+    n = len(indptr) - 1
+    assert len(bounds) == chunks + 1 and bounds[0] == 0 and bounds[-1] == n
+    assert np.all(np.diff(bounds) >= 0)
+    nnz = indptr[bounds[1:]] - indptr[bounds[:-1]]
+    heaviest_row = np.diff(indptr).max(initial=0)
+    assert nnz.max(initial=0) <= -(-(indptr[-1] - indptr[0]) // chunks) + heaviest_row
+
+
+def test_dense_chunk_bounds():
+    assert K.dense_chunk_bounds(10, 3).tolist() == [0, 3, 6, 10]
+    assert K.dense_chunk_bounds(0, 2).tolist() == [0, 0, 0]
+    assert K.dense_chunk_bounds(2, 3).tolist() == [0, 0, 1, 2]
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("fit_intercept", [False, True])
+@pytest.mark.parametrize("mode", ["squared", "logistic", "gram"])
+@pytest.mark.parametrize("rows", [None, slice(3, 50), slice(60, 60)])
+def test_fused_cpu_gradient_matches_local_linear_gradient(rows, mode, fit_intercept, sparse):
+    """Same ``out`` layout and values as pgd.local.linear's blocked path, for the whole slab and slices."""
+    loss = "logistic" if mode == "logistic" else "squared"
+    X, y, weight, w, b = problem(61, 7, np.float64, loss, True, seed=4)
+    if sparse:
+        X, data, indices, indptr = to_csr(X, np.int64, empty_every=6)
+        slab = (data, indices, indptr, X.shape[1])
+    else:
+        slab = X
+    params = np.append(w, b)
+    part = slice(None) if rows is None else rows      # (the blocked Gram product has no ``rows``)
+    blocked = LocalLinearGradient(X[part], y[part], get_loss(loss), fit_intercept=fit_intercept, xp=np,
+                                  sample_weight=weight[part], block_bytes=7 * 8 * 5)
+    expected, got = np.empty(9), np.full(9, np.nan)
+    blocked.sums_at(params, expected, gram=mode == "gram")
+    fused = K.FusedCPUGradient(slab, y, fit_intercept=fit_intercept, sample_weight=weight, threads=2)
+    fused(params, mode, got, rows)
+    np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-11)
+    if rows is None:
+        assert fused.weight_sum == pytest.approx(float(weight.sum(dtype=np.float64)))
+    assert "numba" in fused.kernel
+
+
+@pytest.mark.parametrize("kind", ["dense", "csr"])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_data_precision_float32(threads, loss, kind):
+    """``precision="data"``: products inside a row in float32; sums over rows still float64."""
+    X, y, weight, w, b = problem(203, 19, np.float32, loss, True, seed=5)
+    if kind == "csr":
+        X, data, indices, indptr = to_csr(X, np.int32, empty_every=7)
+        result = K.csr_loss_grad(data, indices, indptr, y, w, b, loss, sample_weight=weight, threads=threads,
+                                 precision="data", workspace=K.csr_workspace(19, np.float32, threads, "data"))
+    else:
+        result = K.dense_loss_grad(X, y, w, b, loss, sample_weight=weight, threads=threads, precision="data",
+                                   workspace=K.dense_workspace(X, threads, "data"))
+    # w rounded to float32 is the model the products see: compare with it, to float32 rounding
+    assert_matches(result, reference(X, y, w.astype(np.float32).astype(np.float64), b, loss, weight), rtol=2e-5)
+    np.testing.assert_allclose(result[1], reference(X, y, w, b, loss, weight)[1], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("y_value", [0.0, 1.0])
+def test_logistic_extreme_scores(y_value):
+    """The kernel's own exp/log1p: full float64 accuracy for every score, nothing overflows; below
+    exp(-708) (3e-308) the value is clipped like pgd.local.losses clips it."""
+    z = np.concatenate([np.linspace(-800, 800, 4001), [0.0, -0.0, 1e-300, -1e-300, 36.7, -36.7, 1e-9, -1e-9]])
+    X, y, ones = z[:, None].copy(), np.full(z.size, y_value), np.ones(1)
+    sums = np.empty((z.size, 3))
+    for i in range(z.size):
+        loss_sum, grad, r_sum, _ = K.dense_loss_grad(X[i:i + 1], y[i:i + 1], ones, 0.0, "logistic")
+        sums[i] = loss_sum, r_sum, grad[0]
+    for i, zi in enumerate(z):
+        e = math.exp(-abs(zi))
+        sigmoid = 1 / (1 + e) if zi >= 0 else e / (1 + e)
+        loss = max(zi, 0.0) - y_value * zi + math.log1p(e)
+        assert sums[i, 0] == pytest.approx(loss, rel=4e-16, abs=4e-308), zi
+        assert sums[i, 1] == pytest.approx(sigmoid - y_value, rel=4e-16, abs=4e-308), zi
+        assert sums[i, 2] == pytest.approx((sigmoid - y_value) * zi, rel=4e-16, abs=1e-303), zi
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_threads_work_in_a_forked_child():
+    """A child forked after the pool started gets a pool of its own (the parent's threads are gone)."""
+    import multiprocessing
+
+    X, y, _, w, b = problem(300, 5, np.float64, "squared", False, seed=6)
+    expected = K.dense_loss_grad(X, y, w, b, "squared", threads=2)[0]
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(K.dense_loss_grad, (X, y, w, b, "squared"), {"threads": 2}).get(timeout=60)[0]
+    assert got == expected
+
+
+def test_bad_arguments():
+    X, y, _, w, b = problem(5, 3, np.float64, "squared", False)
+    with pytest.raises(ValueError, match="unknown loss"):
+        K.dense_loss_grad(X, y, w, b, "hinge")
+    with pytest.raises(ValueError, match="C-contiguous"):
+        K.dense_loss_grad(np.asfortranarray(X), y, w, b, "squared")
+    with pytest.raises(ValueError, match="y must have"):
+        K.dense_loss_grad(X, y.astype(np.float32), w, b, "squared")
+    with pytest.raises(ValueError, match="out_grad"):
+        K.dense_loss_grad(X, y, w, b, "squared", out_grad=np.empty(3, dtype=np.float32))
+    with pytest.raises(ValueError, match="threads"):
+        K.Workspace(3, 0)
+    with pytest.raises(ValueError, match="precision"):
+        K.dense_loss_grad(X, y, w, b, "squared", precision="half")
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv(K.DISABLE_ENV, "blocked")
+    assert not K.available()
+    assert K.DISABLE_ENV in K.unavailable_reason()
+    assert K.warm_up() == {"problem": K.unavailable_reason()}
+
+
+def test_compile_failure_is_a_reason_not_a_crash(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("Failed in nopython mode pipeline\nmore lines")
+
+    monkeypatch.setattr(K, "_problems", {})
+    monkeypatch.setattr(K, "_self_check", broken)
+    assert not K.available()
+    assert K.unavailable_reason() == ("compiled CPU kernels failed to compile "
+                                      "(RuntimeError: Failed in nopython mode pipeline)")
+
+
+def test_wrong_kernel_is_a_reason(monkeypatch):
+    monkeypatch.setattr(K, "_problems", {})
+    monkeypatch.setattr(K, "_self_check", lambda kind, *args: f"{kind} squared float32 disagrees with NumPy")
+    assert not K.available()
+    assert "failed its start-up check" in K.unavailable_reason()
+
+
+def test_without_numba(monkeypatch):
+    """The module imports without numba and says so (a fresh copy of it, numba hidden)."""
+    monkeypatch.setitem(sys.modules, "numba", None)
+    spec = importlib.util.spec_from_file_location("cpu_kernels_without_numba", K.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert not module.available()
+    assert module.unavailable_reason().startswith("numba is not installed")
+
+
+def test_benchmark_runs_and_writes_its_rows(tmp_path):
+    """``python -m pgd.bench.cpu_kernels`` on a tiny problem: every candidate measured, JSON written."""
+    import json
+
+    from pgd.bench import cpu_kernels as bench
+
+    out = tmp_path / "bench.json"
+    assert bench.main(["--megabytes", "0.05", "--rounds", "1", "--d", "4", "--dtypes", "float32",
+                       "--losses", "logistic", "--threads", "1", "--sparse", "60,20,3", "--no-startup",
+                       "--passes", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    candidates = {(row["kind"], row["candidate"]) for row in results["rows"]}
+    assert candidates == {("dense", "blocked BLAS (pgd.local.linear)"), ("dense", "numba fused (float64)"),
+                          ("dense", "numba fused (data)"), ("csr", "scipy two calls"),
+                          ("csr", "numba fused (float64), 1 thread"), ("csr", "numba fused (data), 1 thread")}
+    assert all(row["ratio"] > 0 and row["floor_ms"] > 0 for row in results["rows"])
+    assert {row["precision"] for row in results["passes"]} == {"float64", "data"}
+
+
+@pytest.mark.parametrize("choice, n_bytes, d, threads, expect", [
+    ("blocked", 1 << 30, 100, 2, "PGD_CPU_KERNEL=blocked"),
+    ("auto", 1 << 20, 100, 2, "slab below"),
+    ("auto", 1 << 30, 16, 1, "d < 64 on one thread"),
+    ("auto", 1 << 30, 16, 2, ""),
+    ("auto", 1 << 30, 100, 1, ""),
+    ("fused", 1 << 10, 4, 1, ""),
+])
+def test_host_kernel_choice(choice, n_bytes, d, threads, expect):
+    from pgd.local.linear import host_kernel_choice
+
+    reason = host_kernel_choice(n_bytes, d, threads, np.float64, choice)
+    assert (reason == "") if not expect else (expect in reason)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_local_gradient_runs_the_kernel_where_chosen(monkeypatch, dtype, weighted):
+    """PGD_CPU_KERNEL=fused puts the compiled kernel behind LocalLinearGradient; it equals the blocked path."""
+    X, y, weight, w, b = problem(301, 7, dtype, "logistic", weighted)
+    params = np.append(w, b)
+    results = {}
+    for choice in ("fused", "blocked"):
+        monkeypatch.setenv("PGD_CPU_KERNEL", choice)
+        local = LocalLinearGradient(X, y, get_loss("logistic"), fit_intercept=True, xp=np, sample_weight=weight)
+        assert ("numba" in local.kernel) == (choice == "fused"), local.kernel
+        for mode in ("loss", "gram"):
+            out = np.full(X.shape[1] + 2, np.nan)
+            local.sums_at(params, out, gram=mode == "gram")
+            results[choice, mode] = out
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for mode in ("loss", "gram"):
+        np.testing.assert_allclose(results["fused", mode], results["blocked", mode], rtol=tol, atol=tol)
