@@ -118,6 +118,9 @@ class LocalMultinomialGradient:
         self._b = xp.empty(K, dtype=self.dtype)
         self._XtR = xp.empty((self.d, K), dtype=self.dtype)
         self._row_offsets = xp.arange(rows, dtype=xp.int64) * K
+        self._batch_X = xp.empty((0, self.d), dtype=self.dtype)   # mini-batch buffers (see _gathered)
+        self._batch_labels = xp.empty(0, dtype=xp.int64)
+        self._batch_weight = xp.empty(0, dtype=self.dtype)
 
     @property
     def n_params(self) -> int:
@@ -131,11 +134,27 @@ class LocalMultinomialGradient:
             X, labels = X[rows], labels[rows]
             weight = None if weight is None else weight[rows]
         elif rows is not None:
-            X, labels = self.xp.take(X, rows, axis=0), self.xp.take(labels, rows)
-            weight = None if weight is None else self.xp.take(weight, rows)
+            X, labels, weight = self._gathered(rows)
         for start in range(0, X.shape[0], self.block_rows):
             stop = min(start + self.block_rows, X.shape[0])
             yield X[start:stop], labels[start:stop], None if weight is None else weight[start:stop]
+
+    def _gathered(self, rows):
+        """``(X, labels, weight)`` of the local rows ``rows`` (an index array) in batch buffers that grow to the
+        largest batch seen and are then reused (mini-batch steps allocate nothing once warm)."""
+        xp, count = self.xp, len(rows)
+        if self._batch_X.shape[0] < count:
+            self._batch_X = xp.empty((count, self.d), dtype=self.dtype)
+            self._batch_labels = xp.empty(count, dtype=xp.int64)
+            self._batch_weight = xp.empty(count if self.sample_weight is not None else 0, dtype=self.dtype)
+        X, labels = self._batch_X[:count], self._batch_labels[:count]
+        xp.take(self.X, rows, axis=0, out=X)
+        xp.take(self.labels, rows, out=labels)
+        if self.sample_weight is None:
+            return X, labels, None
+        weight = self._batch_weight[:count]
+        xp.take(self.sample_weight, rows, out=weight)
+        return X, labels, weight
 
     def _set_params(self, params) -> None:
         """Cast the flat float64 ``params`` into the data-dtype ``W`` and ``b`` buffers."""

@@ -107,7 +107,11 @@ def test_rows_slices_and_index_arrays_sum_their_rows_only():
     got, on_slice = np.empty(local.n_params + 1), np.empty(local.n_params + 1)
     local.sums_at(params, got, rows=rows)
     local.sums_at(params, on_slice, rows=slice(5, 20))
-    for picked, result in ((rows, got), (np.arange(5, 20), on_slice)):
+    buffer = local._batch_X
+    smaller = np.empty(local.n_params + 1)
+    local.sums_at(params, smaller, rows=rows[:2])   # a smaller batch reuses the gathered rows' buffers
+    assert local._batch_X is buffer
+    for picked, result in ((rows, got), (np.arange(5, 20), on_slice), (rows[:2], smaller)):
         loss, grad_W, grad_b = reference(X[picked], y[picked], params[: D * K].reshape(D, K), params[D * K:],
                                          weight[picked])
         assert np.allclose(result, np.concatenate([grad_W.ravel(), grad_b, [loss]]), rtol=1e-12, atol=1e-12)
