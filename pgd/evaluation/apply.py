@@ -57,7 +57,7 @@ def evaluate_model(world, model_path: str, data_path: str, *, x_key="X", y_key="
     model, slab, scores = _model_and_scores(world, model_path, data_path, x_key=x_key, y_key=y_key,
                                             locking=locking, require_y=True, weight_key=weight_key)
     if model.loss == "multinomial":
-        count_classes(world, slab.y, slab.start, slab.meta.n, data_path, model.n_classes)
+        count_classes(world, slab.y, slab.start, slab.meta.n, data_path, model.n_classes, "the model's classes:")
         metrics = multiclass_metrics(slab.y, scores, world, weight=slab.weight)
     elif model.loss == "logistic":
         with collectively(world):

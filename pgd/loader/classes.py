@@ -29,9 +29,10 @@ def parse_multiclass_weight(text: str | None, n_classes: int):
     return values
 
 
-def count_classes(mpi_comm, y: np.ndarray, start: int, n: int, path: str, requested: int | None) -> int:
+def count_classes(mpi_comm, y: np.ndarray, start: int, n: int, path: str, requested: int | None,
+                  source: str = "--classes") -> int:
     """K for labels ``y`` (this rank's host labels, global rows from ``start``), checked collectively: every
-    label an integer in ``0 .. K-1`` and K at least 2."""
+    label an integer in ``0 .. K-1`` and K at least 2; ``source`` names where a ``requested`` K comes from."""
     top = np.array([float(y.max()) if len(y) else -1.0])
     mpi_comm.Allreduce(MPI.IN_PLACE, top, op=MPI.MAX)
     n_classes = int(requested) if requested else int(top[0]) + 1 if np.isfinite(top[0]) else 0
@@ -41,7 +42,7 @@ def count_classes(mpi_comm, y: np.ndarray, start: int, n: int, path: str, reques
     mpi_comm.Allreduce(MPI.IN_PLACE, found[:1], op=MPI.SUM)
     mpi_comm.Allreduce(MPI.IN_PLACE, found[1:], op=MPI.MAX)
     if found[0]:
-        limit = f"0 .. {n_classes - 1} (--classes {n_classes})" if requested else "integers 0 .. K-1"
+        limit = f"0 .. {n_classes - 1} ({source} {n_classes})" if requested else "integers 0 .. K-1"
         raise InputError(f"{path}: {int(found[0])} labels are not {limit} as multinomial loss needs; first in row "
                          f"{int(-found[1])} (map other labels with `pgd data convert ... --labels classes`)",
                          collective=True)
@@ -66,11 +67,12 @@ def class_factors(mpi_comm, y: np.ndarray, weight, spec, n_classes: int) -> np.n
     return np.where(present, totals.sum() / (present.sum() * np.where(present, totals, 1.0)), 0.0)
 
 
-def prepare_classes(mpi_comm, slab, backend, *, requested: int | None, class_weight: str | None) -> int:
+def prepare_classes(mpi_comm, slab, backend, *, requested: int | None, class_weight: str | None,
+                    source: str = "--classes") -> int:
     """Check ``slab``'s labels, apply ``--class-weight`` to its weights (in place: ``weight``,
     ``total_weight``, ``weight_source``) and return K.  ``slab`` was loaded without class weights."""
     y = np.asarray(backend.to_host(slab.y), dtype=np.float64)
-    n_classes = count_classes(mpi_comm, y, slab.start, slab.meta.n, slab.meta.path, requested)
+    n_classes = count_classes(mpi_comm, y, slab.start, slab.meta.n, slab.meta.path, requested, source)
     spec = parse_multiclass_weight(class_weight, n_classes)
     if spec is None:
         return n_classes

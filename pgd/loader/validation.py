@@ -81,7 +81,8 @@ def load_validation_file(world, cfg, backend, slab) -> ValidationRows:
         raise InputError(f"--validation {cfg.validation} has {rows.meta.d} columns but the training data has "
                          f"{slab.meta.d}", collective=True)
     if multinomial:
-        prepare_classes(world, rows, backend, requested=slab.n_classes, class_weight=cfg.class_weight)
+        prepare_classes(world, rows, backend, requested=slab.n_classes, class_weight=cfg.class_weight,
+                        source="the training data's classes:")
     return ValidationRows(rows.X, rows.y, rows.weight, rows.n_global, f"--validation {cfg.validation}")
 
 

@@ -168,3 +168,18 @@ def test_bench_gradient_times_multinomial_against_one_gemm(tmp_path):
     report = json.loads(result.stdout)
     assert [case["classes"] for case in report["cases"]] == [3, 7] and report["ranks"] == 2
     assert all(case["ratio"] == case["pgd_iteration"] / case["local_gemm"] > 0 for case in report["cases"])
+
+
+def test_labels_outside_the_models_classes_are_one_line(tmp_path):
+    X = np.random.default_rng(5).standard_normal((30, 2))
+    data = write_dataset(tmp_path / "m.h5", X, np.arange(30) % 3)
+    other = write_dataset(tmp_path / "o.h5", X, np.arange(30) % 4)
+    model = tmp_path / "model.h5"
+    results = run_cases(2, [
+        {"args": ["train", data, "--loss", "multinomial", "--out", str(model), "--quiet"]},
+        {"args": ["evaluate", str(model), other]},
+        {"args": ["train", data, "--loss", "multinomial", "--validation", other]},
+    ], tmp_path)
+    assert results[0]["code"] == 0
+    assert_one_error_line(results[1], "labels are not 0 .. 2 (the model's classes: 3)")
+    assert_one_error_line(results[2], "labels are not 0 .. 2 (the training data's classes: 3)")
