@@ -59,15 +59,24 @@ def bench_straggler(n, d, condition, bounds, slow_factor, repeats, fraction, loc
 @option("--n", "n", type=click.IntRange(min=1), default=1_000_000, help="Rows (over all ranks).")
 @option("--d", "d", type=click.IntRange(min=1), default=100, help="Columns.")
 @option("--dtype", type=DTYPE, default="float32", help="Float type.")
-@option("--loss", type=click.Choice(["squared", "logistic"]), default="squared", help="Loss.")
+@option("--loss", type=click.Choice(["squared", "logistic", "multinomial"]), default="squared", help="Loss.")
+@option("--classes", type=click.IntRange(min=2), multiple=True, default=(2, 10, 100),
+        help="multinomial: K (repeat the option for several; each against one GEMM over X).")
 @option("--repeats", type=click.IntRange(min=1), default=20, help="Timed repetitions (median).")
 @option("--block-bytes", type=click.IntRange(min=1024), default=1 << 20, help="pgd's row-block size.")
 @JSON_OPTION
-def bench_gradient(n, d, dtype, loss, repeats, block_bytes, as_json):
-    """One training iteration of pgd (compiled kernel, blocked BLAS, naive) against one GEMV over the same rows."""
+def bench_gradient(n, d, dtype, loss, classes, repeats, block_bytes, as_json):
+    """One training iteration of pgd (compiled kernel, blocked BLAS, naive) against one GEMV over the same rows;
+    multinomial: against one GEMM X W over this rank's rows, for every --classes K."""
     from pgd.bench.common import format_gradient_bench, gradient_bench  # noqa: PLC0415
 
     world = get_world()
+    if loss == "multinomial":
+        from pgd.bench.multinomial import format_multinomial_bench, multinomial_gradient_bench  # noqa: PLC0415
+
+        result = multinomial_gradient_bench(world, n=n, d=d, dtype=dtype, classes=classes, repeats=repeats,
+                                            block_bytes=block_bytes)
+        return print_result(world, result, as_json, format_multinomial_bench(result))
     result = gradient_bench(world, n=n, d=d, dtype=dtype, loss=loss, repeats=repeats,
                             block_bytes=block_bytes)
     print_result(world, result, as_json, format_gradient_bench(result))

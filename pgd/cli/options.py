@@ -85,7 +85,10 @@ COMPUTE_OPTIONS = [
 
 MODEL_OPTIONS = [
     option("--loss", type=RegistryChoice(loss_names), required=True,
-           help="squared: ½(ŷ−y)²; logistic: labels in {0,1}."),
+           help="squared: ½(ŷ−y)²; logistic: labels in {0,1}; multinomial: softmax cross-entropy, labels "
+                "0..K−1 (data mode)."),
+    option("--classes", type=click.IntRange(min=2), default=None,
+           help="multinomial: the number of classes K (default: the largest label + 1)."),
     option("--l2", type=NONNEG_FLOAT, default=0.0, help="L2 penalty λ in (λ/2)‖w‖²."),
     option("--l1", type=NONNEG_FLOAT, default=0.0,
            help="L1 penalty α in α‖w‖₁ (with --l2: elastic net); proximal steps with gd (ISTA), nesterov "
@@ -97,8 +100,9 @@ MODEL_OPTIONS = [
     option("--penalty-scale", type=click.Choice(["original", "standardized"]), default="original",
            help="Coefficients the penalties apply to: original w (the objective as documented) or the "
                 "standardised ones (glmnet/Spark convention; changes the optimum)."),
-    option("--class-weight", default=None, metavar="balanced|W0,W1",
-           help="logistic: weight rows of class 0 and 1 (balanced: n / (2 n_class)), times any sample weights."),
+    option("--class-weight", default=None, metavar="balanced|W0,W1[,...]",
+           help="logistic/multinomial: weight rows by class (balanced: n / (K n_class); or one weight per class), "
+                "times any sample weights."),
 ]
 
 #: Options of the individual optimizers (pgd.optim.methods, pgd.optim.sgd) and of the Gram solver.
@@ -184,6 +188,18 @@ OUTPUT_OPTIONS = [
 ]
 
 
+VALIDATION_OPTIONS = [
+    option("--validation", type=click.Path(dir_okay=False), default=None,
+           help="Validation data (same format): its loss and metric every --validate-every iterations."),
+    option("--validation-fraction", type=FiniteFloatRange(min=0.0, max=1.0, min_open=True, max_open=True),
+           default=None, help="Hold out this share of the training rows for validation (seeded by --seed; the "
+                              "same rows whatever the rank count)."),
+    option("--validate-every", type=click.IntRange(min=1), default=10,
+           help="Validate every K iterations (and the last iterate)."),
+    option("--early-stopping", type=click.IntRange(min=0), default=0,
+           help="Stop after P validations without a lower validation loss and keep the best weights (0: off)."),
+]
+
 CHECKPOINT_OPTIONS = [
     option("--checkpoint", type=click.Path(dir_okay=False), default=None,
            help="Checkpoint file (the one before is kept as PATH.prev)."),
@@ -198,7 +214,7 @@ CHECKPOINT_OPTIONS = [
 ]
 
 TRAIN_OPTIONS = (DATA_OPTIONS + [WEIGHT_OPTION] + COMPUTE_OPTIONS + MODEL_OPTIONS + OPTIMIZER_OPTIONS + PARALLEL_OPTIONS
-                 + ASYNC_OPTIONS + OUTPUT_OPTIONS + CHECKPOINT_OPTIONS)
+                 + ASYNC_OPTIONS + VALIDATION_OPTIONS + OUTPUT_OPTIONS + CHECKPOINT_OPTIONS)
 
 
 def train_config(**values) -> RunConfig:

@@ -15,6 +15,7 @@ import itertools
 import os
 from typing import Iterable, Iterator
 
+import h5py
 import numpy as np
 
 from pgd.data.slab import default_block_rows
@@ -61,11 +62,10 @@ def _label_index(label_column, names: list[str] | None, ncols: int, src: str) ->
 
 
 def _class_order(classes: set, src: str) -> list:
-    """The two classes of ``--labels classes`` in the order that maps them to 0 and 1."""
-    if len(classes) != 2:
-        shown = ", ".join(repr(c) for c in sorted(classes, key=str)[:6]) + (", ..." if len(classes) > 6 else "")
-        raise InputError(f"--labels classes needs exactly two classes but {src} has {len(classes)}: {shown} "
-                         "(pgd's logistic loss fits two classes)")
+    """The classes of ``--labels classes`` in the order that maps them to 0 .. K-1 (numbers by value, else
+    text); two for logistic loss, K for multinomial."""
+    if len(classes) < 2:
+        raise InputError(f"--labels classes needs at least two classes but {src} has {len(classes)}")
     try:
         return sorted(classes, key=float)
     except ValueError:
@@ -96,7 +96,7 @@ class _LabelCheck:
                 except ValueError:
                     place = f"{self.unit} {row}" + (f" column {column}" if column is not None else "")
                     raise InputError(f"{self.src} {place}: {value!r} is not a number; it is the label column: "
-                                     "--labels classes maps two classes to 0 and 1") from None
+                                     "--labels classes maps the classes to 0 .. K-1") from None
             raise
 
     def apply(self, y: np.ndarray, where: np.ndarray, column: int | None = None) -> np.ndarray:
@@ -126,7 +126,8 @@ class _LabelCheck:
             return None
         low, high = min(self.values), max(self.values)
         return (f"the labels are {len(self.values)} distinct integers ({low:g} ... {high:g}): this looks like a "
-                "multiclass task; it is stored as regression (pgd's logistic loss fits two classes, 0 and 1)")
+                "multiclass task: it is stored as is; train it with --loss multinomial (labels 0 .. K-1; "
+                "--labels classes maps other labels)")
 
 
 def _csv_rows(src: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
@@ -228,10 +229,11 @@ def csv_layout(src: str, label_column, delimiter: str, header: bool | None, note
 def _csv_source(src: str, label_column, delimiter: str, header: bool | None, block_rows: int | None,
                 collect_classes: bool, notes: list):
     rows, first, second, header, ncols, label, features = csv_layout(src, label_column, delimiter, header, notes)
+    feature_names = [first[1][c].strip() for c in features] if header else None   # kept as /feature_names
     fast = None if collect_classes else fast_csv_blocks(src, delimiter, bool(header), ncols)
     if fast is not None:  # numeric text: compiled count and parse, the csv module for awkward blocks
         return fast[0], len(features), _fast_blocks(fast[1], src, delimiter, ncols, features, label), "line", None, \
-            label
+            label, feature_names
     n, classes = 0, (set() if collect_classes and label is not None else None)
     for _, fields in itertools.chain([] if header else [first], [second] if second else [], rows):
         n += 1
@@ -246,7 +248,7 @@ def _csv_source(src: str, label_column, delimiter: str, header: bool | None, blo
             y = None if label is None else np.array([fields[label].strip() for _, fields in batch], dtype=object)
             yield X, y, np.array([line for line, _ in batch])
 
-    return n, len(features), blocks(), "line", classes, label
+    return n, len(features), blocks(), "line", classes, label, feature_names
 
 
 def _fast_blocks(items, src: str, delimiter: str, ncols: int, features: np.ndarray, label: int | None):
@@ -325,7 +327,7 @@ def _npy_source(src: str, label_column, block_rows: int | None, collect_classes:
             yield (np.asarray(xb, dtype=np.float64), None if yb is None else np.asarray(yb, dtype=np.float64),
                    np.arange(lo, hi))
 
-    return n, d, blocks(), "row", classes, "y" if features is None and labelled else label
+    return n, d, blocks(), "row", classes, "y" if features is None and labelled else label, None
 
 
 def _libsvm_records(src: str, offset: int) -> Iterator[tuple[int, float, list[int], list[float]]]:
@@ -388,7 +390,7 @@ def _libsvm_source(src: str, n_features: int | None, zero_based: bool, block_row
                 X[i, columns] = values
             yield X, np.array([r[1] for r in batch]), np.array([r[0] for r in batch])
 
-    return n, d, blocks(), "line", classes, 0
+    return n, d, blocks(), "line", classes, 0, None
 
 
 def convert_file(src, dst, fmt: str, *, label_column: str | int | None = None, labels: str = "asis",
@@ -452,12 +454,12 @@ def convert_file(src, dst, fmt: str, *, label_column: str | int | None = None, l
     attrs = {"source": src, "source_format": fmt, "converter": "pgd"}
     if fmt == "csv":
         delimiter = resolve_delimiter(src, delimiter, notes)
-        n, d, blocks, unit, classes, label = _csv_source(src, label_column, delimiter, header, block_rows,
+        n, d, blocks, unit, classes, label, names = _csv_source(src, label_column, delimiter, header, block_rows,
                                                          collect, notes)
     elif fmt == "npy":
-        n, d, blocks, unit, classes, label = _npy_source(src, label_column, block_rows, collect, notes)
+        n, d, blocks, unit, classes, label, names = _npy_source(src, label_column, block_rows, collect, notes)
     else:
-        n, d, blocks, unit, classes, label = _libsvm_source(src, n_features, zero_based, block_rows, collect,
+        n, d, blocks, unit, classes, label, names = _libsvm_source(src, n_features, zero_based, block_rows, collect,
                                                             notes)
         attrs["n_features_from"] = "--n-features" if n_features is not None else "largest index in the file"
     if n == 0:
@@ -467,11 +469,15 @@ def convert_file(src, dst, fmt: str, *, label_column: str | int | None = None, l
     order = _class_order(classes, src) if classes is not None else None
     if order is not None:
         attrs["label_classes"] = [str(c) for c in order]
-        notes.append(f"labels mapped: {order[0]!r} -> 0, {order[1]!r} -> 1 (stored as the attribute label_classes)")
+        shown = ", ".join(f"{c!r} -> {i}" for i, c in enumerate(order[:6])) + (", ..." if len(order) > 6 else "")
+        notes.append(f"labels mapped: {shown} (stored as the attribute label_classes"
+                     f"{'; train with --loss multinomial' if len(order) > 2 else ''})")
     check = _LabelCheck(labels, src, unit, order)
     column = label + 1 if fmt == "csv" and label is not None else None
     with atomic_h5_file(dst) as h5:
         x_dset, y_dset = create_xy(h5, n, d, dtype, chunk_rows, attrs, labels=label is not None)
+        if names is not None:   # the CSV header's feature names travel into the models trained on it
+            h5.create_dataset("feature_names", data=names, dtype=h5py.string_dtype())
         row = 0
         for x_block, y_block, where in blocks:
             x_dset[row:row + len(x_block)] = x_block
@@ -483,7 +489,7 @@ def convert_file(src, dst, fmt: str, *, label_column: str | int | None = None, l
             raise InputError(f"task binary needs labels 0/1 but {src} has others; "
                              "use --labels pm1 for -1/+1 labels or --labels classes for two other classes")
         if y_dset is not None:
-            note = None if task else check.multiclass_note()
+            note = None if task or order is not None else check.multiclass_note()
             notes += [note] if note else []
             task = task or ("binary" if check.all01 else "regression")
             h5.attrs["task"] = task

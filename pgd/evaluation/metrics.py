@@ -10,7 +10,8 @@ Conventions
   global row count (or the global sum of the sample weights ``s``, when given: every metric is then the
   weighted one, as scikit-learn's ``sample_weight``).  Results are Python floats/ints, identical on every
   rank.
-- Classification labels are in {0, 1}; a row is positive where its label equals 1.
+- Binary classification labels are in {0, 1}; a row is positive where its label equals 1.  Multiclass
+  labels are class indices ``0 .. K-1`` and the scores a ``(n_local, K)`` matrix.
 - A metric that is undefined (no rows, no variance, one class only) is ``nan``.
 """
 
@@ -23,7 +24,7 @@ from mpi4py import MPI
 
 from pgd.local.losses import LogisticLoss
 
-__all__ = ["regression_metrics", "classification_metrics", "distributed_roc_auc"]
+__all__ = ["regression_metrics", "classification_metrics", "multiclass_metrics", "distributed_roc_auc"]
 
 
 def _global_sums(local_values, comm, dtype=np.float64) -> np.ndarray:
@@ -125,6 +126,50 @@ def classification_metrics(y, z, comm, threshold: float = 0.5, weight=None) -> d
         "roc_auc": distributed_roc_auc(z, y, comm, weight),
         "n": int(n),
     }
+
+
+def multiclass_metrics(y, scores, comm, weight=None) -> dict:
+    """Log-loss, accuracy, macro-F1 and the confusion matrix of a K-class model over all ranks (one Allreduce).
+
+    Parameters
+    ----------
+    y : numpy.ndarray, (n_local,)
+        Class indices ``0 .. K-1`` (as floats or integers).
+    scores : numpy.ndarray, (n_local, K)
+        Raw scores ``X W + b``; probabilities are their row-wise softmax.
+    comm : mpi4py.MPI.Comm
+        Communicator over which the rows are spread.
+    weight : numpy.ndarray, (n_local,), optional
+        Sample weights (every count is then a weighted count).
+
+    Returns
+    -------
+    dict
+        ``log_loss``, ``accuracy``, ``macro_f1``, ``confusion`` (K x K nested list, rows true classes,
+        columns predicted classes; weighted counts) and ``n``.  Classes never true and never predicted are
+        left out of the macro average (scikit-learn's ``f1_score(average="macro")`` over the labels present).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    n_classes = scores.shape[1]
+    labels = np.asarray(y).astype(np.int64)
+    s = _row_weights(labels, weight)
+    rows = np.arange(len(labels))
+    top = scores.max(axis=1) if len(labels) else np.zeros(0)
+    row_loss = top + np.log(np.exp(scores - top[:, None]).sum(axis=1)) - scores[rows, labels]
+    predicted = scores.argmax(axis=1) if len(labels) else labels
+    local = np.zeros(n_classes * n_classes + 3)
+    np.add.at(local, labels * n_classes + predicted, s)
+    local[-3:] = (float(s @ row_loss), float(s.sum()), len(labels))
+    total = _global_sums(local, comm)
+    confusion = total[:-3].reshape(n_classes, n_classes)
+    true_count, predicted_count, correct = confusion.sum(axis=1), confusion.sum(axis=0), np.diag(confusion)
+    present = (true_count + predicted_count) > 0
+    f1 = np.divide(2 * correct, true_count + predicted_count, out=np.zeros(n_classes), where=present)
+    return {"log_loss": _ratio(total[-3], total[-2]),
+            "accuracy": _ratio(float(correct.sum()), total[-2]),
+            "macro_f1": float(f1[present].mean()) if present.any() else math.nan,
+            "confusion": confusion.tolist(),
+            "n": int(total[-1])}
 
 
 def distributed_roc_auc(scores, labels, comm, weight=None) -> float:

@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import math
 
+from pgd.local.multinomial import MultinomialLoss
+
 __all__ = [
     "sum64",
     "SquaredLoss",
     "LogisticLoss",
+    "MultinomialLoss",
     "LOSSES",
     "get_loss",
 ]
@@ -199,7 +202,9 @@ class LogisticLoss:
         return "LogisticLoss()"
 
 
-LOSSES = {"squared": SquaredLoss, "logistic": LogisticLoss}
+#: The ``--loss`` choices.  ``multinomial`` (softmax cross-entropy over K classes, labels 0 .. K-1) has a
+#: matrix of coefficients and its own local gradient, :class:`pgd.local.multinomial.LocalMultinomialGradient`.
+LOSSES = {"squared": SquaredLoss, "logistic": LogisticLoss, "multinomial": MultinomialLoss}
 
 
 def get_loss(name: str):
@@ -207,7 +212,7 @@ def get_loss(name: str):
 
     Parameters
     ----------
-    name : {"squared", "logistic"}
+    name : {"squared", "logistic", "multinomial"}
 
     Raises
     ------

@@ -168,6 +168,7 @@ class Progress:
         self._started = clock()
         self._first = None  # (iteration, time) of the first update: the per-iteration time counts from it
         self._shown = None  # (iteration, time) of the last line shown
+        self.note = ""  # shown at the end of every line (the latest validation, for example)
         self._drawn = False
 
     def update(self, iteration: int, loss: float, grad_norm: float, force: bool = False) -> None:
@@ -192,13 +193,14 @@ class Progress:
         pace = self._pace(iteration, now, finished=force)
         elapsed = _format_clock(now - self._started)
         if self.terminal is not None:
+            note = "  " + self.note if self.note else ""
             self._draw(iteration, f"{iteration}/{self.total} loss {loss:.7g} |grad| {grad_norm:.2e} "
                                   f"{pace[0] + '/it ' if pace else ''}{elapsed} elapsed"
-                                  f"{', <=' + pace[1] + ' left' if pace else ''}")
+                                  f"{', <=' + pace[1] + ' left' if pace else ''}{note}")
         else:
             self.log.write(f"pgd: iter {iteration:>{len(str(self.total))}}/{self.total}  loss {loss:.10g}  "
                            f"|grad| {grad_norm:.3e}  {pace[0] + '/it  ' if pace else ''}elapsed {elapsed}"
-                           f"{'  left <= ' + pace[1] if pace else ''}\n")
+                           f"{'  left <= ' + pace[1] if pace else ''}{'  ' + self.note if self.note else ''}\n")
             self.log.flush()
 
     def finish(self, iteration: int, loss: float, grad_norm: float) -> None:
@@ -236,11 +238,16 @@ def _updates_line(summary: dict) -> str:
     return text + f"; waiting {_format_seconds(summary['wait_seconds'])} (max over ranks)"
 
 
+def _classes(summary: dict) -> str:
+    """`` (K classes)`` for a multinomial run."""
+    return f" ({summary['n_classes']} classes)" if summary.get("n_classes") else ""
+
+
 def format_summary(summary: dict) -> str:
     """The end-of-run report: what ran, why it stopped, where the time went (max over ranks)."""
     timing = summary["timing"]
     lines = [
-        f"pgd train: {summary['loss']} loss, {summary['ranks']} rank(s), {summary['device']}, "
+        f"pgd train: {summary['loss']} loss{_classes(summary)}, {summary['ranks']} rank(s), {summary['device']}, "
         f"comm {summary['communicator']}, {summary['dtype']}, optimizer {summary['optimizer']}",
         f"  data {summary['data']}: {summary['n']} rows x {summary['d']} columns"
         + (f", sparse CSR with {summary['nnz']} non-zeros" if summary.get("data_format") == "csr" else ""),
@@ -259,6 +266,11 @@ def format_summary(summary: dict) -> str:
         f"(max over ranks); {_format_seconds(timing['per_iteration'])}/iteration, "
         f"{summary['comm_bytes_per_iteration']} B communicated per iteration per rank",
     ]
+    if "validation" in summary:
+        metrics = summary.get("validation_metrics") or {}
+        shown = "  ".join(f"{key} {value:.6g}" for key, value in metrics.items() if key != "iteration")
+        lines.append(f"  validation on {summary['validation_rows']} rows ({summary['validation']}): {shown} "
+                     f"(weights of iteration {metrics.get('iteration')})")
     if summary.get("solver", "iterative") != "iterative":
         lines.append(f"  solver {summary['solver']}")
     if "epochs" in summary:

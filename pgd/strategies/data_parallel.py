@@ -15,10 +15,14 @@ from pgd.comm.device import make_device_communicator
 from pgd.device.backend import host_copy_of
 from pgd.device.kernels import FinishKernel
 from pgd.device.ops import CupyOps
+from pgd.errors import InputError
+from pgd.loader.classes import prepare_classes
 from pgd.loader.host import load_row_slab
+from pgd.loader.validation import validation_rows
 from pgd.local.losses import get_loss
+from pgd.local.multinomial import LocalMultinomialGradient
 from pgd.local.power import curvature_bound
-from pgd.local.sparse import local_gradient
+from pgd.local.sparse import is_sparse, local_gradient
 from pgd.strategies.grid import grid_shape
 from pgd.strategies.standardize import column_moments
 
@@ -26,21 +30,28 @@ from pgd.strategies.standardize import column_moments
 class ReplicatedParameters:
     """Parameter-vector operations of objectives whose every rank holds the whole ``[w, b]``.
 
-    Needs the attributes ``d`` and ``xp``.
+    Needs the attributes ``d`` and ``xp``; ``n_classes`` (K, default 1) and ``n_params`` (default d + 1)
+    for a multinomial model's flat ``(d + 1, K)`` matrix ``[W; b]`` whose last K entries are intercepts.
     """
 
     _norm_work = None
     splits_parameters = False  # every rank holds the whole [w, b]
+    n_classes = 1
+
+    @property
+    def n_params(self) -> int:
+        """Length of the parameter vector: ``(d + 1) K``."""
+        return (self.d + 1) * self.n_classes
 
     def zeros(self):
-        """Initial parameters ``[w = 0, b = 0]`` (length d + 1)."""
-        return self.xp.zeros(self.d + 1, dtype=self.xp.float64)
+        """Initial parameters ``[w = 0, b = 0]`` (length :attr:`n_params`)."""
+        return self.xp.zeros(self.n_params, dtype=self.xp.float64)
 
     def start_vector(self, seed: int):
-        """The power iteration's start vector for ``seed`` (0 in the intercept slot without intercept)."""
-        vector = self.xp.asarray(np.random.default_rng(seed).standard_normal(self.d + 1))
+        """The power iteration's start vector for ``seed`` (0 in the intercept slots without intercept)."""
+        vector = self.xp.asarray(np.random.default_rng(seed).standard_normal(self.n_params))
         if not self.fit_intercept:
-            vector[self.d] = 0.0
+            vector[self.d * self.n_classes:] = 0.0
         return vector
 
     def norm_inf(self, v) -> float:
@@ -62,9 +73,12 @@ class ReplicatedParameters:
 class DataParallelObjective(ReplicatedParameters):
     """The global objective ``(1/Σs) Σ s_i loss_i + (λ/2)‖w‖²`` over row-partitioned data.
 
+    The parameters are ``[w, b]`` (length d + 1), or for a multinomial model the flat row-major ``(d + 1, K)``
+    matrix ``[W; b]`` (``local.n_classes`` = K, the penalty on the first ``d K`` entries).
+
     Parameters
     ----------
-    local : pgd.local.losses.LocalLinearGradient
+    local : pgd.local.linear.LocalLinearGradient or pgd.local.multinomial.LocalMultinomialGradient
         This rank's rows (and weights) and the blocked gradient kernel.
     comm : pgd.comm.host.Communicator
         Sums the per-rank buffers.
@@ -94,9 +108,11 @@ class DataParallelObjective(ReplicatedParameters):
         self.curvature = float(curvature)
         self.finish = finish
         self.d = local.d
+        self.n_classes = int(getattr(local, "n_classes", 1))
+        self.n_penalised = self.d * self.n_classes   # the coefficients; the intercepts are the rest
         self.compute_seconds = 0.0
         self.row_range = (0, local.n_local)  # this rank's global rows [start, stop)
-        self._sums = xp.zeros(self.d + 2, dtype=xp.float64)
+        self._sums = xp.zeros(self.n_params + 1, dtype=xp.float64)
         self._norm_sq = (None, 0.0)   # (gradient buffer, its squared norm) from the finishing kernel
 
     def _summed(self, params, *, gram: bool = False, rows=None):
@@ -140,13 +156,24 @@ class DataParallelObjective(ReplicatedParameters):
             return self._norm_sq[1]
         return super().dot(a, b)
 
+    @property
+    def l1_weights(self):
+        """Per-coordinate L1 factors of a multinomial model (ones, 0 for the K intercepts); None for
+        ``[w, b]``, whose optimizers exempt the last entry themselves."""
+        if self.n_classes == 1:
+            return None
+        weights = self.xp.ones(self.n_params, dtype=self.xp.float64)
+        weights[self.n_penalised:] = 0.0
+        return weights
+
     def _penalised(self, sums, params, grad_out) -> float:
         """Copy the normalised sums into ``grad_out`` and add the L2 penalty; returns the loss."""
-        w = params[: self.d]
-        grad_out[...] = sums[: self.d + 1]
-        loss = float(sums[self.d + 1])
+        n_penalised = self.n_penalised
+        w = params[:n_penalised]
+        grad_out[...] = sums[: self.n_params]
+        loss = float(sums[self.n_params])
         if self.l2:
-            grad_out[: self.d] += self.l2 * w
+            grad_out[:n_penalised] += self.l2 * w
             loss += 0.5 * self.l2 * float(self.xp.dot(w, w))
         return loss
 
@@ -157,21 +184,21 @@ class DataParallelObjective(ReplicatedParameters):
 
     def gram_product(self, params, out) -> None:
         """``out = X̃ᵀSX̃ params / Σs`` (one pass and one Allreduce; X̃ has the intercept column if fitted)."""
-        out[...] = self._reduced_sums(params, gram=True)[: self.d + 1]
+        out[...] = self._reduced_sums(params, gram=True)[: self.n_params]
 
     def lipschitz(self, power_iters: int, seed: int) -> float:
         """Upper-curvature estimate ``L = λmax(c·X̃ᵀSX̃/Σs + λ·diag(1..1, 0))`` by distributed power
-        iteration (``c``: the loss's curvature bound, 1 for squared, ¼ for logistic)."""
+        iteration (``c``: the loss's curvature bound, 1 for squared, ¼ for logistic, ½ for multinomial)."""
         penalty = None
         if self.l2:
-            penalty = self.xp.full(self.d + 1, self.l2)
-            penalty[self.d] = 0.0
+            penalty = self.xp.full(self.n_params, self.l2)
+            penalty[self.n_penalised:] = 0.0
         return curvature_bound(self, power_iters, seed, penalty)
 
 
-def device_finish(backend):
-    """The finishing kernel of :class:`DataParallelObjective` on a GPU backend, None on the host."""
-    if not backend.is_gpu:
+def device_finish(backend, n_classes: int = 1):
+    """The finishing kernel of :class:`DataParallelObjective` on a GPU backend (``[w, b]`` only), else None."""
+    if not backend.is_gpu or n_classes > 1:
         return None
 
     return FinishKernel(backend.xp, CupyOps(backend.xp))
@@ -183,18 +210,35 @@ def build_data_parallel(cfg, world, backend):
     Returns
     -------
     (objective, slab)
+        With ``--loss multinomial`` the slab carries ``n_classes`` (K); ``slab.validation`` holds this rank's
+        validation rows (:class:`pgd.loader.validation.ValidationRows`) or None.
     """
     if cfg.grid:
         grid_shape("data", cfg.grid, world.Get_size())  # --grid must then be Nx1
+    multinomial = cfg.loss == "multinomial"
     slab = load_row_slab(world, cfg.data, backend=backend, dtype=cfg.dtype, x_key=cfg.x_key,
                          y_key=cfg.y_key, locking=cfg.hdf5_locking, loss=cfg.loss,
-                         weight_key=cfg.weight_key, class_weight=cfg.class_weight)
+                         weight_key=cfg.weight_key, class_weight=None if multinomial else cfg.class_weight)
     loss = get_loss(cfg.loss)
-    local = local_gradient(slab.X, slab.y, loss, fit_intercept=cfg.fit_intercept, xp=backend.xp,
-                           block_bytes=cfg.block_bytes, sample_weight=slab.weight)
+    if is_sparse(slab.X) and (multinomial or cfg.validation or cfg.validation_fraction):
+        what = "--loss multinomial" if multinomial else "validation (--validation, --validation-fraction)"
+        raise InputError(f"{cfg.data} is sparse (CSR): {what} does not run on CSR data yet; train on a dense "
+                         f"copy (pgd data convert {cfg.data} DENSE.h5 --from h5 --to dense)", collective=True)
+    if multinomial:
+        slab.n_classes = prepare_classes(world, slab, backend, requested=cfg.classes, class_weight=cfg.class_weight)
+    slab, validation = validation_rows(world, cfg, backend, slab)   # held-out rows leave the training slab
+    if multinomial:
+        block_bytes = cfg.block_bytes if not backend.is_gpu else 1 << 62   # a GPU: the slab in one pair of GEMMs
+        local = LocalMultinomialGradient(slab.X, slab.y, slab.n_classes, fit_intercept=cfg.fit_intercept,
+                                         xp=backend.xp, block_bytes=block_bytes, sample_weight=slab.weight)
+    else:
+        local = local_gradient(slab.X, slab.y, loss, fit_intercept=cfg.fit_intercept, xp=backend.xp,
+                               block_bytes=cfg.block_bytes, sample_weight=slab.weight)
     comm = make_device_communicator(cfg.comm, world, backend, cfg.cuda_aware)
     objective = DataParallelObjective(local, comm, slab.n_global, cfg.l2, backend.xp,
-                                      curvature=loss.curvature_bound, finish=device_finish(backend),
+                                      curvature=loss.curvature_bound,
+                                      finish=device_finish(backend, getattr(local, "n_classes", 1)),
                                       total_weight=slab.total_weight)
     objective.row_range = (slab.start, slab.stop)
+    slab.validation = validation
     return objective, slab

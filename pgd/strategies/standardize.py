@@ -9,6 +9,10 @@ so the objective in standardised coordinates is ``f̃(p̃) = f(A p̃)`` and its 
 ``g̃_v = g_w / σ − (μ/σ) g_b``, ``g̃_c = g_b``.  Both maps cost O(d) per evaluation: ``X`` is never copied,
 centred or densified, and the objective's one pass over the data is unchanged.
 
+A multinomial model's parameters are the row-major ``(d + 1, K)`` matrix ``[W; b]``: row ``j`` of ``W`` is
+divided by ``σ_j`` (``W = V / σ``), the intercept row is ``b = c − μᵀW``, and the gradient maps are the same
+with outer products (``G̃_V = G_W / σ − (μ/σ) g_bᵀ``); penalty factors are repeated for the K classes.
+
 Conventions
 -----------
 - Scales: with an intercept ``μ`` is the (weighted) column mean and ``σ`` the population standard
@@ -192,14 +196,15 @@ def scaling_for(objective, *, standardize: bool, fit_intercept: bool, l2: float 
     """
     split = getattr(objective, "splits_parameters", False)
     width = objective.d_local if split else objective.d
+    n_classes = getattr(objective, "n_classes", 1)
     if not standardize:
-        return ColumnScaling(np.zeros(width), np.ones(width), objective.xp, identity=True)
+        return ColumnScaling(np.zeros(width), np.ones(width), objective.xp, identity=True, n_classes=n_classes)
     total, mean, m2 = objective.column_moments()
     center, scale, constant = scales_from_moments(total, mean, m2, fit_intercept=fit_intercept)
     if l2 and penalty_scale == "original":
         scale = np.sqrt(scale * scale + l2 / objective.curvature)
     return ColumnScaling(center, scale, objective.xp, constant=constant, centred=fit_intercept,
-                         global_dot=objective.dot if split else None)
+                         global_dot=objective.dot if split else None, n_classes=n_classes)
 
 
 def _to_host(xp, array) -> np.ndarray:
@@ -225,10 +230,12 @@ class ColumnScaling:
     global_dot : callable, optional
         ``global_dot(a, b) -> float``, the objective's inner product of parameter-shaped vectors, when a
         rank holds only a block of ``w`` (grid modes); None computes ``μ·w`` locally on the device.
+    n_classes : int
+        K of a multinomial model's ``(d + 1, K)`` parameters (1: the vector ``[w, b]``).
     """
 
     def __init__(self, mean, scale, xp, *, constant=None, centred: bool = False, identity: bool = False,
-                 global_dot=None):
+                 global_dot=None, n_classes: int = 1):
         self.xp = xp
         self.constant_columns = int(np.count_nonzero(constant)) if constant is not None else 0
         self.d = len(mean)
@@ -241,15 +248,37 @@ class ColumnScaling:
         self.mean_ext = xp.asarray(np.append(self.mean_host, 0.0))   # [μ, 0]: μ·w through a parameter dot
         self.global_dot = global_dot
         self._work = xp.empty(self.d, dtype=xp.float64)
+        self.n_classes = int(n_classes)
+        self.n_params = (self.d + 1) * self.n_classes
+        if self.n_classes > 1:
+            if global_dot is not None:
+                raise ValueError("multinomial parameters are replicated: no global_dot")
+            self.mean = xp.asarray(self.mean_host)
+            self._outer = xp.empty((self.d, self.n_classes), dtype=xp.float64)
+            self._shift = xp.empty(self.n_classes, dtype=xp.float64)
 
     @property
     def is_identity(self) -> bool:
         """True when standardisation is off (the same on every rank)."""
         return self.identity
 
+    def _matrices(self, flat):
+        """``(coefficients (d, K), intercepts (K,))`` views of a flat multinomial parameter vector."""
+        split = self.d * self.n_classes
+        return flat[:split].reshape(self.d, self.n_classes), flat[split:]
+
     def to_original(self, std, out) -> None:
         """``out = A std``: ``w = v/σ``, ``b = c − μ·w``."""
         xp, d = self.xp, self.d
+        if self.n_classes > 1:
+            V, c = self._matrices(std)
+            W, b = self._matrices(out)
+            xp.divide(V, self.scale[:, None], out=W)
+            b[...] = c
+            if self.centred:
+                xp.dot(self.mean, W, out=self._shift)
+                b -= self._shift
+            return
         xp.divide(std[:d], self.scale, out=out[:d])
         out[d] = std[d]
         if not self.centred:
@@ -262,6 +291,15 @@ class ColumnScaling:
     def from_original(self, original, out) -> None:
         """``out = A⁻¹ original``: ``v = w σ``, ``c = b + μ·w``."""
         xp, d = self.xp, self.d
+        if self.n_classes > 1:
+            W, b = self._matrices(original)
+            V, c = self._matrices(out)
+            c[...] = b
+            if self.centred:
+                xp.dot(self.mean, W, out=self._shift)
+                c += self._shift
+            xp.multiply(W, self.scale[:, None], out=V)
+            return
         out[d] = original[d]
         if self.centred:
             if self.global_dot is None:
@@ -273,6 +311,15 @@ class ColumnScaling:
     def gradient_to_std(self, grad, out) -> None:
         """``out = Aᵀ grad``: ``g̃_v = g_w/σ − (μ/σ) g_b``, ``g̃_c = g_b``."""
         xp, d = self.xp, self.d
+        if self.n_classes > 1:
+            G, g_b = self._matrices(grad)
+            G_std, g_c = self._matrices(out)
+            xp.divide(G, self.scale[:, None], out=G_std)
+            if self.centred:
+                xp.multiply(self.ratio[:, None], g_b[None, :], out=self._outer)
+                G_std -= self._outer
+            g_c[...] = g_b
+            return
         xp.divide(grad[:d], self.scale, out=out[:d])
         if self.centred:
             xp.multiply(self.ratio, grad[d], out=self._work)
@@ -306,12 +353,10 @@ class StandardizedObjective:
         self.std_l2 = self.l2 if penalty_scale == "standardized" else 0.0
         if self.std_l2:
             inner.l2 = 0.0
-        xp, length = self.xp, scaling.d + 1
+        xp, length = self.xp, scaling.n_params
+        self.n_penalised = scaling.d * scaling.n_classes   # coefficients first, then the intercept(s)
         self._original = xp.zeros(length, dtype=xp.float64)
         self._grad = xp.zeros(length, dtype=xp.float64)
-        self._image = xp.zeros(length, dtype=xp.float64)
-        self._mask = xp.asarray(np.append(np.ones(scaling.d), 0.0))
-        self._abs = xp.zeros(length, dtype=xp.float64)
 
     # what the loop, the optimizers and the checkpoints read from an objective
     def __getattr__(self, name):
@@ -342,10 +387,10 @@ class StandardizedObjective:
     def _finish(self, loss: float, params, grad_out) -> float:
         self.scaling.gradient_to_std(self._grad, grad_out)
         if self.std_l2:
-            d = self.scaling.d
-            grad_out[:d] += self.std_l2 * params[:d]
-            c = float(params[d])
-            loss += 0.5 * self.std_l2 * (self.inner.dot(params, params) - c * c)
+            split = self.n_penalised
+            grad_out[:split] += self.std_l2 * params[:split]
+            intercepts = params[split:]
+            loss += 0.5 * self.std_l2 * (self.inner.dot(params, params) - float(self.xp.dot(intercepts, intercepts)))
         return loss
 
     def value_and_grad(self, params, grad_out) -> float:
@@ -387,9 +432,9 @@ class StandardizedObjective:
 def penalty_factors(scaling: ColumnScaling, penalty_scale: str) -> np.ndarray:
     """Host ``(d + 1,)`` factors turning original-scale penalty coefficients into the optimizer's
     coordinates: ``1/σ_j`` for ``"original"`` (an L1 factor; square it for L2), ones for ``"standardized"``,
-    0 for the intercept."""
+    0 for the intercept; each repeated K times for a multinomial model's ``(d + 1, K)`` parameters."""
     factors = np.ones(scaling.d) if penalty_scale == "standardized" else 1.0 / scaling.scale_host
-    return np.append(factors, 0.0)
+    return np.repeat(np.append(factors, 0.0), scaling.n_classes)
 
 
 def describe(scaling: ColumnScaling, penalty_scale: str) -> str:

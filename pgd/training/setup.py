@@ -10,7 +10,7 @@ import math
 from mpi4py import MPI
 
 from pgd.device.backend import select_backend
-from pgd.errors import TrainingError
+from pgd.errors import InputError, TrainingError
 from pgd.optim import OPTIMIZERS
 from pgd.runtime import launcher
 from pgd.runtime.topology import node_local_rank
@@ -35,6 +35,29 @@ def blas_threads() -> str:
     return launcher.BLAS_THREADS_RESOLVED or "unknown"
 
 
+def check_loss_options(cfg) -> None:
+    """Refuse, in one line on every rank, options that ``--loss`` does not support: multinomial runs only in
+    the synchronous data mode with an iterative optimizer; ``--classes`` belongs to multinomial."""
+    if cfg.loss != "multinomial":
+        if cfg.classes:
+            raise InputError("--classes needs --loss multinomial", collective=True)
+        return
+    if cfg.mode != "data" or cfg.sync_every:
+        what = f"--mode {cfg.mode}" if cfg.mode != "data" else "--sync-every (local SGD)"
+        raise InputError(f"{what} is not supported for multinomial (use --mode data)", collective=True)
+    if cfg.solver == "gram":
+        raise InputError("--solver gram is not supported for multinomial (it solves squared loss; leave "
+                         "--solver at auto)", collective=True)
+
+
+def class_facts(slab) -> dict:
+    """``n_classes`` (K) and ``classes``, the labels of classes 0 .. K-1: the data file's ``label_classes``
+    (``pgd data convert --labels classes``) when it names K of them, else the integers."""
+    mapped = slab.meta.attrs.get("label_classes")
+    classes = list(mapped) if mapped is not None and len(mapped) == slab.n_classes else list(range(slab.n_classes))
+    return {"n_classes": slab.n_classes, "classes": classes}
+
+
 def build_objective(cfg, world, backend):
     """The run's objective in the optimizer's coordinates, and the method that minimises it.
 
@@ -44,8 +67,10 @@ def build_objective(cfg, world, backend):
     Returns
     -------
     (objective, slab, facts, method)
-        ``facts`` describe the standardisation, weights and solver for the summary.
+        ``facts`` describe the standardisation, weights and solver for the summary (and the classes of a
+        multinomial model).
     """
+    check_loss_options(cfg)
     objective, slab = STRATEGIES[cfg.mode](cfg, world, backend)
     scaling = scaling_for(objective, standardize=cfg.standardize, fit_intercept=cfg.fit_intercept, l2=cfg.l2,
                           penalty_scale=cfg.penalty_scale)
@@ -67,6 +92,8 @@ def build_objective(cfg, world, backend):
              "sample_weight": slab.weight_source, "total_weight": slab.total_weight, "solver": solver}
     if getattr(slab.meta, "sparse", False):
         facts.update(data_format="csr", nnz=int(slab.meta.nnz))
+    if cfg.loss == "multinomial":
+        facts.update(class_facts(slab))
     return objective, slab, facts, method
 
 

@@ -32,9 +32,17 @@ from pgd.runtime import settings
 from pgd.runtime.topology import mpi_library
 from pgd.training.modes import pick_runner
 from pgd.training.preempt import adopt_signal_flag, catch_signals_early, make_resilience_hook, release_early_signals
-from pgd.training.setup import bind_backend, blas_threads, build_objective, describe_device, step_size
+from pgd.training.setup import (
+    bind_backend,
+    blas_threads,
+    build_objective,
+    check_loss_options,
+    describe_device,
+    step_size,
+)
 from pgd.training.slow_rank import make_slow_rank_hook
 from pgd.training.summary import peak_rss_bytes, print_summary, refuse_unconverged, timing
+from pgd.training.validation import Validator, check_validation_options
 
 #: Factories ``make_hook(cfg, world, optimizer) -> hook or None`` run by every training loop. A hook's
 #: ``after_step(iteration) -> str | None`` is called on every rank after each step, and must return the
@@ -69,12 +77,15 @@ def _replicas_identical(world, params_host: np.ndarray) -> bool:
 
 
 class _Recorder:
-    """The history of evaluated iterates: model file, ``--metrics`` lines and the progress display."""
+    """The history of evaluated iterates: model file, ``--metrics`` lines and the progress display; with a
+    validator, the validation metrics of the iterates it validates (and ``validation_stop``, early stopping)."""
 
-    def __init__(self, optimizer, metrics, progress, started: float):
+    def __init__(self, optimizer, metrics, progress, started: float, validator=None, objective=None):
         self.optimizer, self.metrics, self.progress, self.started = optimizer, metrics, progress, started
+        self.validator, self.objective = validator, objective
         self.history = {"loss": [], "grad_norm": [], "optimality": [], "time": []}
         self.time_offset = 0.0  # a resumed run's history continues the time of the runs before
+        self.validation_stop, self.last_validation = None, {}
 
     def resumed(self) -> None:
         """The history was restored from a checkpoint: continue its clock (and its optimality record)."""
@@ -91,10 +102,21 @@ class _Recorder:
         for key, value in (("loss", optimizer.loss), ("grad_norm", grad_norm), ("optimality", optimality),
                            ("time", elapsed)):
             self.history[key].append(value)
-        self.metrics.write({"iter": iteration, "loss": optimizer.loss, "grad_norm": grad_norm,
-                            "optimality": optimality, "time": elapsed})
+        line = {"iter": iteration, "loss": optimizer.loss, "grad_norm": grad_norm, "optimality": optimality,
+                "time": elapsed}
+        if self.validator is not None and self.validator.due(iteration):
+            line.update(self.validate(iteration))
+        self.metrics.write(line)
         self.progress.update(iteration, optimizer.loss, grad_norm)
         return grad_norm, optimality
+
+    def validate(self, iteration: int) -> dict:
+        """Validate the current iterate (collective); the progress lines show the result from now on."""
+        found, self.validation_stop = self.validator.observe(
+            iteration, self.objective.full_params(self.optimizer.params))
+        self.last_validation = found
+        self.progress.note = "  ".join(f"{key} {value:.6g}" for key, value in found.items())
+        return found
 
 
 class _MetricsWriter:
@@ -151,11 +173,14 @@ def _train(cfg, world) -> dict:
     backend, local_size = bind_backend(cfg, world)
     xp = backend.xp
     catch_signals_early()  # a SIGTERM/SIGUSR1 while the data loads stops the run at its first decision
+    check_loss_options(cfg)
+    check_validation_options(cfg)
     if (runner := pick_runner(cfg)) is not None:  # modes with loops of their own (async, shm, local SGD)
         return runner(cfg, world, backend)
 
     objective, slab, setup_facts, method = build_objective(cfg, world, backend)
     d = slab.meta.d
+    validator = make_validator(cfg, world, slab, backend)
     lr, lr_auto, lipschitz = step_size(cfg, objective, method)
     facts = {
         "pgd_version": pgd.__version__, "data": os.path.abspath(cfg.data), "n": slab.n_global, "d": d,
@@ -188,7 +213,7 @@ def _train(cfg, world) -> dict:
         objective.compute_seconds = 0.0
         world.Barrier()
         started = MPI.Wtime()
-        record = _Recorder(optimizer, metrics, progress, started)
+        record = _Recorder(optimizer, metrics, progress, started, validator, objective)
         history = record.history
 
         # a hook with resume(history, data) may continue a checkpointed run (pgd.training.preempt)
@@ -215,6 +240,9 @@ def _train(cfg, world) -> dict:
             if optimizer.fresh:  # the full objective was evaluated at the new iterate (see pgd.optim)
                 grad_norm, optimality = record(iteration)
                 _check_divergence(optimizer, start_loss, iteration, grad_norm)
+                if record.validation_stop:
+                    stop_reason = record.validation_stop
+                    break
                 if cfg.rtol and abs(previous - optimizer.loss) <= cfg.rtol * abs(optimizer.loss):
                     stop_reason = f"relative loss change <= rtol {cfg.rtol:g}"
                     break
@@ -236,6 +264,11 @@ def _train(cfg, world) -> dict:
                     peak_rss_bytes()])
         params = objective.full_params(optimizer.params)
         identical = _replicas_identical(world, params)
+        validation_facts = {}
+        if validator is not None:
+            if optimizer.fresh and validator.last_iteration != iteration:   # the final iterate is validated too
+                record.validate(iteration)
+            params, validation_facts = validator.summary(params, record.last_validation)
         summary = dict(
             facts, **optimizer.summary(), iterations=iteration, evaluations=optimizer.evaluations,
             final_loss=optimizer.loss, grad_norm=grad_norm, **test.facts(optimality), converged=converged,
@@ -246,9 +279,11 @@ def _train(cfg, world) -> dict:
             comm_bytes_per_iteration=(objective.comm.bytes - bytes_before)
             // max(iteration - first_iteration, 1),
             timing=timing(wall_max, compute_max, comm_max, other_max, iteration - first_iteration, setup_max),
-            peak_rss_bytes=int(rss_max))
-        summary["warnings"] = _warnings(optimizer, converged, test, optimality, iteration, stop_reason,
-                                        method=method, dtype=slab.dtype, standardized=facts["standardize"] != "off")
+            peak_rss_bytes=int(rss_max), **validation_facts)
+        early_stopped = stop_reason.startswith("early stopping")
+        summary["warnings"] = _warnings(optimizer, converged or early_stopped, test, optimality, iteration,
+                                        stop_reason, method=method, dtype=slab.dtype,
+                                        standardized=facts["standardize"] != "off")
         with collectively(world):  # a failed write (disk full) is one line on every rank
             if rank == 0 and cfg.out and (converged or not cfg.require_convergence):
                 save_run_model(cfg, params, summary, history)
@@ -260,6 +295,15 @@ def _train(cfg, world) -> dict:
                   flush=True)
     refuse_unconverged(cfg, converged, optimality, test.target, "no model written" if cfg.out else "nothing written")
     return summary
+
+
+def make_validator(cfg, world, slab, backend):
+    """The run's :class:`Validator` when it has validation rows, else None."""
+    rows = getattr(slab, "validation", None)
+    if rows is None:
+        return None
+    return Validator(rows, world, cfg.loss, slab.meta.d, getattr(slab, "n_classes", 1), backend.xp,
+                     every=cfg.validate_every, patience=cfg.early_stopping)
 
 
 def _budget_reason(max_iter: int, budget: int) -> str:

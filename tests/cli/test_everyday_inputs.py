@@ -41,16 +41,25 @@ def test_text_labels_are_mapped_on_request_and_stored(tmp_path):
     src = tmp_path / "cancer.csv"
     src.write_text("radius,diagnosis\n1.5,malignant\n1.0,benign\n3.0,malignant\n")
     with pytest.raises(InputError, match="line 2 column 2: 'malignant' is not a number; it is the label column: "
-                                         "--labels classes maps two classes to 0 and 1"):
+                                         "--labels classes maps the classes to 0 .. K-1"):
         convert_file(src, tmp_path / "c.h5", "csv")
     summary = convert_file(src, tmp_path / "c.h5", "csv", labels="classes")
     _, y, attrs = _load(tmp_path / "c.h5")
     np.testing.assert_array_equal(y, [1, 0, 1])
     assert list(attrs["label_classes"]) == ["benign", "malignant"] and attrs["task"] == "binary"
     assert "labels mapped: 'benign' -> 0, 'malignant' -> 1" in summary["notes"][-1]
-    src.write_text("x,kind\n1,a\n2,b\n3,c\n")
-    with pytest.raises(InputError, match="needs exactly two classes but .* has 3: 'a', 'b', 'c'"):
-        convert_file(src, tmp_path / "c3.h5", "csv", labels="classes")
+    src.write_text("x,kind\n1,b\n2,c\n3,a\n")   # K classes for --loss multinomial, the names kept
+    summary = convert_file(src, tmp_path / "c3.h5", "csv", labels="classes")
+    _, y, attrs = _load(tmp_path / "c3.h5")
+    np.testing.assert_array_equal(y, [1, 2, 0])
+    assert list(attrs["label_classes"]) == ["a", "b", "c"]
+    assert "'a' -> 0, 'b' -> 1, 'c' -> 2 (stored as the attribute label_classes; train with --loss multinomial)" \
+        in summary["notes"][-1]
+    with h5py.File(tmp_path / "c3.h5", "r") as handle:   # the header's feature names are kept
+        assert [name.decode() for name in handle["feature_names"][...]] == ["x"]
+    src.write_text("x,kind\n1,a\n2,a\n")
+    with pytest.raises(InputError, match="needs at least two classes but .* has 1"):
+        convert_file(src, tmp_path / "c1.h5", "csv", labels="classes")
     svm = tmp_path / "b.svm"
     svm.write_text("2 1:1\n4 1:2\n2 1:3\n")  # the breast-cancer LIBSVM convention: 2 and 4
     convert_file(svm, tmp_path / "b.h5", "libsvm", labels="classes")

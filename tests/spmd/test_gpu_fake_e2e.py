@@ -5,6 +5,7 @@ checkpoints) under real MPI, with every kernel launch checked and run by its Num
 What only a real GPU can show (the CUDA code itself, timings, NCCL) is in tests/test_gpu.py.
 """
 
+import json
 import os
 
 import numpy as np
@@ -84,3 +85,31 @@ def test_fake_gpu_errors_are_one_line_on_every_rank_together(datasets, options, 
     assert result.returncode == 2, result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("pgd")]
     assert len(lines) == 1 and lines[0].startswith(message) and "Traceback" not in result.stderr
+
+
+def test_fake_gpu_multinomial_with_validation_equals_cpu(tmp_path):
+    """The multinomial gradient (two GEMMs per slab on the device), class weights and validation rows on the
+    device path."""
+    import h5py
+
+    from support.files import write_dataset
+
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((70, 5)) * np.linspace(1, 4, 5)
+    data = write_dataset(tmp_path / "m.h5", X, rng.integers(0, 4, 70).astype(float))
+    common = (data, "--loss", "multinomial", "--dtype", "float64", "--l2", "0.01", "--class-weight", "balanced",
+              "--validation-fraction", "0.3", "--validate-every", "2", "--max-iter", "15", "--tol", "0", "--rtol", "0")
+    models = {}
+    for device, env in (("cpu", None), ("gpu", FAKE_CUPY)):
+        out = tmp_path / f"{device}.h5"
+        result = run_pgd(2, "train", *common, "--device", device, "--out", out, env=env, timeout=240)
+        assert result.returncode == 0, result.stderr
+        with h5py.File(out, "r") as handle:
+            models[device] = (handle["w"][...], handle["b"][...], dict(handle.attrs))
+    (w_cpu, b_cpu, cpu), (w_gpu, b_gpu, gpu) = models["cpu"], models["gpu"]
+    assert gpu["device"] == "gpu (cupy)" and w_gpu.shape == (5, 4)
+    np.testing.assert_allclose(np.vstack([w_gpu, b_gpu]), np.vstack([w_cpu, b_cpu]), rtol=1e-10, atol=1e-10)
+    found, expected = json.loads(gpu["validation_metrics"]), json.loads(cpu["validation_metrics"])
+    assert found.keys() == expected.keys() and found["iteration"] == expected["iteration"] == 15
+    np.testing.assert_allclose([found["val_loss"], found["val_accuracy"]],
+                               [expected["val_loss"], expected["val_accuracy"]], rtol=1e-10)

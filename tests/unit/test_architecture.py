@@ -14,6 +14,9 @@ LAYERS = ["ground", "runtime", "data", "device", "comm", "loader", "local", "str
 #: Top-level modules and their layer (every other module's layer is its folder).
 GROUND = {"pgd", "pgd.errors", "pgd.fileio", "pgd.config"}
 TOP = {"pgd.__main__": "cli"}
+#: The package's public names loaded on first use (module ``__getattr__``): ``pgd.load_model`` is the Python
+#: API of a trained model; the only upward edge, taken only when a user asks for it.
+LAZY_EXPORTS = {("pgd", "pgd.evaluation.linear_model")}
 
 
 def modules() -> dict[str, Path]:
@@ -95,5 +98,5 @@ def test_no_import_circle():
 def test_every_import_points_down():
     upward = [f"{name} ({layer(name)}) imports {target} ({layer(target)})"
               for name, targets in graph().items() for target in sorted(targets)
-              if LAYERS.index(layer(target)) > LAYERS.index(layer(name))]
+              if LAYERS.index(layer(target)) > LAYERS.index(layer(name)) and (name, target) not in LAZY_EXPORTS]
     assert upward == []

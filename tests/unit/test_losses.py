@@ -9,7 +9,7 @@ from pgd.local.linear import LocalLinearGradient
 from pgd.local.losses import LOSSES, LogisticLoss, SquaredLoss, get_loss
 
 DTYPES = [np.float32, np.float64]
-LOSS_NAMES = sorted(LOSSES)
+LOSS_NAMES = sorted(name for name in LOSSES if name != "multinomial")  # pointwise; see test_multinomial.py
 # relative tolerance of a float result compared with its float64 reference
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}
 

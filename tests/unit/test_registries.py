@@ -22,7 +22,7 @@ def _choices(name: str) -> list[str]:
 
 
 def test_loss_and_optimizer_choices_are_the_registries():
-    assert _choices("loss") == list(LOSSES) == ["squared", "logistic"]
+    assert _choices("loss") == list(LOSSES) == ["squared", "logistic", "multinomial"]
     assert _choices("optimizer") == ["auto", *ITERATIVE] == ["auto", "gd", "momentum", "nesterov", "adam", "sgd",
                                                              "lbfgs"]
     assert OPTIMIZERS == {**ITERATIVE, **GRAM_SOLVERS} and set(GRAM_SOLVERS) == {"cholesky", "cd"}
