@@ -1,4 +1,4 @@
-"""Run under mpirun by tests/spmd/test_multinomial.py: multinomial runs on real data, in one launch.
+"""Run under mpirun by tests/spmd/test_multinomial_mpi.py: multinomial runs on real data, in one launch.
 
 Usage: ``mpirun -n N python mpi_multinomial_check.py WORKDIR``; WORKDIR holds the datasets the test wrote.
 Trains every configuration of :func:`_configs` through the Python API and writes ``model-<name>-<N>.h5``;

@@ -100,3 +100,11 @@ def test_every_import_points_down():
               for name, targets in graph().items() for target in sorted(targets)
               if LAYERS.index(layer(target)) > LAYERS.index(layer(name)) and (name, target) not in LAZY_EXPORTS]
     assert upward == []
+
+
+def test_test_modules_have_unique_names():
+    """pytest imports test modules by their base name (no packages under tests/): two folders with the same
+    file name stop the whole suite at collection."""
+    tests = Path(__file__).resolve().parents[1]
+    names = [path.name for path in tests.rglob("test_*.py") if "fake_cupy" not in path.parts]
+    assert sorted(name for name in set(names) if names.count(name) > 1) == []
