@@ -65,7 +65,7 @@ def data_generate(out, task, n, d, seed, dtype, noise, chunk_rows, sparse, nnz_p
              "default: the last column; none: no labels (data to predict on).")
 @option("--labels", type=click.Choice(["asis", "pm1", "classes"]), default="asis",
         help="pm1: map labels -1/+1 to 0/1 (for logistic loss); classes: map the K classes (text or numbers, "
-             "in sorted order) to 0..K-1 (LIBSVM: two classes), stored as the attribute label_classes.")
+             "in sorted order) to 0..K-1 (LIBSVM: up to 50), stored as the attribute label_classes.")
 @option("--y-file", type=click.Path(dir_okay=False), default=None,
         help="npz: labels from this .npy file (n numbers); without it the output has no labels.")
 @option("--delimiter", default="auto", help="csv: field separator, \\t (or tab) for tabs; auto detects , ; tab |.")

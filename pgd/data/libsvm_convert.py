@@ -208,15 +208,17 @@ def label_mapping(src: str, mode: str, task: str | None, labels: _Labels, notes:
                              "use labels asis (--labels asis) to keep them")
         mapping, values = _pm1, {0.0, 1.0}
     elif mode == "classes":
-        if labels.many or len(labels.distinct) != 2:
+        if labels.many or len(labels.distinct) < 2:
             shown = ", ".join(f"{v:g}" for v in sorted(labels.distinct)[:6])
-            raise InputError(f"labels classes needs exactly two classes but {src} has "
-                             f"{'more than ' + str(_DISTINCT) if labels.many else len(labels.distinct)}: {shown}")
-        low, high = sorted(labels.distinct)
-        mapping = _Classes(low)
-        attrs["label_classes"] = [f"{low:g}", f"{high:g}"]
-        notes.append(f"labels mapped: {low:g} -> 0, {high:g} -> 1 (stored as the attribute label_classes)")
-        values = {0.0, 1.0}
+            count = f"more than {_DISTINCT}" if labels.many else str(len(labels.distinct))
+            raise InputError(f"labels classes needs 2 to {_DISTINCT} classes but {src} has {count}: {shown}")
+        order = sorted(labels.distinct)
+        mapping = _Classes(tuple(order))
+        attrs["label_classes"] = [f"{value:g}" for value in order]
+        shown = ", ".join(f"{value:g} -> {index}" for index, value in enumerate(order))
+        more = "; train with --loss multinomial" if len(order) > 2 else ""
+        notes.append(f"labels mapped: {shown} (stored as the attribute label_classes{more})")
+        values = {float(index) for index in range(len(order))}
     else:
         values = set(labels.distinct)
         if values == {-1.0, 1.0} and task is None:
@@ -226,9 +228,10 @@ def label_mapping(src: str, mode: str, task: str | None, labels: _Labels, notes:
     if task == "binary" and not all01:
         raise InputError(f"task binary needs labels 0/1 but {src} has others; use labels pm1 for -1/+1 labels "
                          "or labels classes for two other classes")
-    if task is None and not all01 and labels.integers and not labels.many and len(values) >= 3:
-        notes.append(f"the labels are {len(values)} distinct integers: this looks like a multiclass task; it is "
-                     "stored as regression (pgd's logistic loss fits two classes, 0 and 1)")
+    if task is None and mode != "classes" and not all01 and labels.integers and not labels.many and len(values) >= 3:
+        notes.append(f"the labels are {len(values)} distinct integers: this looks like a multiclass task: it is "
+                     "stored as is; train it with --loss multinomial (labels 0 .. K-1; --labels classes maps "
+                     "other values)")
     return mapping, task or ("binary" if all01 else "regression"), attrs
 
 
@@ -238,10 +241,11 @@ def _pm1(y: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Classes:
-    low: float
+    order: tuple
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
-        return (y != self.low).astype(np.float64)
+        """Each label's index in the sorted classes (every label is one of them: they were collected)."""
+        return np.searchsorted(np.asarray(self.order), y).astype(np.float64)
 
 
 def _write_output(dst: str, reader: PartReader, n: int, nnz: int, d: int, dense: bool, dtype: np.dtype,
@@ -313,7 +317,7 @@ def convert_libsvm(src, dst, *, dense: bool = False, n_features: int | None = No
     dtype : {"float32", "float64"}
         Stored value type.
     labels : {"asis", "pm1", "classes"}
-        ``pm1`` maps -1/+1 to 0/1; ``classes`` maps the two distinct labels (sorted) to 0/1.
+        ``pm1`` maps -1/+1 to 0/1; ``classes`` maps the K distinct labels (sorted, at most 50) to 0 .. K-1.
     task : {"regression", "binary"}, optional
         Default: binary when the stored labels are all 0/1.
     index_dtype : int32 or int64, optional

@@ -242,6 +242,16 @@ def test_label_modes(tmp_path):
         convert(path, tmp_path / "e.h5", labels="pm1", size=2)
     path.write_bytes(b"3 1:1\n1 2:1\n2 1:1\n")
     assert any("multiclass" in note for note in convert(path, tmp_path / "f.h5")["notes"])
+    path.write_bytes(b"7 1:1\n-2 2:1\n7 1:2\n3.5 2:2\n")   # K = 3 classes, mapped in sorted order
+    for size in (1, 2, 3):
+        summary = convert(path, tmp_path / f"g{size}.h5", labels="classes", size=size)
+        assert any("-2 -> 0, 3.5 -> 1, 7 -> 2" in note and "multinomial" in note for note in summary["notes"])
+        assert read_back(tmp_path / f"g{size}.h5")[1].y.tolist() == [2, 0, 2, 1]
+        with h5py.File(tmp_path / f"g{size}.h5") as h5:
+            assert list(h5.attrs["label_classes"]) == ["-2", "3.5", "7"]
+    path.write_bytes(b"5 1:1\n")
+    with pytest.raises(InputError, match="needs 2 to 50 classes"):
+        convert(path, tmp_path / "h.h5", labels="classes")
 
 
 def test_int64_indices_and_float32_values(tmp_path):
