@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from support import script
-from support.mpi import run_python
+from support.mpi import results_by_ranks
 
 sklearn = pytest.importorskip("sklearn")
 threadpoolctl = pytest.importorskip("threadpoolctl")
@@ -45,13 +45,7 @@ def runs(tmp_path_factory):
                 handle["X"], handle["y"] = X.astype(dtype), y.astype(dtype)
                 if weighted:
                     handle["sample_weight"] = _weights(len(y))
-    results = {}
-    for ranks in (1, 2, 3):
-        done = run_python(ranks, SCRIPT, workdir, timeout=600)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-        assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
-        results[ranks] = json.loads(lines[0][len("RESULT "):])
-    return results
+    return results_by_ranks(SCRIPT, workdir, timeout=600)
 
 
 def _model(path):

@@ -12,7 +12,7 @@ import pytest
 
 from pgd.data.holdout import holdout_mask
 from support import script
-from support.mpi import run_python
+from support.mpi import results_by_ranks
 
 sklearn = pytest.importorskip("sklearn")
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits  # noqa: E402
@@ -44,13 +44,7 @@ def runs(tmp_path_factory):
     _write(workdir / "digits-b.h5", Xd[1200:], yd[1200:])
     Xr, yr = load_diabetes(return_X_y=True, scaled=False)
     _write(workdir / "db.h5", Xr, yr, _db_weights(len(yr)))
-    results = {}
-    for ranks in (1, 2, 3):
-        done = run_python(ranks, SCRIPT, workdir, timeout=600)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-        assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
-        results[ranks] = json.loads(lines[0][len("RESULT "):])
-    return results
+    return results_by_ranks(SCRIPT, workdir, timeout=600)
 
 
 def _model(path):
