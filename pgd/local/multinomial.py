@@ -25,6 +25,8 @@ Conventions
 
 from __future__ import annotations
 
+import scipy.sparse
+
 __all__ = ["MultinomialLoss", "LocalMultinomialGradient", "labels_as_indices", "softmax_rows"]
 
 
@@ -72,8 +74,9 @@ class LocalMultinomialGradient:
 
     Parameters
     ----------
-    X : array, (n_local, d)
-        Local feature slab, C-contiguous float32 or float64; ``n_local`` may be 0.
+    X : array, (n_local, d), or scipy.sparse.csr_matrix
+        Local feature slab, C-contiguous float32 or float64 (or a rank's CSR rows, on the host: the products
+        are SciPy's, blocks sized by their scores); ``n_local`` may be 0.
     y : array, (n_local,)
         Labels ``0 .. K-1`` in the data dtype.
     n_classes : int
@@ -93,8 +96,11 @@ class LocalMultinomialGradient:
 
     def __init__(self, X, y, n_classes: int, *, fit_intercept: bool, xp, block_bytes: int = DEFAULT_BLOCK_BYTES,
                  sample_weight=None):
-        if X.ndim != 2 or not X.flags.c_contiguous or X.dtype not in (xp.float32, xp.float64):
-            raise ValueError("X must be a C-contiguous 2-D float32 or float64 array")
+        self.sparse = scipy.sparse.issparse(X)
+        if self.sparse:
+            X = X.tocsr()
+        if X.ndim != 2 or not (self.sparse or X.flags.c_contiguous) or X.dtype not in (xp.float32, xp.float64):
+            raise ValueError("X must be a C-contiguous 2-D float32 or float64 array or a CSR matrix")
         if n_classes < 2:
             raise ValueError(f"multinomial needs at least 2 classes, got {n_classes}")
         self.X, self.xp, self.n_classes = X, xp, int(n_classes)
@@ -103,9 +109,10 @@ class LocalMultinomialGradient:
         self.fit_intercept = bool(fit_intercept)
         self.labels = labels_as_indices(y, self.n_classes, xp)
         self.sample_weight = sample_weight
-        self.kernel = "blocked two-pass GEMM (X_b W, X_b^T R_b)"
+        self.kernel = ("SciPy CSR, two products per block (X_b W, X_b^T R_b)" if self.sparse
+                       else "blocked two-pass GEMM (X_b W, X_b^T R_b)")
         K = self.n_classes
-        row_bytes = max(1, (self.d + K) * X.itemsize)
+        row_bytes = max(1, (K if self.sparse else self.d + K) * X.dtype.itemsize)
         self.block_rows = max(1, min(int(block_bytes) // row_bytes, self.n_local))
         rows = self.block_rows if self.n_local else 0
         self._scores = xp.empty((rows, K), dtype=self.dtype)
@@ -118,7 +125,7 @@ class LocalMultinomialGradient:
         self._b = xp.empty(K, dtype=self.dtype)
         self._XtR = xp.empty((self.d, K), dtype=self.dtype)
         self._row_offsets = xp.arange(rows, dtype=xp.int64) * K
-        self._batch_X = xp.empty((0, self.d), dtype=self.dtype)   # mini-batch buffers (see _gathered)
+        self._batch_X = xp.empty((0, 0 if self.sparse else self.d), dtype=self.dtype)   # see _gathered
         self._batch_labels = xp.empty(0, dtype=xp.int64)
         self._batch_weight = xp.empty(0, dtype=self.dtype)
 
@@ -143,6 +150,9 @@ class LocalMultinomialGradient:
         """``(X, labels, weight)`` of the local rows ``rows`` (an index array) in batch buffers that grow to the
         largest batch seen and are then reused (mini-batch steps allocate nothing once warm)."""
         xp, count = self.xp, len(rows)
+        if self.sparse:   # SciPy gathers CSR rows into a new matrix (the dense buffers below do not apply)
+            weight = None if self.sample_weight is None else self.sample_weight[rows]
+            return self.X[rows], self.labels[rows], weight
         if self._batch_X.shape[0] < count:
             self._batch_X = xp.empty((count, self.d), dtype=self.dtype)
             self._batch_labels = xp.empty(count, dtype=xp.int64)
@@ -180,7 +190,7 @@ class LocalMultinomialGradient:
         rows : slice or int array, optional
             Local rows to sum over (mini-batches); all rows when omitted.
         """
-        xp, d, K = self.xp, self.d, self.n_classes
+        d, K = self.d, self.n_classes
         self._set_params(params)
         out[:] = 0
         grad_W = out[: d * K].reshape(d, K)
@@ -189,15 +199,22 @@ class LocalMultinomialGradient:
         for X_b, labels_b, s_b in self._blocks(rows):
             m = X_b.shape[0]
             Z = self._scores[:m]
-            xp.dot(X_b, self._W, out=Z)
+            self._product(X_b, self._W, Z)
             Z += self._b
             loss_sum += self._gram_weights(Z, s_b, m) if gram else self._residuals(Z, labels_b, s_b, m)
-            xp.dot(X_b.T, Z, out=self._XtR)
+            self._product(X_b.T, Z, self._XtR)
             grad_W += self._XtR
             if self.fit_intercept:
                 Z.sum(axis=0, out=self._class_sum)
                 grad_b += self._class_sum
         out[-1] = loss_sum
+
+    def _product(self, A, B, out) -> None:
+        """``out = A @ B`` (dense: BLAS into ``out``; CSR or its transpose: SciPy, copied into ``out``)."""
+        if self.sparse:
+            out[...] = A @ B
+        else:
+            self.xp.dot(A, B, out=out)
 
     def _gram_weights(self, Z, weight, m: int) -> float:
         """Overwrite ``Z`` with ``S Z``; return ``Σ s_i ||z_i||^2`` (float64 accumulation; start-up only)."""
@@ -235,5 +252,5 @@ class LocalMultinomialGradient:
     def predict_raw(self, params, out) -> None:
         """Raw scores ``X W + b`` into ``out`` (n_local, K)."""
         self._set_params(params)
-        self.xp.dot(self.X, self._W, out=out)
+        self._product(self.X, self._W, out)
         out += self._b

@@ -220,10 +220,10 @@ def build_data_parallel(cfg, world, backend):
                          y_key=cfg.y_key, locking=cfg.hdf5_locking, loss=cfg.loss,
                          weight_key=cfg.weight_key, class_weight=None if multinomial else cfg.class_weight)
     loss = get_loss(cfg.loss)
-    if is_sparse(slab.X) and (multinomial or cfg.validation or cfg.validation_fraction):
-        what = "--loss multinomial" if multinomial else "validation (--validation, --validation-fraction)"
-        raise InputError(f"{cfg.data} is sparse (CSR): {what} does not run on CSR data yet; train on a dense "
-                         f"copy (pgd data convert {cfg.data} DENSE.h5 --from h5 --to dense)", collective=True)
+    if is_sparse(slab.X) and (cfg.validation or cfg.validation_fraction):
+        raise InputError(f"{cfg.data} is sparse (CSR): validation (--validation, --validation-fraction) does not "
+                         f"run on CSR data yet; train on a dense copy (pgd data convert {cfg.data} DENSE.h5 "
+                         "--from h5 --to dense)", collective=True)
     if multinomial:
         slab.n_classes = prepare_classes(world, slab, backend, requested=cfg.classes, class_weight=cfg.class_weight)
     slab, validation = validation_rows(world, cfg, backend, slab)   # held-out rows leave the training slab

@@ -16,8 +16,9 @@ import h5py
 import numpy as np
 import pytest
 
+from pgd.data.sparse_convert import dense_to_csr
 from support import script
-from support.mpi import results_by_ranks
+from support.mpi import results_by_ranks, train_params
 
 sklearn = pytest.importorskip("sklearn")
 threadpoolctl = pytest.importorskip("threadpoolctl")
@@ -152,3 +153,23 @@ def test_sgd_runs_and_rank_counts_agree(runs, references):
         np.testing.assert_allclose(other[0], first[0], rtol=1e-8, atol=1e-8)
     for ranks in (2, 3):
         assert runs[ranks]["digits-f64"]["final_loss"] == pytest.approx(runs[1]["digits-f64"]["final_loss"], rel=1e-6)
+
+
+def test_csr_file_trains_the_dense_model(tmp_path):
+    """Iris as a CSR file (some values zeroed, so rows differ in length) trains the dense file's model, with
+    standardisation (centring as an O(d) transform) and weights, on 1 and 3 ranks."""
+    X, y = load_iris(return_X_y=True)
+    X = X * (np.random.default_rng(3).random(X.shape) < 0.7)
+    dense = tmp_path / "iris.h5"
+    with h5py.File(dense, "w") as handle:
+        handle.attrs["pgd_format"] = 1
+        handle["X"], handle["y"] = X, y.astype(np.float64)
+        handle["sample_weight"] = np.linspace(0.5, 2.0, len(y))
+    sparse = tmp_path / "iris-csr.h5"
+    dense_to_csr(str(dense), str(sparse))
+    args = ("--loss", "multinomial", "--l2", "1e-3", "--dtype", "float64", "--tol", "1e-10")
+    expected, _, _ = train_params(1, tmp_path / "dense.h5", dense, *args)
+    for ranks in (1, 3):
+        params, attrs, _ = train_params(ranks, tmp_path / f"csr{ranks}.h5", sparse, *args)
+        assert "SciPy CSR" in attrs["gradient_kernel"] and attrs["n_classes"] == 3
+        np.testing.assert_allclose(params, expected, rtol=1e-8, atol=1e-8)

@@ -23,9 +23,10 @@ def write_dataset(path, X, y=None, **attrs):
 
 
 def read_weights(path):
-    """``(w, b, attrs)`` of a model file."""
+    """``(w, b, attrs)`` of a model file (``b`` a float, or the K intercepts of a multinomial model)."""
     with h5py.File(path, "r") as handle:
-        return handle["w"][...], float(handle["b"][()]), dict(handle.attrs)
+        b = handle["b"][()]
+        return handle["w"][...], float(b) if np.ndim(b) == 0 else np.asarray(b), dict(handle.attrs)
 
 
 def write_loss_datasets(path, n: int, d: int, seed: int, intercept: float = 0.0) -> dict:

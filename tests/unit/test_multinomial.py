@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse
 
 from pgd.local.losses import LOSSES, get_loss
 from pgd.local.multinomial import LocalMultinomialGradient, MultinomialLoss, labels_as_indices, softmax_rows
@@ -239,3 +240,29 @@ def test_classes_are_counted_checked_and_weighted():
     assert np.allclose(class_factors(comm, y, None, "balanced", 4), [5 / 3, 5 / 3, 5 / 9, 0.0])
     weights = np.array([2.0, 1.0, 1.0, 1.0, 1.0])
     assert np.allclose(class_factors(comm, y, weights, "balanced", 3), [1.0, 2.0, 2 / 3])
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_csr_rows_give_the_dense_sums(weighted):
+    """A rank's CSR rows (SciPy products, blocks sized by their scores) give the dense slab's sums: the loss and
+    gradient over all rows, a slice and an index array, the Gram product and the raw scores."""
+    rng = np.random.default_rng(7)
+    n, d, K = 157, 9, 4
+    X = rng.standard_normal((n, d)) * (rng.random((n, d)) < 0.3)
+    X[::5] = 0.0                                    # empty rows
+    y = rng.integers(0, K, n).astype(np.float64)
+    s = rng.random(n) if weighted else None
+    params = rng.standard_normal((d + 1) * K)
+    dense = LocalMultinomialGradient(X, y, K, fit_intercept=True, xp=np, block_bytes=7 * 8 * 13, sample_weight=s)
+    sparse = LocalMultinomialGradient(scipy.sparse.csr_matrix(X), y, K, fit_intercept=True, xp=np,
+                                      block_bytes=4 * 8 * 11, sample_weight=s)
+    assert "SciPy CSR" in sparse.kernel and sparse.block_rows == 11
+    for options in ({}, {"rows": slice(10, 90)}, {"rows": np.array([3, 3, 150, 0, 77])}, {"gram": True}):
+        expected, got = np.full(len(params) + 1, np.nan), np.full(len(params) + 1, np.nan)
+        dense.sums_at(params, expected, **options)
+        sparse.sums_at(params, got, **options)
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    expected, got = np.empty((n, K)), np.empty((n, K))
+    dense.predict_raw(params, expected)
+    sparse.predict_raw(params, got)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
