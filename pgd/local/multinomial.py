@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import scipy.sparse
 
-__all__ = ["MultinomialLoss", "LocalMultinomialGradient", "labels_as_indices", "softmax_rows"]
+__all__ = ["MultinomialLoss", "LocalMultinomialGradient", "SoftmaxResiduals", "gram_weights", "labels_as_indices",
+           "softmax_rows"]
 
 
 def labels_as_indices(y, n_classes: int, xp):
@@ -47,6 +48,62 @@ def softmax_rows(Z, xp, out=None):
     xp.exp(out, out=out)
     out /= out.sum(axis=1, keepdims=True)
     return out
+
+
+def gram_weights(Z, weight, xp) -> float:
+    """Overwrite scores ``Z`` (m, K) with ``S Z``; return ``Σ s_i ||z_i||^2`` (float64 accumulation; the
+    power iteration's Gram product, start-up only)."""
+    if weight is None:
+        return float(xp.einsum("ij,ij->", Z, Z, dtype=xp.float64)) if Z.shape[0] else 0.0
+    weighted = Z * weight[:, None]
+    total = float(xp.einsum("ij,ij->", weighted, Z, dtype=xp.float64)) if Z.shape[0] else 0.0
+    Z[...] = weighted
+    return total
+
+
+class SoftmaxResiduals:
+    """Scores to softmax residuals in place, with buffers for up to ``rows`` rows built once.
+
+    Parameters
+    ----------
+    rows, n_classes : int
+        The most rows of one call, and K.
+    dtype : dtype
+        The scores' dtype.
+    xp : module
+        Array namespace of the scores.
+    """
+
+    def __init__(self, rows: int, n_classes: int, dtype, xp):
+        self.xp = xp
+        self._row_max = xp.empty((rows, 1), dtype=dtype)
+        self._row_sum = xp.empty((rows, 1), dtype=dtype)
+        self._flat_index = xp.empty(rows, dtype=xp.int64)
+        self._picked = xp.empty(rows, dtype=dtype)
+        self._row_offsets = xp.arange(rows, dtype=xp.int64) * n_classes
+
+    def __call__(self, Z, labels, weight) -> float:
+        """Overwrite scores ``Z`` (m, K) with ``s_i (softmax(z_i) - onehot(y_i))``; return ``Σ s_i loss_i``
+        accumulated in float64 (``labels``: class indices, ``weight``: row weights or None)."""
+        xp, m = self.xp, Z.shape[0]
+        top, total = self._row_max[:m], self._row_sum[:m]
+        flat = self._flat_index[:m]
+        picked = self._picked[:m]
+        Z.max(axis=1, out=top[:, 0])
+        Z -= top
+        xp.add(self._row_offsets[:m], labels, out=flat)
+        xp.take(Z.reshape(-1), flat, out=picked)          # z_{i, y_i} - max_i
+        xp.exp(Z, out=Z)
+        Z.sum(axis=1, out=total[:, 0])
+        Z /= total
+        xp.log(total[:, 0], out=total[:, 0])
+        xp.subtract(total[:, 0], picked, out=picked)        # loss_i = log Σ exp(z - max) - (z_y - max)
+        Z.reshape(-1)[flat] -= 1.0
+        if weight is None:
+            return float(picked.sum(dtype=xp.float64))
+        Z *= weight[:, None]
+        xp.multiply(picked, weight, out=picked)
+        return float(picked.sum(dtype=xp.float64))
 
 
 class MultinomialLoss:
@@ -116,15 +173,11 @@ class LocalMultinomialGradient:
         self.block_rows = max(1, min(int(block_bytes) // row_bytes, self.n_local))
         rows = self.block_rows if self.n_local else 0
         self._scores = xp.empty((rows, K), dtype=self.dtype)
-        self._row_max = xp.empty((rows, 1), dtype=self.dtype)
-        self._row_sum = xp.empty((rows, 1), dtype=self.dtype)
-        self._flat_index = xp.empty(rows, dtype=xp.int64)
-        self._picked = xp.empty(rows, dtype=self.dtype)
+        self._softmax = SoftmaxResiduals(rows, K, self.dtype, xp)
         self._class_sum = xp.empty(K, dtype=self.dtype)
         self._W = xp.empty((self.d, K), dtype=self.dtype)
         self._b = xp.empty(K, dtype=self.dtype)
         self._XtR = xp.empty((self.d, K), dtype=self.dtype)
-        self._row_offsets = xp.arange(rows, dtype=xp.int64) * K
         self._batch_X = xp.empty((0, 0 if self.sparse else self.d), dtype=self.dtype)   # see _gathered
         self._batch_labels = xp.empty(0, dtype=xp.int64)
         self._batch_weight = xp.empty(0, dtype=self.dtype)
@@ -201,7 +254,7 @@ class LocalMultinomialGradient:
             Z = self._scores[:m]
             self._product(X_b, self._W, Z)
             Z += self._b
-            loss_sum += self._gram_weights(Z, s_b, m) if gram else self._residuals(Z, labels_b, s_b, m)
+            loss_sum += gram_weights(Z, s_b, self.xp) if gram else self._softmax(Z, labels_b, s_b)
             self._product(X_b.T, Z, self._XtR)
             grad_W += self._XtR
             if self.fit_intercept:
@@ -215,39 +268,6 @@ class LocalMultinomialGradient:
             out[...] = A @ B
         else:
             self.xp.dot(A, B, out=out)
-
-    def _gram_weights(self, Z, weight, m: int) -> float:
-        """Overwrite ``Z`` with ``S Z``; return ``Σ s_i ||z_i||^2`` (float64 accumulation; start-up only)."""
-        xp = self.xp
-        if weight is None:
-            return float(xp.einsum("ij,ij->", Z, Z, dtype=xp.float64)) if m else 0.0
-        weighted = Z * weight[:, None]
-        total = float(xp.einsum("ij,ij->", weighted, Z, dtype=xp.float64)) if m else 0.0
-        Z[...] = weighted
-        return total
-
-    def _residuals(self, Z, labels, weight, m: int) -> float:
-        """Overwrite scores ``Z`` (m, K) with ``s_i (softmax(z_i) - onehot(y_i))``; return ``Σ s_i loss_i``
-        accumulated in float64."""
-        xp = self.xp
-        top, total = self._row_max[:m], self._row_sum[:m]
-        flat = self._flat_index[:m]
-        picked = self._picked[:m]
-        Z.max(axis=1, out=top[:, 0])
-        Z -= top
-        xp.add(self._row_offsets[:m], labels, out=flat)
-        xp.take(Z.reshape(-1), flat, out=picked)          # z_{i, y_i} - max_i
-        xp.exp(Z, out=Z)
-        Z.sum(axis=1, out=total[:, 0])
-        Z /= total
-        xp.log(total[:, 0], out=total[:, 0])
-        xp.subtract(total[:, 0], picked, out=picked)        # loss_i = log Σ exp(z - max) - (z_y - max)
-        Z.reshape(-1)[flat] -= 1.0
-        if weight is None:
-            return float(picked.sum(dtype=xp.float64))
-        Z *= weight[:, None]
-        xp.multiply(picked, weight, out=picked)
-        return float(picked.sum(dtype=xp.float64))
 
     def predict_raw(self, params, out) -> None:
         """Raw scores ``X W + b`` into ``out`` (n_local, K)."""

@@ -14,6 +14,10 @@ Conventions
   z + b)``, ``g_q = Σ_p X_pqᵀ r`` (Allreduce of ``d_q`` float64 over ``col_comm``), and one Allreduce of three
   scalars over all ranks (``Σ r``, ``Σ loss`` from column group 0, ``‖w_q‖²`` from row group 0) so the loss
   and the stopping test are bit-identical everywhere. Local sums, one division by ``n``.
+- Multinomial (K classes): the local block is ``[W_q (d_q, K) row-major, b (K)]`` (length ``(d_q + 1) K``),
+  the scores ``Z = Σ_q X_pq W_q`` an Allreduce of ``n_p K`` numbers over ``row_comm``, the softmax residuals
+  ``R``, ``G_q = X_pqᵀ R`` an Allreduce of ``d_q K`` float64 over ``col_comm``, and ``K + 2`` scalars over all
+  ranks (the K intercept sums, the loss, ``‖W_q‖²``).
 - A rank with no rows or no columns contributes zeros and joins every collective.
 """
 
@@ -31,8 +35,10 @@ from pgd.data import block_range
 from pgd.data.rechunk import chunk_advice
 from pgd.device.backend import host_copy_of
 from pgd.errors import InputError
+from pgd.loader.classes import prepare_classes
 from pgd.loader.host import inspect_collectively, load_block, sparse_collectively
 from pgd.local.losses import get_loss, sum64
+from pgd.local.multinomial import SoftmaxResiduals, gram_weights, labels_as_indices
 from pgd.local.power import curvature_bound
 from pgd.strategies.standardize import column_moments
 
@@ -110,7 +116,8 @@ def _sum(comm, buf) -> None:
 class GridObjective:
     """The global objective over a P×Q block partition of ``X``.
 
-    A rank holds the block ``[w_q, b]`` of the parameters (``splits_parameters``).
+    A rank holds the block ``[w_q, b]`` of the parameters (``splits_parameters``), or ``[W_q, b]`` (flat,
+    row-major ``(d_q + 1, K)``) for a multinomial model.
 
     Parameters
     ----------
@@ -120,8 +127,8 @@ class GridObjective:
         Targets of this rank's rows.
     sample_weight : array, (n_p,), or None
         Weights of this rank's rows (data dtype).
-    loss : SquaredLoss or LogisticLoss
-        Pointwise loss.
+    loss : SquaredLoss, LogisticLoss or MultinomialLoss
+        Pointwise loss (multinomial: ``y`` holds the labels 0 .. K-1).
     comms : GridCommunicators
         ``row`` (ranks sharing my rows), ``col`` (sharing my columns), ``whole`` (all ranks).
     coords : tuple of int
@@ -138,12 +145,15 @@ class GridObjective:
         Array namespace of ``X``.
     total_weight : float, optional
         ``Σ s_i`` over the dataset, the normalisation (``n_global`` without weights).
+    n_classes : int, optional
+        K of a multinomial model (1: the vector ``[w_q, b]``).
     """
 
     splits_parameters = True
 
     def __init__(self, X, y, loss, comms, *, coords, n_global: int, d_global: int, col_range, l2: float,
-                 fit_intercept: bool, xp, sample_weight=None, total_weight: float | None = None):
+                 fit_intercept: bool, xp, sample_weight=None, total_weight: float | None = None,
+                 n_classes: int = 1):
         self.X, self.y, self.loss, self.xp = X, y, loss, xp
         self.sample_weight = sample_weight
         self.comm = comms
@@ -157,15 +167,24 @@ class GridObjective:
         self.curvature = float(loss.curvature_bound)
         self.compute_seconds = 0.0
         n_local, dtype = X.shape[0], X.dtype
-        self._w = xp.zeros(self.d_local, dtype=dtype)
-        self._z = xp.empty(n_local, dtype=dtype)
+        K = self.n_classes = int(n_classes)
+        self.n_coef = self.d_local * K          # the coefficients of this block; the K intercepts follow
+        self.n_params = self.n_coef + K
+        per_row = () if K == 1 else (K,)
+        self._w = xp.zeros((self.d_local, *per_row), dtype=dtype)
+        self._z = xp.empty((n_local, *per_row), dtype=dtype)
         self._work = xp.empty(n_local, dtype=dtype)
-        self._row_sum = xp.empty(self.d_local, dtype=dtype)
-        self._grad = xp.zeros(self.d_local, dtype=xp.float64)
-        self._scalars = np.zeros(3)
+        self._row_sum = xp.empty((self.d_local, *per_row), dtype=dtype)
+        self._grad = xp.zeros(self.n_coef, dtype=xp.float64)
+        self._scalars = np.zeros(K + 2)         # [intercept sums (K), loss, ‖w_q‖²]
         self._dot = np.zeros(1)
         self._max = np.zeros(1)
-        self._abs = xp.empty(self.d_local + 1, dtype=xp.float64)
+        self._abs = xp.empty(self.n_params, dtype=xp.float64)
+        if K > 1:
+            self._b = xp.empty(K, dtype=dtype)
+            self._labels = labels_as_indices(y, K, xp)
+            self._softmax = SoftmaxResiduals(n_local, K, dtype, xp)
+            self._class_sums = np.zeros(K)
 
     def __getattr__(self, name):
         """Refuse, in one line on every rank, what an optimizer needs beyond the common interface
@@ -176,55 +195,103 @@ class GridObjective:
                                 f"provide; use --mode data", collective=True)
 
     def zeros(self):
-        """Initial local parameters ``[w_q = 0, b = 0]``."""
-        return self.xp.zeros(self.d_local + 1, dtype=self.xp.float64)
+        """Initial local parameters ``[w_q = 0, b = 0]`` (length ``(d_q + 1) K``)."""
+        return self.xp.zeros(self.n_params, dtype=self.xp.float64)
+
+    def _add_intercepts(self, params) -> None:
+        """``z += b`` (the K intercepts broadcast over the rows of a multinomial model)."""
+        if not self.fit_intercept:
+            return
+        if self.n_classes > 1:
+            self._b[...] = params[self.n_coef:]
+            self._z += self._b
+            return
+        offset = float(params[self.d_local])
+        if offset != 0.0:
+            self.xp.add(self._z, offset, out=self._z)
+
+    def _intercept_sums(self) -> None:
+        """``_scalars[:K] = Σ_rows r`` in float64 (multinomial: per class)."""
+        if self.n_classes == 1:
+            self._scalars[0] = sum64(self._z, self.xp)
+            return
+        self._class_sums[...] = host_copy_of(self.xp, self._z.sum(axis=0, dtype=self.xp.float64))
+        self._scalars[:self.n_classes] = self._class_sums
 
     def _pass(self, params, transform) -> None:
         """``z = Σ_q X w_q + b``, ``r = transform(y, z, work, s)``, ``_grad = Σ_p Xᵀ r``, global scalars."""
-        xp, dq = self.xp, self.d_local
+        xp, nc, K = self.xp, self.n_coef, self.n_classes
         started = time.perf_counter()
-        self._w[...] = params[:dq]
+        self._w[...] = params[:nc].reshape(self._w.shape)
         xp.dot(self.X, self._w, out=self._z)
         self.compute_seconds += time.perf_counter() - started
         _sum(self.comm.row, self._z)
         started = time.perf_counter()
-        offset = float(params[dq]) if self.fit_intercept else 0.0
-        if offset != 0.0:
-            xp.add(self._z, offset, out=self._z)
+        self._add_intercepts(params)
         scalar = transform(self.y, self._z, self._work, self.sample_weight)
-        xp.dot(self._z, self.X, out=self._row_sum)
-        self._grad[...] = self._row_sum
+        if K == 1:
+            xp.dot(self._z, self.X, out=self._row_sum)
+        else:
+            xp.dot(self.X.T, self._z, out=self._row_sum)
+        self._grad[...] = self._row_sum.reshape(-1)
         owner = self.q == 0  # the row group's replicas of r: counted once
-        self._scalars[0] = sum64(self._z, xp) if owner and self.fit_intercept else 0.0
-        self._scalars[1] = scalar if owner else 0.0
-        w = params[:dq]
-        self._scalars[2] = float(xp.dot(w, w)) if self.p == 0 and self.l2 else 0.0
+        self._scalars[:K] = 0.0
+        if owner and self.fit_intercept:
+            self._intercept_sums()
+        self._scalars[K] = scalar if owner else 0.0
+        w = params[:nc]
+        self._scalars[K + 1] = float(xp.dot(w, w)) if self.p == 0 and self.l2 else 0.0
         self.compute_seconds += time.perf_counter() - started
         _sum(self.comm.col, self._grad)
         _sum(self.comm.whole, self._scalars)
         self._grad /= self.normalizer
 
+    def _residuals(self, y, z, work, s) -> float:
+        """The loss's residuals in place of ``z``; the (weighted) loss sum."""
+        if self.n_classes > 1:
+            return self._softmax(z, self._labels, s)
+        return self.loss.sum_and_derivative(y, z, work, self.xp, s)
+
     def value_and_grad(self, params, grad_out) -> float:
         """Global loss at the local ``params``; this rank's gradient block goes to ``grad_out``."""
-        xp, loss, dq = self.xp, self.loss, self.d_local
-        self._pass(params, lambda y, z, work, s: loss.sum_and_derivative(y, z, work, xp, s))
-        grad_out[:dq] = self._grad
-        grad_out[dq] = self._scalars[0] / self.normalizer
-        value = float(self._scalars[1] / self.normalizer)
+        nc, K = self.n_coef, self.n_classes
+        self._pass(params, self._residuals)
+        grad_out[:nc] = self._grad
+        grad_out[nc:] = self._scalars[:K] / self.normalizer
+        value = float(self._scalars[K] / self.normalizer)
         if self.l2:
-            grad_out[:dq] += self.l2 * params[:dq]
-            value += 0.5 * self.l2 * float(self._scalars[2])
+            grad_out[:nc] += self.l2 * params[:nc]
+            value += 0.5 * self.l2 * float(self._scalars[K + 1])
         return value
 
     def dot(self, a, b) -> float:
         """Global inner product of two local parameter vectors (one scalar Allreduce over all ranks)."""
-        dq = self.d_local
-        part = float(self.xp.dot(a[:dq], b[:dq])) if self.p == 0 else 0.0
+        nc = self.n_coef
+        part = float(self.xp.dot(a[:nc], b[:nc])) if self.p == 0 else 0.0
         if self.p == 0 and self.q == 0:
-            part += float(a[dq]) * float(b[dq])
+            part += float(a[nc]) * float(b[nc]) if self.n_classes == 1 else float(self.xp.dot(a[nc:], b[nc:]))
         self._dot[0] = part
         _sum(self.comm.whole, self._dot)
         return float(self._dot[0])
+
+    def sum_over_columns(self, partial) -> None:
+        """In place: the sum over the column blocks of per-block K-vectors ``partial`` (e.g. ``Σ_j μ_j W_j``
+        of the standardisation), counted from row group 0: one Allreduce of K numbers over all ranks, so every
+        rank gets the same bits."""
+        buffer = self._class_sums
+        buffer[...] = host_copy_of(self.xp, partial) if self.p == 0 else 0.0
+        _sum(self.comm.whole, buffer)
+        partial[...] = self.xp.asarray(buffer)
+
+    @property
+    def l1_weights(self):
+        """Per-coordinate L1 factors of a multinomial block (ones, 0 for the K intercepts); None for
+        ``[w_q, b]``, whose optimizers exempt the last entry themselves."""
+        if self.n_classes == 1:
+            return None
+        weights = self.xp.ones(self.n_params, dtype=self.xp.float64)
+        weights[self.n_coef:] = 0.0
+        return weights
 
     def column_moments(self):
         """``(Σs, mean, Σ s (x − mean)²)`` of this rank's columns over all rows (collective over the ranks
@@ -240,43 +307,51 @@ class GridObjective:
         return float(self._max[0])
 
     def start_vector(self, seed: int):
-        """The data-parallel start vector's slice, so both modes pick the same step."""
-        full = np.random.default_rng(seed).standard_normal(self.d + 1)
-        vector = self.xp.asarray(np.concatenate([full[self.col_start:self.col_stop], full[self.d:]]))
+        """The data-parallel start vector's slice (rows ``c0 .. c1`` and the intercept row of its ``(d + 1, K)``
+        matrix), so both modes pick the same step."""
+        K = self.n_classes
+        full = np.random.default_rng(seed).standard_normal((self.d + 1) * K).reshape(self.d + 1, K)
+        vector = self.xp.asarray(np.concatenate([full[self.col_start:self.col_stop].ravel(), full[self.d]]))
         if not self.fit_intercept:
-            vector[self.d_local] = 0.0
+            vector[self.n_coef:] = 0.0
         return vector
 
     def _weighted_direction(self, y, z, work, s) -> float:
         """Gram products: ``r = s u`` (``u`` itself without weights); no scalar."""
-        if s is not None:
+        if s is None:
+            return 0.0
+        if self.n_classes > 1:
+            gram_weights(z, s, self.xp)
+        else:
             self.xp.multiply(z, s, out=z)
         return 0.0
 
     def gram_product(self, params, out) -> None:
         """``out = X̃ᵀSX̃ params / Σs`` on this rank's parameter block."""
         self._pass(params, self._weighted_direction)
-        out[:self.d_local] = self._grad
-        out[self.d_local] = self._scalars[0] / self.normalizer
+        out[:self.n_coef] = self._grad
+        out[self.n_coef:] = self._scalars[:self.n_classes] / self.normalizer
 
     def lipschitz(self, power_iters: int, seed: int) -> float:
         """``L = λmax(c·X̃ᵀSX̃/Σs + λ·diag(1..1, 0))`` by power iteration with global norms."""
         penalty = None
         if self.l2:
-            penalty = self.xp.full(self.d_local + 1, self.l2)
-            penalty[self.d_local] = 0.0
+            penalty = self.xp.full(self.n_params, self.l2)
+            penalty[self.n_coef:] = 0.0
         return curvature_bound(self, power_iters, seed, penalty)
 
     def full_params(self, params) -> np.ndarray:
-        """The whole ``[w, b]`` as a host float64 vector on every rank (gathered over ``row_comm``)."""
+        """The whole ``[w, b]`` (multinomial: the flat ``(d + 1, K)`` ``[W; b]``) as a host float64 vector on
+        every rank (gathered over ``row_comm``)."""
         to_host = partial(host_copy_of, self.xp)
         host = np.ascontiguousarray(to_host(params), dtype=np.float64)
-        row = self.comm.row.mpi_comm
-        sizes = [stop - start for start, stop in (block_range(self.d, row.Get_size(), k)
-                                                   for k in range(row.Get_size()))]
-        full = np.empty(self.d + 1)
-        row.Allgatherv(host[:self.d_local], [full[:self.d], sizes, np.cumsum([0] + sizes[:-1]), MPI.DOUBLE])
-        full[self.d] = host[self.d_local]
+        row, K = self.comm.row.mpi_comm, self.n_classes
+        sizes = [(stop - start) * K for start, stop in (block_range(self.d, row.Get_size(), k)
+                                                         for k in range(row.Get_size()))]
+        full = np.empty((self.d + 1) * K)
+        coef = self.d * K
+        row.Allgatherv(host[:self.n_coef], [full[:coef], sizes, np.cumsum([0] + sizes[:-1]), MPI.DOUBLE])
+        full[coef:] = host[self.n_coef:]
         return full
 
 
@@ -301,14 +376,18 @@ def build_grid(cfg, world, backend):
     advice = chunk_advice(meta.chunks, meta.n, meta.d, widest, cfg.data) if cols_q > 1 else None
     if advice and world.Get_rank() == 0:
         print(advice, file=sys.stderr, flush=True)
+    multinomial = cfg.loss == "multinomial"
     slab = load_block(world, cfg.data, rows=block_range(meta.n, rows_p, p), cols=block_range(meta.d, cols_q, q),
                       backend=backend, dtype=cfg.dtype, x_key=cfg.x_key, y_key=cfg.y_key,
                       locking=cfg.hdf5_locking, loss=cfg.loss, meta=meta, weight_key=cfg.weight_key,
-                      class_weight=cfg.class_weight)
+                      class_weight=None if multinomial else cfg.class_weight)
+    if multinomial:   # over the ranks sharing my columns, which together hold every row once
+        slab.n_classes = prepare_classes(col_comm, slab, backend, requested=cfg.classes,
+                                         class_weight=cfg.class_weight)
     comms = GridCommunicators(f"{cfg.comm} on a {rows_p}x{cols_q} grid", make_communicator(cfg.comm, row_comm),
                               make_communicator(cfg.comm, col_comm), make_communicator(cfg.comm, cart))
     objective = GridObjective(slab.X, slab.y, get_loss(cfg.loss), comms, coords=(p, q), n_global=meta.n,
                               d_global=meta.d, col_range=(slab.col_start, slab.col_stop), l2=cfg.l2,
                               fit_intercept=cfg.fit_intercept, xp=backend.xp, sample_weight=slab.weight,
-                              total_weight=slab.total_weight)
+                              total_weight=slab.total_weight, n_classes=getattr(slab, "n_classes", 1))
     return objective, slab

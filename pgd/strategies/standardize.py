@@ -204,7 +204,8 @@ def scaling_for(objective, *, standardize: bool, fit_intercept: bool, l2: float 
     if l2 and penalty_scale == "original":
         scale = np.sqrt(scale * scale + l2 / objective.curvature)
     return ColumnScaling(center, scale, objective.xp, constant=constant, centred=fit_intercept,
-                         global_dot=objective.dot if split else None, n_classes=n_classes)
+                         global_dot=objective.dot if split else None, n_classes=n_classes,
+                         column_sum=objective.sum_over_columns if split and n_classes > 1 else None)
 
 
 def _to_host(xp, array) -> np.ndarray:
@@ -232,10 +233,13 @@ class ColumnScaling:
         rank holds only a block of ``w`` (grid modes); None computes ``μ·w`` locally on the device.
     n_classes : int
         K of a multinomial model's ``(d + 1, K)`` parameters (1: the vector ``[w, b]``).
+    column_sum : callable, optional
+        ``column_sum(partial)``, in place: the sum over the ranks' column blocks of a K-vector (``μᵀW`` of a
+        multinomial model whose rank holds rows ``c0 .. c1`` of ``W``, grid modes); None: ``W`` is whole here.
     """
 
     def __init__(self, mean, scale, xp, *, constant=None, centred: bool = False, identity: bool = False,
-                 global_dot=None, n_classes: int = 1):
+                 global_dot=None, n_classes: int = 1, column_sum=None):
         self.xp = xp
         self.constant_columns = int(np.count_nonzero(constant)) if constant is not None else 0
         self.d = len(mean)
@@ -250,9 +254,10 @@ class ColumnScaling:
         self._work = xp.empty(self.d, dtype=xp.float64)
         self.n_classes = int(n_classes)
         self.n_params = (self.d + 1) * self.n_classes
+        self.column_sum = column_sum
         if self.n_classes > 1:
-            if global_dot is not None:
-                raise ValueError("multinomial parameters are replicated: no global_dot")
+            if global_dot is not None and column_sum is None:
+                raise ValueError("multinomial parameters split over ranks need column_sum")
             self.mean = xp.asarray(self.mean_host)
             self._outer = xp.empty((self.d, self.n_classes), dtype=xp.float64)
             self._shift = xp.empty(self.n_classes, dtype=xp.float64)
@@ -267,6 +272,12 @@ class ColumnScaling:
         split = self.d * self.n_classes
         return flat[:split].reshape(self.d, self.n_classes), flat[split:]
 
+    def _mean_dot(self, W) -> None:
+        """``_shift = μᵀW`` (K,), summed over the column blocks when ``W`` is split over ranks."""
+        self.xp.dot(self.mean, W, out=self._shift)
+        if self.column_sum is not None:
+            self.column_sum(self._shift)
+
     def to_original(self, std, out) -> None:
         """``out = A std``: ``w = v/σ``, ``b = c − μ·w``."""
         xp, d = self.xp, self.d
@@ -276,7 +287,7 @@ class ColumnScaling:
             xp.divide(V, self.scale[:, None], out=W)
             b[...] = c
             if self.centred:
-                xp.dot(self.mean, W, out=self._shift)
+                self._mean_dot(W)
                 b -= self._shift
             return
         xp.divide(std[:d], self.scale, out=out[:d])
@@ -296,7 +307,7 @@ class ColumnScaling:
             V, c = self._matrices(out)
             c[...] = b
             if self.centred:
-                xp.dot(self.mean, W, out=self._shift)
+                self._mean_dot(W)
                 c += self._shift
             xp.multiply(W, self.scale[:, None], out=V)
             return

@@ -37,14 +37,16 @@ def blas_threads() -> str:
 
 def check_loss_options(cfg) -> None:
     """Refuse, in one line on every rank, options that ``--loss`` does not support: multinomial runs only in
-    the synchronous data mode with an iterative optimizer; ``--classes`` belongs to multinomial."""
+    the synchronous data, feature and hybrid modes with an iterative optimizer; ``--classes`` belongs to
+    multinomial."""
     if cfg.loss != "multinomial":
         if cfg.classes:
             raise InputError("--classes needs --loss multinomial", collective=True)
         return
-    if cfg.mode != "data" or cfg.sync_every:
-        what = f"--mode {cfg.mode}" if cfg.mode != "data" else "--sync-every (local SGD)"
-        raise InputError(f"{what} is not supported for multinomial (use --mode data)", collective=True)
+    if cfg.mode not in ("data", "feature", "hybrid") or cfg.sync_every:
+        what = f"--mode {cfg.mode}" if cfg.mode not in ("data", "feature", "hybrid") else "--sync-every (local SGD)"
+        raise InputError(f"{what} is not supported for multinomial (use --mode data, feature or hybrid)",
+                         collective=True)
     if cfg.solver == "gram":
         raise InputError("--solver gram is not supported for multinomial (it solves squared loss; leave "
                          "--solver at auto)", collective=True)

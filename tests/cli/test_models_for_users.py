@@ -111,7 +111,7 @@ def test_threshold_and_formats_for_a_binary_model(tmp_path):
 
 
 @pytest.mark.parametrize("extra, fragment", [
-    (["--mode", "feature"], "--mode feature is not supported for multinomial"),
+    (["--mode", "shm"], "--mode shm is not supported for multinomial"),
     (["--mode", "async"], "--mode async is not supported for multinomial"),
     (["--sync-every", "4"], "--sync-every (local SGD) is not supported for multinomial"),
     (["--solver", "gram"], "--solver gram is not supported for multinomial"),
