@@ -113,3 +113,27 @@ def test_fake_gpu_multinomial_with_validation_equals_cpu(tmp_path):
     assert found.keys() == expected.keys() and found["iteration"] == expected["iteration"] == 15
     np.testing.assert_allclose([found["val_loss"], found["val_accuracy"]],
                                [expected["val_loss"], expected["val_accuracy"]], rtol=1e-10)
+
+
+def test_fake_gpu_multinomial_feature_mode_equals_cpu_data_mode(tmp_path):
+    """The grid's multinomial path (scores over the row group, softmax residuals, the standardisation's K-vector
+    shift) on the device path: ``--mode feature`` on the fake GPU equals data mode on the CPU."""
+    import h5py
+
+    from support.files import write_dataset
+
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((53, 5)) * np.linspace(1, 4, 5) + 1.0
+    data = write_dataset(tmp_path / "m.h5", X, rng.integers(0, 3, 53).astype(float))
+    common = (data, "--loss", "multinomial", "--dtype", "float64", "--l2", "0.01", "--class-weight", "balanced",
+              "--max-iter", "15", "--tol", "0", "--rtol", "0")
+    models = {}
+    for device, mode, env in (("cpu", "data", None), ("gpu", "feature", FAKE_CUPY)):
+        out = tmp_path / f"{device}.h5"
+        result = run_pgd(2, "train", *common, "--device", device, "--mode", mode, "--out", out, env=env, timeout=240)
+        assert result.returncode == 0, result.stderr
+        with h5py.File(out, "r") as handle:
+            models[device] = (np.vstack([handle["w"][...], handle["b"][...]]), dict(handle.attrs))
+    (cpu, _), (gpu, attrs) = models["cpu"], models["gpu"]
+    assert attrs["device"] == "gpu (cupy)" and "1x2 grid" in attrs["communicator"] and gpu.shape == (6, 3)
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-10, atol=1e-10 * np.abs(cpu).max())
