@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse
 from scipy.sparse import _sparsetools
 
-from pgd.local.linear import AUTO_MIN_SLAB_BYTES, LocalLinearGradient
+from pgd.local.linear import AUTO_MIN_SLAB_BYTES, LocalLinearGradient, kernel_start_up
 from pgd.runtime import launcher, settings
 
 __all__ = ["SparseLinearGradient", "is_sparse", "local_gradient", "row_blocks", "row_range"]
@@ -81,7 +81,7 @@ def _compiled_kernel(X, y, fit_intercept: bool, sample_weight):
     fused = FusedCPUGradient((X.data, X.indices, X.indptr, X.shape[1]), y, fit_intercept=fit_intercept,
                              sample_weight=sample_weight, threads=launcher.blas_thread_count(),
                              precision=precision)
-    return fused, fused.kernel
+    return fused, fused.kernel + kernel_start_up("csr", X.dtype)
 
 
 def row_range(X, start: int, stop: int):

@@ -254,7 +254,8 @@ def format_summary(summary: dict) -> str:
         f"  MPI on device buffers: {summary.get('cuda_aware', 'no GPU')}",
         *([f"  gradient: {summary['gradient_kernel']}"]
           if "gradient_kernel" in summary and (summary["device"].startswith("gpu")
-                                               or summary.get("data_format") == "csr") else []),
+                                               or summary.get("data_format") == "csr"
+                                               or "numba" in summary["gradient_kernel"]) else []),
         f"  stopped after {summary['iterations']} iterations: {summary['stop_reason']}",
         f"  loss {summary['final_loss']:.12g}  |grad| {summary['grad_norm']:.3e}  "
         f"lr {summary['lr']:.6g}{' (auto, 1/L)' if summary['lr_auto'] else ''}",

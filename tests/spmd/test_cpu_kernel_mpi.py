@@ -19,7 +19,9 @@ def test_fused_kernel_trains_the_blocked_model(tmp_path):
     blocked, attrs, _ = train_params(1, tmp_path / "blocked.h5", *args, env={"PGD_CPU_KERNEL": "blocked"})
     assert "blocked" in attrs["gradient_kernel"]
     for ranks in (1, 3):
-        params, attrs, _ = train_params(ranks, tmp_path / f"fused{ranks}.h5", *args,
-                                        env={"PGD_CPU_KERNEL": "fused"})
+        params, attrs, stdout = train_params(ranks, tmp_path / f"fused{ranks}.h5", *args,
+                                             env={"PGD_CPU_KERNEL": "fused"})
         assert "numba" in attrs["gradient_kernel"], attrs["gradient_kernel"]
+        line = next(line for line in stdout.splitlines() if line.startswith("  gradient: "))   # what ran, and its cost
+        assert "fused one-pass CPU kernel" in line and (" compiled " in line or "disk cache" in line), line
         np.testing.assert_allclose(params, blocked, rtol=1e-8, atol=1e-9)
