@@ -55,7 +55,7 @@ def _identity(path: str) -> tuple[str, tuple[int, int] | None]:
     return os.path.realpath(path), inode
 
 
-def refuse_same_files(inputs: dict, outputs: dict) -> None:
+def refuse_same_files(inputs: dict, outputs: dict, *, linked_by_design: tuple = ()) -> None:
     """Raise a one-line :class:`InputError` when an output is an input or another output.
 
     Parameters
@@ -64,14 +64,21 @@ def refuse_same_files(inputs: dict, outputs: dict) -> None:
         ``{label: path}``; labels name the argument (``"DATA"``, ``"--out"``, ``"--out (PGD_OUT)"``);
         None paths are skipped. Files are the same when their resolved paths are equal or, for files that
         exist, their device and inode are (a hard link or a bind mount).
+    linked_by_design : tuple of (label, label)
+        Pairs of outputs compared by path only: files that pgd itself hard-links for a moment (a checkpoint and
+        its previous file while a checkpoint is rotated, by a running or a killed run).
     """
+    by_path_only = {frozenset(pair) for pair in linked_by_design}
     known = [(label, path, _identity(path)) for label, path in inputs.items() if path]
     for label, path in outputs.items():
         if not path:
             continue
         resolved, inode = _identity(path)
         for other_label, other_path, (other_resolved, other_inode) in known:
-            if resolved != other_resolved and (inode is None or inode != other_inode):
+            same_inode = inode is not None and inode == other_inode
+            if frozenset((label, other_label)) in by_path_only:
+                same_inode = False
+            if resolved != other_resolved and not same_inode:
                 continue
             if other_label in inputs:
                 raise InputError(f"{label} {path} is the same file as {other_label} {other_path}: pgd never "

@@ -406,6 +406,11 @@ def checkpoint_files(path: str) -> dict:
             "--checkpoint's lock file": lock_path(path)}
 
 
+#: A checkpoint and its previous file share an inode for a moment while a checkpoint is rotated (the current file
+#: is hard-linked to the previous name before the new one is renamed in), in a running run or one killed there.
+ROTATION_LINKED = (("--checkpoint", "--checkpoint's previous file"),)
+
+
 @contextmanager
 def hold_checkpoint_lock(world, path: str | None):
     """Rank 0 holds ``path``'s lock (:mod:`pgd.outputs.runlock`) for the block; a collective call.

@@ -25,7 +25,7 @@ from pgd.errors import DivergedError, TrainingError
 from pgd.fileio import atomic_path, check_writable, refuse_same_files
 from pgd.optim import make_optimizer
 from pgd.optim.convergence import DIVERGENCE_FACTOR, OptimalityTest, effective_tol, unconverged_warning
-from pgd.outputs.checkpoint import check_checkpoint_options, checkpoint_files, hold_checkpoint_lock
+from pgd.outputs.checkpoint import ROTATION_LINKED, check_checkpoint_options, checkpoint_files, hold_checkpoint_lock
 from pgd.outputs.model_file import save_run_model
 from pgd.outputs.progress import Progress
 from pgd.runtime import settings
@@ -59,7 +59,7 @@ def _check_outputs(world, cfg) -> None:
             outputs = {option_label(cfg, "out"): cfg.out, option_label(cfg, "metrics"): cfg.metrics}
             if cfg.checkpoint:
                 outputs.update(checkpoint_files(cfg.checkpoint))
-            refuse_same_files({"the data file": cfg.data}, outputs)
+            refuse_same_files({"the data file": cfg.data}, outputs, linked_by_design=ROTATION_LINKED)
             for path, what in ((cfg.out, "model file"), (cfg.metrics, "metrics file"),
                                (cfg.checkpoint, "checkpoint")):
                 if path:
