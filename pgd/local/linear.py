@@ -258,6 +258,16 @@ AUTO_MIN_COLUMNS_ONE_THREAD = 64
 AUTO_MIN_COLUMNS_SQUARED_ONE_THREAD = 1000
 
 
+def size_choice(n_bytes: int, choice: str) -> str:
+    """Why the compiled kernel is not tried for a slab of ``n_bytes`` under ``PGD_CPU_KERNEL=choice`` (dense
+    or CSR), or ``""``."""
+    if choice == "blocked":
+        return "PGD_CPU_KERNEL=blocked"
+    if choice == "auto" and n_bytes < AUTO_MIN_SLAB_BYTES:
+        return f"slab below {AUTO_MIN_SLAB_BYTES >> 20} MiB: the compiled kernel would not repay its load time"
+    return ""
+
+
 def host_kernel_choice(n_bytes: int, d: int, threads: int, dtype, choice: str, loss: str = "logistic") -> str:
     """Why the blocked path runs on the host, or ``""`` when the compiled kernel should be tried.
 
@@ -274,10 +284,9 @@ def host_kernel_choice(n_bytes: int, d: int, threads: int, dtype, choice: str, l
     loss : str
         The run's loss (``auto`` weighs the kernel's gain by it: the logistic residuals are where it gains most).
     """
-    if choice == "blocked":
-        return "PGD_CPU_KERNEL=blocked"
-    if choice == "auto" and n_bytes < AUTO_MIN_SLAB_BYTES:
-        return f"slab below {AUTO_MIN_SLAB_BYTES >> 20} MiB: the compiled kernel would not repay its load time"
+    reason = size_choice(n_bytes, choice)
+    if reason:
+        return reason
     if choice == "auto" and threads == 1 and d < AUTO_MIN_COLUMNS_ONE_THREAD:
         return f"d < {AUTO_MIN_COLUMNS_ONE_THREAD} on one thread: the blocked path is faster"
     if choice == "auto" and threads == 1 and loss == "squared" and d < AUTO_MIN_COLUMNS_SQUARED_ONE_THREAD:
@@ -290,19 +299,25 @@ def host_kernel_choice(n_bytes: int, d: int, threads: int, dtype, choice: str, l
 
 def _host_kernel(X, y, sample_weight, fit_intercept: bool, choice: str, loss: str):
     """The compiled one-pass CPU kernel for this slab, or None; and a description of what will run."""
-    threads = launcher.blas_thread_count()
-    reason = host_kernel_choice(X.nbytes, X.shape[1], threads, X.dtype, choice, loss)
+    reason = host_kernel_choice(X.nbytes, X.shape[1], launcher.blas_thread_count(), X.dtype, choice, loss)
     if reason:
         return None, f"blocked two-pass (NumPy/BLAS; {reason})"
-    from pgd.local.cpu_kernels import FusedCPUGradient  # noqa: PLC0415 - loaded by host_kernel_choice
-
-    precision = "data" if X.dtype == np.float32 else "float64"   # float32 rows' dot products as BLAS does
-    fused = FusedCPUGradient(X, y, fit_intercept=fit_intercept, sample_weight=sample_weight, threads=threads,
-                             precision=precision)
-    return fused, fused.kernel + kernel_start_up("dense", X.dtype)
+    return compiled_cpu_kernel(X, y, X.dtype, "dense", fit_intercept=fit_intercept, sample_weight=sample_weight)
 
 
-def kernel_start_up(kind: str, dtype) -> str:
+def compiled_cpu_kernel(slab, y, dtype, kind: str, *, fit_intercept: bool, sample_weight):
+    """``(kernel, description)``: :class:`pgd.local.cpu_kernels.FusedCPUGradient` on a rank's dense rows or CSR
+    arrays ``(data, indices, indptr, d)`` (``kind``), with the rank's BLAS threads; float32 products inside a
+    row in float32 as BLAS and SciPy do; the description says what its start-up cost this process."""
+    from pgd.local.cpu_kernels import FusedCPUGradient  # noqa: PLC0415 - loaded by the caller's choice
+
+    precision = "data" if dtype == np.float32 else "float64"
+    fused = FusedCPUGradient(slab, y, fit_intercept=fit_intercept, sample_weight=sample_weight,
+                             threads=launcher.blas_thread_count(), precision=precision)
+    return fused, fused.kernel + _kernel_start_up(kind, dtype)
+
+
+def _kernel_start_up(kind: str, dtype) -> str:
     """``"; compiled in 7 s (cached on disk for later runs)"`` or ``"; loaded from its disk cache in 0.8 s"``: what
     the compiled kernel cost this process (the run summary shows it beside the kernel)."""
     from pgd.local import cpu_kernels  # noqa: PLC0415 - already loaded by the caller

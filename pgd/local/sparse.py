@@ -22,8 +22,8 @@ import numpy as np
 import scipy.sparse
 from scipy.sparse import _sparsetools
 
-from pgd.local.linear import AUTO_MIN_SLAB_BYTES, LocalLinearGradient, kernel_start_up
-from pgd.runtime import launcher, settings
+from pgd.local.linear import LocalLinearGradient, compiled_cpu_kernel, size_choice
+from pgd.runtime import settings
 
 __all__ = ["SparseLinearGradient", "is_sparse", "local_gradient", "row_blocks", "row_range"]
 
@@ -59,10 +59,9 @@ def csr_kernel_choice(n_bytes: int, dtype, choice: str) -> str:
     choice : {"auto", "fused", "blocked"}
         ``PGD_CPU_KERNEL`` (``blocked`` means SciPy here).
     """
-    if choice == "blocked":
-        return "PGD_CPU_KERNEL=blocked"
-    if choice == "auto" and n_bytes < AUTO_MIN_SLAB_BYTES:
-        return f"slab below {AUTO_MIN_SLAB_BYTES >> 20} MiB: the compiled kernel would not repay its load time"
+    reason = size_choice(n_bytes, choice)
+    if reason:
+        return reason
     from pgd.local import cpu_kernels  # noqa: PLC0415 - imports numba (about 0.5 s): only where it may run
 
     return cpu_kernels.unavailable_reason("csr", dtype)
@@ -75,13 +74,8 @@ def _compiled_kernel(X, y, fit_intercept: bool, sample_weight):
     reason = csr_kernel_choice(nbytes, X.dtype, settings.cpu_kernel())
     if reason:
         return None, f"{SCIPY_PATH}; {reason}"
-    from pgd.local.cpu_kernels import FusedCPUGradient  # noqa: PLC0415 - loaded by csr_kernel_choice
-
-    precision = "data" if X.dtype == np.float32 else "float64"   # float32 products as the SciPy path does
-    fused = FusedCPUGradient((X.data, X.indices, X.indptr, X.shape[1]), y, fit_intercept=fit_intercept,
-                             sample_weight=sample_weight, threads=launcher.blas_thread_count(),
-                             precision=precision)
-    return fused, fused.kernel + kernel_start_up("csr", X.dtype)
+    return compiled_cpu_kernel((X.data, X.indices, X.indptr, X.shape[1]), y, X.dtype, "csr",
+                               fit_intercept=fit_intercept, sample_weight=sample_weight)
 
 
 def row_range(X, start: int, stop: int):
