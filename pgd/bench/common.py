@@ -51,11 +51,18 @@ def _random_rows(rows: int, d: int, dtype, seed: int):
     return X, y
 
 
+#: Pause before each timed call when a rank has several BLAS threads (OpenBLAS's workers spin about 2^28
+#: cycles, some 0.07 s, after a multi-threaded call: :func:`pgd.bench.timing.interleaved_samples`).
+BLAS_SETTLE_SECONDS = 0.15
+
+
 def interleaved_collective(world, candidates: dict, rounds: int) -> dict:
     """Median seconds of every candidate over ``rounds`` interleaved rounds
     (:func:`pgd.bench.timing.interleaved_samples`), each call after a ``Barrier`` and timed as the maximum
-    over ranks (all ranks run it concurrently)."""
-    samples = interleaved_samples(candidates, rounds, barrier=world.Barrier,
+    over ranks (all ranks run it concurrently); with several BLAS threads, each call after a pause of
+    :data:`BLAS_SETTLE_SECONDS` (the BLAS's spinning workers gone back to sleep)."""
+    settle = BLAS_SETTLE_SECONDS if launcher.blas_thread_count() > 1 else 0.0
+    samples = interleaved_samples(candidates, rounds, barrier=world.Barrier, settle=settle,
                                   reduce_max=lambda seconds: world.allreduce(seconds, op=MPI.MAX))
     return {name: statistics.median(values) for name, values in samples.items()}
 

@@ -156,7 +156,7 @@ def pass_throughput(d_list, dtypes, megabytes: float = 8, rounds: int = 15, rng=
     @numba.njit(nogil=True)
     def accumulate(X, rbuf, grad):
         for start in range(0, X.shape[0], rbuf.shape[0]):
-            K._dense_accumulate(X, start, min(rbuf.shape[0], X.shape[0] - start), rbuf, grad)
+            K._dense_accumulate(X, start, min(rbuf.shape[0], X.shape[0] - start), rbuf, grad, 0, 0)
 
     rng = rng or np.random.default_rng(0)
     rows = []

@@ -8,7 +8,8 @@ import time
 __all__ = ["interleaved_samples"]
 
 
-def interleaved_samples(candidates: dict, rounds: int, *, barrier=None, reduce_max=None) -> dict:
+def interleaved_samples(candidates: dict, rounds: int, *, barrier=None, reduce_max=None,
+                        settle: float = 0.0) -> dict:
     """Seconds of every candidate in each of ``rounds`` rounds, after one warm-up call of each.
 
     Every round calls each candidate once, in an order rotated from round to round, so every candidate meets
@@ -24,6 +25,10 @@ def interleaved_samples(candidates: dict, rounds: int, *, barrier=None, reduce_m
         Called before each timed call (``world.Barrier``: all ranks start together).
     reduce_max : callable, optional
         ``seconds -> seconds``, e.g. the maximum over ranks.
+    settle : float
+        Seconds to sleep before each timed call.  With several BLAS threads, OpenBLAS's workers spin for tens
+        of milliseconds after each multi-threaded call; without a pause they would compete for the cores
+        with the next candidate's own threads (not a state a training loop on the compiled kernel meets).
 
     Returns
     -------
@@ -37,6 +42,8 @@ def interleaved_samples(candidates: dict, rounds: int, *, barrier=None, reduce_m
     for round_index in range(rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
+            if settle:
+                time.sleep(settle)
             if barrier is not None:
                 barrier()
             started = time.perf_counter()

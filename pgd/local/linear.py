@@ -91,7 +91,7 @@ class LocalLinearGradient:
         # the one-pass GPU kernel (None on the host, or when it failed its start-up check) and what runs
         if not is_cupy(xp):
             self._fused, self.kernel = _host_kernel(X, y, sample_weight, self.fit_intercept,
-                                                    host_kernel or settings.cpu_kernel(), loss.name)
+                                                    host_kernel or settings.cpu_kernel())
         elif sample_weight is not None:
             self._fused, self.kernel = None, "two-pass CuPy/cuBLAS (sample weights: the fused kernel has none)"
         else:
@@ -250,12 +250,9 @@ class LocalLinearGradient:
 
 #: ``PGD_CPU_KERNEL=auto`` leaves slabs below this size to the blocked path: loading the compiled kernel from
 #: its disk cache costs about 0.8 s per process, more than it saves on a few hundred passes over a small slab.
+#: Above it the kernel runs for every d, loss, dtype and thread count: it measured faster than the blocked path
+#: in all of them (docs/cpu_kernels.md, "Prefetching the next block").
 AUTO_MIN_SLAB_BYTES = 32 << 20
-#: ... and, on one thread, narrow rows (d below this), where the blocked path measured faster
-#: (docs/cpu_kernels.md) ...
-AUTO_MIN_COLUMNS_ONE_THREAD = 64
-#: ... and, on one thread, squared loss below this many columns, where the two paths measured the same.
-AUTO_MIN_COLUMNS_SQUARED_ONE_THREAD = 1000
 
 
 def size_choice(n_bytes: int, choice: str) -> str:
@@ -268,38 +265,29 @@ def size_choice(n_bytes: int, choice: str) -> str:
     return ""
 
 
-def host_kernel_choice(n_bytes: int, d: int, threads: int, dtype, choice: str, loss: str = "logistic") -> str:
+def host_kernel_choice(n_bytes: int, dtype, choice: str) -> str:
     """Why the blocked path runs on the host, or ``""`` when the compiled kernel should be tried.
 
     Parameters
     ----------
-    n_bytes, d : int
-        The slab's size in bytes and its columns.
-    threads : int
-        Threads of this rank.
+    n_bytes : int
+        The slab's size in bytes.
     dtype : dtype
         Data dtype.
     choice : {"auto", "fused", "blocked"}
         ``PGD_CPU_KERNEL``.
-    loss : str
-        The run's loss (``auto`` weighs the kernel's gain by it: the logistic residuals are where it gains most).
     """
     reason = size_choice(n_bytes, choice)
     if reason:
         return reason
-    if choice == "auto" and threads == 1 and d < AUTO_MIN_COLUMNS_ONE_THREAD:
-        return f"d < {AUTO_MIN_COLUMNS_ONE_THREAD} on one thread: the blocked path is faster"
-    if choice == "auto" and threads == 1 and loss == "squared" and d < AUTO_MIN_COLUMNS_SQUARED_ONE_THREAD:
-        return (f"squared loss with d < {AUTO_MIN_COLUMNS_SQUARED_ONE_THREAD} on one thread: the blocked path is "
-                "as fast")
     from pgd.local import cpu_kernels  # noqa: PLC0415 - imports numba (about 0.5 s): only where it may run
 
     return cpu_kernels.unavailable_reason("dense", dtype)
 
 
-def _host_kernel(X, y, sample_weight, fit_intercept: bool, choice: str, loss: str):
+def _host_kernel(X, y, sample_weight, fit_intercept: bool, choice: str):
     """The compiled one-pass CPU kernel for this slab, or None; and a description of what will run."""
-    reason = host_kernel_choice(X.nbytes, X.shape[1], launcher.blas_thread_count(), X.dtype, choice, loss)
+    reason = host_kernel_choice(X.nbytes, X.dtype, choice)
     if reason:
         return None, f"blocked two-pass (NumPy/BLAS; {reason})"
     return compiled_cpu_kernel(X, y, X.dtype, "dense", fit_intercept=fit_intercept, sample_weight=sample_weight)

@@ -315,20 +315,16 @@ def test_benchmark_runs_and_writes_its_rows(tmp_path):
     assert {row["precision"] for row in results["passes"]} == {"float64", "data"}
 
 
-@pytest.mark.parametrize("choice, n_bytes, d, threads, loss, expect", [
-    ("blocked", 1 << 30, 100, 2, "logistic", "PGD_CPU_KERNEL=blocked"),
-    ("auto", 1 << 20, 100, 2, "logistic", "slab below"),
-    ("auto", 1 << 30, 16, 1, "logistic", "d < 64 on one thread"),
-    ("auto", 1 << 30, 16, 2, "squared", ""),
-    ("auto", 1 << 30, 100, 1, "logistic", ""),
-    ("auto", 1 << 30, 100, 1, "squared", "squared loss with d < 1000"),
-    ("auto", 1 << 30, 1000, 1, "squared", ""),
-    ("fused", 1 << 10, 4, 1, "squared", ""),
+@pytest.mark.parametrize("choice, n_bytes, expect", [
+    ("blocked", 1 << 30, "PGD_CPU_KERNEL=blocked"),
+    ("auto", 1 << 20, "slab below"),
+    ("auto", 1 << 30, ""),
+    ("fused", 1 << 10, ""),
 ])
-def test_host_kernel_choice(choice, n_bytes, d, threads, loss, expect):
+def test_host_kernel_choice(choice, n_bytes, expect):
     from pgd.local.linear import host_kernel_choice
 
-    reason = host_kernel_choice(n_bytes, d, threads, np.float64, choice, loss)
+    reason = host_kernel_choice(n_bytes, np.float64, choice)
     assert (reason == "") if not expect else (expect in reason)
 
 
