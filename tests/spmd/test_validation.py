@@ -113,11 +113,17 @@ def test_validation_metrics_equal_a_serial_computation(runs, ranks):
 @pytest.mark.mpi
 @pytest.mark.parametrize("ranks", [1, 2, 3])
 def test_held_out_rows_are_left_out_of_training(runs, ranks):
-    """Training with --validation-fraction is training on the other rows (the same optimum)."""
+    """Training with --validation-fraction is training on the other rows (the same optimum).
+
+    Both runs stop at ``--tol 1e-9`` (tighter ends at the rounding level on 1 to 3 ranks); their rows sit on
+    the ranks differently, so their iterates differ by rounding and the stops come at different points, up to
+    5e-6 apart (relative) as measured: compared to 1e-4 (the test above checks the number of rows trained on)."""
     w, b, _ = _model(runs[ranks]["logistic-holdout"]["out"])
     w_ref, b_ref, _ = _model(runs[ranks]["logistic-train-only"]["out"])
-    np.testing.assert_allclose(np.append(w, b), np.append(w_ref, b_ref), rtol=1e-6,
-                               atol=1e-6 * np.abs(w_ref).max())
+    for name in ("logistic-holdout", "logistic-train-only"):
+        assert runs[ranks][name]["converged"], runs[ranks][name]["stop_reason"]
+    np.testing.assert_allclose(np.append(w, b), np.append(w_ref, b_ref), rtol=1e-4,
+                               atol=1e-4 * np.abs(w_ref).max())
 
 
 @pytest.mark.mpi
