@@ -6,19 +6,16 @@ What only a real GPU can show (the CUDA code itself, timings, NCCL) is in tests/
 """
 
 import json
-import os
 
 import numpy as np
 import pytest
 
-from support import SUPPORT
 from support.files import write_loss_datasets
-from support.mpi import run_pgd, train_params
+from support.mpi import fake_cupy_env, run_pgd, train_params
 
 pytestmark = pytest.mark.mpi
 
-FAKE_CUPY = {"PYTHONPATH": os.pathsep.join(filter(None, [str(SUPPORT / "fake_cupy"),
-                                                         os.environ.get("PYTHONPATH")]))}
+FAKE_CUPY = fake_cupy_env()
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""End-to-end training under mpirun against float64 serial references (1, 2 and 3 ranks)."""
+"""End-to-end training under mpirun against float64 serial references (1, 2 and 3 ranks), on NumPy and on the
+fake CuPy (the GPU path's host code: ``support.mpi.BACKENDS``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from support.files import read_weights, write_dataset
-from support.mpi import run_pgd
+from support.mpi import BACKENDS, run_pgd
 
 pytestmark = pytest.mark.mpi
 
@@ -68,13 +69,15 @@ def datasets(tmp_path_factory):
             "binary": (write_dataset(root / "bin.h5", Xb, yb), Xb, yb), "root": root}
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("ranks", [1, 2, 3])
 @pytest.mark.parametrize("comm", ["allreduce", "reduce-bcast"])
-def test_least_squares_matches_lstsq(datasets, ranks, comm):
+def test_least_squares_matches_lstsq(datasets, ranks, comm, backend):
     path, X, y = datasets["regression"]
-    out = datasets["root"] / f"ls-{ranks}-{comm}.h5"
-    result = run_pgd(ranks, "train", path, "--loss", "squared", "--comm", comm, "--out", out, *TIGHT,
-                     env={"PGD_CHECK_REPLICAS": "1"})
+    out = datasets["root"] / f"ls-{ranks}-{comm}-{backend}.h5"
+    device, env = BACKENDS[backend]
+    result = run_pgd(ranks, "train", path, "--loss", "squared", "--comm", comm, "--out", out, *TIGHT, *device,
+                     env={"PGD_CHECK_REPLICAS": "1", **env})
     assert result.returncode == 0, result.stderr
     w, b, attrs = read_weights(out)
     A = np.hstack([X, np.ones((len(y), 1))])
@@ -84,26 +87,32 @@ def test_least_squares_matches_lstsq(datasets, ranks, comm):
     assert attrs["replicas_identical"] and attrs["replicas_checked"] == "every iteration"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("ranks", [1, 2, 3])
-def test_ridge_matches_closed_form(datasets, ranks):
+def test_ridge_matches_closed_form(datasets, ranks, backend):
     path, X, y = datasets["regression"]
-    out = datasets["root"] / f"ridge-{ranks}.h5"
-    result = run_pgd(ranks, "train", path, "--loss", "squared", "--l2", "0.5", "--out", out, *TIGHT)
+    out = datasets["root"] / f"ridge-{ranks}-{backend}.h5"
+    device, env = BACKENDS[backend]
+    result = run_pgd(ranks, "train", path, "--loss", "squared", "--l2", "0.5", "--out", out, *TIGHT, *device,
+                     env=env)
     assert result.returncode == 0, result.stderr
     w, b, _ = read_weights(out)
     assert _relative_error(w, b, *ridge_reference(X, y, 0.5)) < 1e-6
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("ranks", [1, 2, 3])
 @pytest.mark.parametrize("l2", [0.0, 0.01])
-def test_logistic_matches_newton_reference(datasets, ranks, l2):
+def test_logistic_matches_newton_reference(datasets, ranks, l2, backend):
     path, X, y = datasets["binary"]
-    out = datasets["root"] / f"log-{ranks}-{l2}.h5"
-    result = run_pgd(ranks, "train", path, "--loss", "logistic", "--l2", l2, "--out", out, *TIGHT)
+    out = datasets["root"] / f"log-{ranks}-{l2}-{backend}.h5"
+    device, env = BACKENDS[backend]
+    result = run_pgd(ranks, "train", path, "--loss", "logistic", "--l2", l2, "--out", out, *TIGHT, *device, env=env)
     assert result.returncode == 0, result.stderr
     w, b, attrs = read_weights(out)
     assert _relative_error(w, b, *logistic_reference(X, y, l2)) < 1e-5
     assert attrs["converged"]
+    assert attrs["device"] == ("gpu (cupy)" if backend == "fake-cupy" else "cpu (numpy)")
 
 
 def test_no_intercept_and_reduce_bcast_equal_allreduce(datasets):
