@@ -194,6 +194,41 @@ def load_row_slab(mpi_comm, path: str, *, backend, dtype: str = "auto", x_key: s
                       class_weight=class_weight)
 
 
+def load_row_slab_on(world, holds_data: bool, path: str, *, backend, **options) -> RowSlab:
+    """:func:`load_row_slab` over the ranks of ``world`` with ``holds_data`` (a block partition over them);
+    the others (the asynchronous modes' servers) get an empty slab with the same facts.
+
+    Errors are agreed over ``world``, so a rank without data never waits on ranks that failed.  When every
+    rank holds data this is :func:`load_row_slab` over ``world``.
+    """
+    if world.allreduce(bool(holds_data), op=MPI.LAND):
+        return load_row_slab(world, path, backend=backend, **options)
+    rank = world.Get_rank()
+    data_comm = world.Split(0 if holds_data else 1, rank)
+    slab = None
+    with collectively(world):
+        try:
+            if holds_data:
+                slab = load_row_slab(data_comm, path, backend=backend, **options)
+        finally:
+            data_comm.Free()
+    root = world.allgather(bool(holds_data)).index(True)
+    meta, dtype, total, source = world.bcast(
+        (slab.meta, str(slab.dtype), slab.total_weight, slab.weight_source) if rank == root else None, root=root)
+    if slab is not None:
+        return slab
+    xp, dtype = backend.xp, np.dtype(dtype)
+    if getattr(meta, "sparse", False):
+        import scipy.sparse  # noqa: PLC0415 - SciPy only for a sparse file
+
+        empty = scipy.sparse.csr_matrix((0, meta.d), dtype=dtype)
+    else:
+        empty = xp.zeros((0, meta.d), dtype=dtype)
+    weight = None if source == "none" else xp.zeros(0, dtype=dtype)
+    return RowSlab(meta=meta, start=0, stop=0, X=empty, y=xp.zeros(0, dtype=dtype), dtype=dtype, weight=weight,
+                   total_weight=total, weight_source=source)
+
+
 def sparse_collectively(mpi_comm, path: str, *, x_key: str, locking: str) -> bool:
     """Whether ``/x_key`` of ``path`` is a CSR group (the same answer on every rank; a file that cannot be
     opened answers False here and fails in the dense inspection with its one-line error)."""

@@ -17,7 +17,7 @@ from pgd.device.kernels import FinishKernel
 from pgd.device.ops import CupyOps
 from pgd.errors import InputError
 from pgd.loader.classes import prepare_classes
-from pgd.loader.host import load_row_slab
+from pgd.loader.host import load_row_slab_on
 from pgd.loader.validation import validation_rows
 from pgd.local.losses import get_loss
 from pgd.local.multinomial import LocalMultinomialGradient
@@ -204,8 +204,11 @@ def device_finish(backend, n_classes: int = 1):
     return FinishKernel(backend.xp, CupyOps(backend.xp))
 
 
-def build_data_parallel(cfg, world, backend):
+def build_data_parallel(cfg, world, backend, *, holds_data: bool = True):
     """Load this rank's rows and build the data-parallel objective.
+
+    ``holds_data`` is False on ranks that hold no rows (the asynchronous modes' parameter servers): the rows
+    are then split over the others, and the objective still spans ``world`` (those ranks add zeros).
 
     Returns
     -------
@@ -216,9 +219,9 @@ def build_data_parallel(cfg, world, backend):
     if cfg.grid:
         grid_shape("data", cfg.grid, world.Get_size())  # --grid must then be Nx1
     multinomial = cfg.loss == "multinomial"
-    slab = load_row_slab(world, cfg.data, backend=backend, dtype=cfg.dtype, x_key=cfg.x_key,
-                         y_key=cfg.y_key, locking=cfg.hdf5_locking, loss=cfg.loss,
-                         weight_key=cfg.weight_key, class_weight=None if multinomial else cfg.class_weight)
+    slab = load_row_slab_on(world, holds_data, cfg.data, backend=backend, dtype=cfg.dtype, x_key=cfg.x_key,
+                            y_key=cfg.y_key, locking=cfg.hdf5_locking, loss=cfg.loss, weight_key=cfg.weight_key,
+                            class_weight=None if multinomial else cfg.class_weight)
     loss = get_loss(cfg.loss)
     if is_sparse(slab.X) and (cfg.validation or cfg.validation_fraction):
         raise InputError(f"{cfg.data} is sparse (CSR): validation (--validation, --validation-fraction) does not "

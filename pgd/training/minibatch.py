@@ -26,22 +26,18 @@ import os
 import time
 
 import numpy as np
-import scipy.sparse
 from mpi4py import MPI
 
 import pgd
-from pgd.comm.host import collectively, make_communicator, max_over_ranks
+from pgd.comm.host import collectively, max_over_ranks
 from pgd.errors import DivergedError, TrainingError
 from pgd.fileio import atomic_path
-from pgd.loader.host import load_row_slab
-from pgd.local.losses import get_loss
-from pgd.local.sparse import local_gradient
+from pgd.loader.host import RowSlab
 from pgd.optim.convergence import OptimalityTest, effective_tol, unconverged_warning
 from pgd.outputs.model_file import save_run_model
-from pgd.strategies.data_parallel import DataParallelObjective
-from pgd.strategies.standardize import ColumnScaling, StandardizedObjective, describe, penalty_factors, scaling_for
+from pgd.strategies.standardize import ColumnScaling, describe, penalty_factors
 from pgd.training.preempt import Resilience
-from pgd.training.setup import describe_device
+from pgd.training.setup import describe_device, exact_objective, standardized
 from pgd.training.summary import print_summary, refuse_unconverged, timing
 
 
@@ -63,64 +59,6 @@ def slow_factor(cfg, rank: int) -> float:
     """How many times longer this rank's compute takes (``--slow-rank R:FACTOR``)."""
     slow = cfg.slow_rank
     return float(slow[1]) if slow and int(slow[0]) == rank else 1.0
-
-
-class RowData:
-    """This rank's rows (possibly none) and the dataset facts every rank knows."""
-
-    def __init__(self, X, y, meta, dtype, start: int, weight=None, total_weight: float = 0.0,
-                 weight_source: str = "none"):
-        self.X, self.y, self.meta, self.dtype, self.start = X, y, meta, np.dtype(dtype), start
-        self.weight, self.total_weight, self.weight_source = weight, float(total_weight), weight_source
-
-    @property
-    def n_global(self) -> int:
-        """Rows of the whole dataset."""
-        return self.meta.n
-
-
-def load_rows(cfg, world, backend, holds_data: bool) -> RowData:
-    """Load the rows of the ranks with ``holds_data`` (block partition over them); others get none.
-
-    Errors are agreed over ``world``, so ranks without data never wait on ranks that failed.
-    """
-    rank = world.Get_rank()
-    data_comm = world.Split(0 if holds_data else 1, rank)
-    slab = None
-    with collectively(world):
-        try:
-            if holds_data:
-                slab = load_row_slab(data_comm, cfg.data, backend=backend, dtype=cfg.dtype, x_key=cfg.x_key,
-                                     y_key=cfg.y_key, locking=cfg.hdf5_locking, loss=cfg.loss,
-                                     weight_key=cfg.weight_key, class_weight=cfg.class_weight)
-        finally:
-            data_comm.Free()
-    holders = world.allgather(holds_data)
-    root = holders.index(True)
-    meta, dtype, total, source = world.bcast(
-        (slab.meta, str(slab.dtype), slab.total_weight, slab.weight_source) if rank == root else None, root=root)
-    if slab is not None:
-        return RowData(slab.X, slab.y, meta, dtype, slab.start, slab.weight, total, source)
-    xp = backend.xp
-    weight = None if source == "none" else xp.zeros(0, dtype=dtype)
-    empty = (scipy.sparse.csr_matrix((0, meta.d), dtype=dtype) if getattr(meta, "sparse", False)
-             else xp.zeros((0, meta.d), dtype=dtype))
-    return RowData(empty, xp.zeros(0, dtype=dtype), meta, dtype, 0, weight, total, source)
-
-
-def global_objective(cfg, world, backend, rows: RowData):
-    """The exact objective over every rank's rows (a rank without rows contributes zeros), standardised
-    unless ``--no-standardize`` (collective: one pass for the column scales)."""
-    loss = get_loss(cfg.loss)
-    local = local_gradient(rows.X, rows.y, loss, fit_intercept=cfg.fit_intercept, xp=backend.xp,
-                           block_bytes=cfg.block_bytes, sample_weight=rows.weight)
-    objective = DataParallelObjective(local, make_communicator("allreduce", world), rows.n_global, cfg.l2,
-                                      backend.xp, curvature=loss.curvature_bound, total_weight=rows.total_weight)
-    scaling = scaling_for(objective, standardize=cfg.standardize, fit_intercept=cfg.fit_intercept, l2=cfg.l2,
-                          penalty_scale=cfg.penalty_scale)
-    if scaling.is_identity:
-        return objective
-    return StandardizedObjective(objective, scaling, l2=cfg.l2, penalty_scale=cfg.penalty_scale)
 
 
 def exact_loss(objective, params: np.ndarray) -> tuple[float, float, float]:
@@ -276,7 +214,7 @@ class MiniBatchState:
         self.stepper.load_state_dict(state["stepper"])
 
 
-def start_resilience(cfg, world, state, rows: "RowData", monitor: "LossMonitor | None", **options) -> Resilience:
+def start_resilience(cfg, world, state, rows: RowSlab, monitor: LossMonitor | None, **options) -> Resilience:
     """The run's :class:`pgd.training.preempt.Resilience` over ``state``, bound to the monitored history (rank 0's
     goes into checkpoints); with ``--resume`` the state and the history continue from the checkpoint.
     A collective call; ``options`` go to :class:`pgd.training.preempt.Resilience` (``quiesce``).
@@ -304,7 +242,7 @@ class LossMonitor:
         return self.target is not None and loss <= self.target
 
 
-def run_facts(cfg, world, backend, rows: RowData, lr: float, lipschitz: float, objective) -> dict:
+def run_facts(cfg, world, backend, rows, lr: float, lipschitz: float, objective) -> dict:
     """The facts of a run that the summary and the model file report."""
     scaling = getattr(objective, "scaling", None)
     return {
@@ -321,15 +259,16 @@ def run_facts(cfg, world, backend, rows: RowData, lr: float, lipschitz: float, o
 
 
 def prepare_run(cfg, world, backend, *, plan: str, holds_data: bool = True, writers: int = 1):
-    """Load the rows, build the exact objective, pick the step size; print the plan under ``--dry-run``.
+    """Load the rows and build the exact objective (the synchronous run's set-up,
+    :func:`pgd.training.setup.exact_objective`), pick the step size; print the plan under ``--dry-run``.
 
     Returns
     -------
     (rows, objective, facts)
         ``facts["dry_run"]`` is True when nothing is to be trained.
     """
-    rows = load_rows(cfg, world, backend, holds_data=holds_data)
-    objective = global_objective(cfg, world, backend, rows)
+    objective, scaling, rows = exact_objective(cfg, world, backend, holds_data=holds_data)
+    objective = standardized(cfg, objective, scaling)
     lr, lipschitz = step_size(cfg, objective, writers=writers)
     facts = run_facts(cfg, world, backend, rows, lr, lipschitz, objective)
     facts["start_loss"], _, facts["start_optimality"] = exact_loss(objective, np.zeros(rows.meta.d + 1))

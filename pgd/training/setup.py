@@ -15,6 +15,7 @@ from pgd.optim import OPTIMIZERS
 from pgd.runtime import launcher
 from pgd.runtime.topology import node_local_rank
 from pgd.strategies import STRATEGIES
+from pgd.strategies.data_parallel import build_data_parallel
 from pgd.strategies.gram import csr_gram_hazard, reduce_gram, select_solver
 from pgd.strategies.standardize import StandardizedObjective, describe, penalty_factors, scaling_for
 
@@ -60,10 +61,38 @@ def class_facts(slab) -> dict:
     return {"n_classes": slab.n_classes, "classes": classes}
 
 
+def exact_objective(cfg, world, backend, *, holds_data: bool = True):
+    """This rank's data (``--mode``) and the run's objective over it, with the standardisation that
+    ``--standardize``/``--penalty-scale`` ask for (one pass, collective; not yet applied).
+
+    The asynchronous, shared-memory and local-SGD modes take the data-parallel objective as their exact
+    objective, with ``holds_data`` False on the ranks that hold no rows (parameter servers).
+
+    Returns
+    -------
+    (objective, scaling, slab)
+    """
+    check_loss_options(cfg)
+    if cfg.mode in STRATEGIES and holds_data:
+        objective, slab = STRATEGIES[cfg.mode](cfg, world, backend)
+    else:
+        objective, slab = build_data_parallel(cfg, world, backend, holds_data=holds_data)
+    scaling = scaling_for(objective, standardize=cfg.standardize, fit_intercept=cfg.fit_intercept, l2=cfg.l2,
+                          penalty_scale=cfg.penalty_scale)
+    return objective, scaling, slab
+
+
+def standardized(cfg, objective, scaling):
+    """``objective`` in standardised coordinates (itself when ``scaling`` is the identity)."""
+    if scaling.is_identity:
+        return objective
+    return StandardizedObjective(objective, scaling, l2=cfg.l2, penalty_scale=cfg.penalty_scale)
+
+
 def build_objective(cfg, world, backend):
     """The run's objective in the optimizer's coordinates, and the method that minimises it.
 
-    Loads this rank's data (``--mode``), computes the standardisation (one pass, collective) and applies
+    Loads this rank's data and computes the standardisation (:func:`exact_objective`), then applies
     ``--solver``: the Gram objective solved directly, or the (standardised) objective for ``--optimizer``.
 
     Returns
@@ -72,10 +101,7 @@ def build_objective(cfg, world, backend):
         ``facts`` describe the standardisation, weights and solver for the summary (and the classes of a
         multinomial model).
     """
-    check_loss_options(cfg)
-    objective, slab = STRATEGIES[cfg.mode](cfg, world, backend)
-    scaling = scaling_for(objective, standardize=cfg.standardize, fit_intercept=cfg.fit_intercept, l2=cfg.l2,
-                          penalty_scale=cfg.penalty_scale)
+    objective, scaling, slab = exact_objective(cfg, world, backend)
     use_gram, solver = select_solver(cfg, objective)
     if use_gram and cfg.solver == "auto" and (reason := csr_gram_hazard(objective, scaling)):
         use_gram, solver = False, f"iterative (auto: {reason})"
@@ -87,8 +113,7 @@ def build_objective(cfg, world, backend):
         solver += f"; XᵀX reduced once in {MPI.Wtime() - started:.3g} s"
         method = "cd" if cfg.l1 else "cholesky"
     else:
-        if not scaling.is_identity:
-            objective = StandardizedObjective(objective, scaling, l2=cfg.l2, penalty_scale=cfg.penalty_scale)
+        objective = standardized(cfg, objective, scaling)
         method = "lbfgs" if cfg.optimizer in ("auto", None) else cfg.optimizer
     facts = {"standardize": describe(scaling, cfg.penalty_scale), "penalty_scale": cfg.penalty_scale,
              "sample_weight": slab.weight_source, "total_weight": slab.total_weight, "solver": solver}
