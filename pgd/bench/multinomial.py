@@ -1,8 +1,10 @@
 """``pgd bench gradient --loss multinomial``: one iteration of a K-class multinomial fit against one GEMM over X.
 
 The floor of a one-pass gradient is reading ``X`` once while multiplying it by a (d, K) matrix: one GEMM
-``X W`` over this rank's rows.  pgd's blocked gradient does ``X_b W`` and ``X_bᵀ R_b`` per row block (twice the
-flops, ``X`` read from memory once), the softmax, one Allreduce of ``(d + 1) K + 1`` numbers and the step.
+``X W`` over this rank's rows.  pgd's iteration runs on the compiled one-pass kernel
+(:mod:`pgd.local.cpu_multinomial`, where numba can run it) and on the blocked path (``X_b W`` and ``X_bᵀ R_b``
+per row block: twice the flops, ``X`` read from memory once), each with the softmax, one Allreduce of
+``(d + 1) K + 1`` numbers and the step; both are timed for every K, whatever ``PGD_CPU_KERNEL=auto`` would pick.
 Timing rules are those of :func:`pgd.bench.common.interleaved_collective`: pgd's iteration and the GEMM are
 timed in interleaved rounds (the same machine state for both), warm-up excluded, max over ranks, medians.
 """
@@ -31,27 +33,38 @@ def multinomial_gradient_bench(world, *, n: int, d: int, dtype: str, classes, re
     cases = []
     for k in classes:
         y = rng.integers(0, k, stop - start).astype(dtype)
-        local = LocalMultinomialGradient(X, y, k, fit_intercept=True, xp=np, block_bytes=block_bytes)
-        objective = DataParallelObjective(local, comm, n, 0.0, np, curvature=local.loss.curvature_bound)
-        optimizer = PlainGradientDescent(objective, xp=np, lr=0.1)
-        optimizer.start(np.zeros(objective.n_params))
         W = np.full((d, k), 0.01, dtype=dtype)
         scores = np.empty((stop - start, k), dtype=dtype)
-        times = interleaved_collective(world, {"pgd": optimizer.step,
-                                               "gemm": lambda: np.dot(X, W, out=scores)}, repeats)  # noqa: B023
-        iteration, gemm = times["pgd"], times["gemm"]
-        cases.append({"classes": int(k), "pgd_iteration": iteration, "local_gemm": gemm,
-                      "ratio": iteration / gemm, "block_rows": local.block_rows})
+        candidates, kernels = {"gemm": lambda: np.dot(X, W, out=scores)}, {}  # noqa: B023
+        for name, choice in (("fused_iteration", "fused"), ("blocked_iteration", "blocked")):
+            local = LocalMultinomialGradient(X, y, k, fit_intercept=True, xp=np, block_bytes=block_bytes,
+                                             host_kernel=choice)
+            objective = DataParallelObjective(local, comm, n, 0.0, np, curvature=local.loss.curvature_bound)
+            optimizer = PlainGradientDescent(objective, xp=np, lr=0.1)
+            optimizer.start(np.zeros(objective.n_params))
+            kernels[name] = local.kernel
+            if choice == "blocked" or local._fused is not None:
+                candidates[name] = optimizer.step
+        times = interleaved_collective(world, candidates, repeats)
+        gemm = times["gemm"]
+        case = {"classes": int(k), "local_gemm": gemm, "kernels": kernels, "block_rows": local.block_rows}
+        for name in ("fused_iteration", "blocked_iteration"):
+            if name in times:
+                case[name], case[name.replace("iteration", "ratio")] = times[name], times[name] / gemm
+        cases.append(case)
     return {"n": n, "d": d, "dtype": dtype, "loss": "multinomial", "ranks": size, "block_bytes": block_bytes,
             "blas_threads": launcher.BLAS_THREADS_RESOLVED, "cases": cases}
 
 
 def format_multinomial_bench(result: dict) -> str:
-    """One line per K: pgd's iteration, one GEMM over this rank's X, their ratio."""
+    """One line per K: pgd's iteration on the compiled kernel and on the blocked path, one GEMM over this
+    rank's X, and the ratios."""
     lines = [f"gradient bench: {result['n']} x {result['d']} {result['dtype']} multinomial, {result['ranks']} "
              f"rank(s), BLAS threads {result['blas_threads']}"]
     for case in result["cases"]:
-        lines.append(f"  K = {case['classes']:<4} pgd iteration {case['pgd_iteration'] * 1e3:9.2f} ms   one GEMM X W "
-                     f"{case['local_gemm'] * 1e3:9.2f} ms   ratio {case['ratio']:5.2f} (blocks of "
-                     f"{case['block_rows']} rows)")
+        fused = (f"compiled kernel {case['fused_iteration'] * 1e3:8.2f} ms ({case['fused_ratio']:4.2f}x)"
+                 if "fused_iteration" in case else f"(no compiled kernel: {case['kernels']['fused_iteration']})")
+        lines.append(f"  K = {case['classes']:<4} {fused}   blocked GEMMs {case['blocked_iteration'] * 1e3:8.2f} ms "
+                     f"({case['blocked_ratio']:4.2f}x, blocks of {case['block_rows']} rows)   one GEMM X W "
+                     f"{case['local_gemm'] * 1e3:8.2f} ms")
     return "\n".join(lines)

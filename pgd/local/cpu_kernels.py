@@ -93,14 +93,15 @@ DISABLE_ENV = "PGD_CPU_KERNEL"
 _FASTMATH = {"reassoc", "contract"}
 
 
-def _jit(function=None, *, fastmath=_FASTMATH):
+def _jit(function=None, *, fastmath=_FASTMATH, inline: str = "never"):
     """``numba.njit`` with the kernels' options (cached on disk, GIL released), or the function itself
-    when numba is missing (it is then never called: :func:`available` is False)."""
+    when numba is missing (it is then never called: :func:`available` is False).  ``inline="always"``
+    inlines a small helper into its callers' loops (which then vectorise)."""
     if function is None:
-        return lambda f: _jit(f, fastmath=fastmath)
+        return lambda f: _jit(f, fastmath=fastmath, inline=inline)
     if numba is None:
         return function
-    return numba.njit(cache=True, nogil=True, fastmath=fastmath, error_model="numpy")(function)
+    return numba.njit(cache=True, nogil=True, fastmath=fastmath, error_model="numpy", inline=inline)(function)
 
 
 def _define_prefetch():
@@ -147,6 +148,36 @@ _LN2_LO = 1.90821492927058770002e-10
 _EXP_ARGUMENT_MAX = 708.0
 
 
+@_jit(inline="always")
+def _exp_bits(a):
+    """The bits of ``2^-k``, ``k = round(a / ln 2)``, for ``0 <= a <= 708`` (view them as float64)."""
+    return (1023 - np.int64(a * _LOG2E + 0.5)) << 52
+
+
+@_jit(inline="always")
+def _exp_minus(a, scale):
+    """``exp(-a)`` for ``0 <= a <= 708``, ``scale`` being :func:`_exp_bits` of ``a`` as a float64:
+    ``a = k ln 2 + r`` (Cody-Waite), ``exp(-r)`` by its Taylor series to degree 13 (``|r| <= ln2/2``: error
+    below 1e-17), times ``2^-k``.  No calls, so a loop over a block of values vectorises."""
+    n = np.float64(np.int64(a * _LOG2E + 0.5))
+    t = (n * _LN2_HI - a) + n * _LN2_LO                      # -r
+    p = 1.0 / 6227020800.0
+    p = p * t + 1.0 / 479001600.0
+    p = p * t + 1.0 / 39916800.0
+    p = p * t + 1.0 / 3628800.0
+    p = p * t + 1.0 / 362880.0
+    p = p * t + 1.0 / 40320.0
+    p = p * t + 1.0 / 5040.0
+    p = p * t + 1.0 / 720.0
+    p = p * t + 1.0 / 120.0
+    p = p * t + 1.0 / 24.0
+    p = p * t + 1.0 / 6.0
+    p = p * t + 0.5
+    p = p * t + 1.0
+    p = p * t + 1.0
+    return p * scale
+
+
 @_jit
 def _logistic_terms(z, y, weight, m, rbuf, lbuf, bits):
     """Logistic terms of the ``m`` scores in ``z`` (``y``, ``weight``: the block's): ``z[k] <- s r`` with
@@ -154,35 +185,17 @@ def _logistic_terms(z, y, weight, m, rbuf, lbuf, bits):
     ``loss = max(z, 0) - y z + log1p(exp(-|z|))``.
 
     ``exp`` and ``log1p`` are polynomials written out here (no calls), so the loop over the block is
-    vectorised: ``exp(-r)`` by its Taylor series to degree 13 (``|r| <= ln2/2``: error below 1e-17) times
-    ``2^-k`` built from its bits in ``bits`` (int64 scratch); ``log1p(e) = 2 atanh(e / (2 + e))`` by its
-    odd series to degree 37 (``e / (2 + e) <= 1/3``: error below 1e-19).  Every term is non-negative, so
-    nothing cancels for large ``|z|``; the loss of a fitted row with ``|z|`` beyond 708 is exact to rounding.
+    vectorised: ``exp(-|z|)`` by :func:`_exp_minus` (its ``2^-k`` built from its bits in ``bits``, int64
+    scratch); ``log1p(e) = 2 atanh(e / (2 + e))`` by its odd series to degree 37 (``e / (2 + e) <= 1/3``:
+    error below 1e-19).  Every term is non-negative, so nothing cancels for large ``|z|``; the loss of a
+    fitted row with ``|z|`` beyond 708 is exact to rounding.
     """
     for k in range(m):
-        a = min(abs(z[k]), _EXP_ARGUMENT_MAX)
-        bits[k] = (1023 - np.int64(a * _LOG2E + 0.5)) << 52
+        bits[k] = _exp_bits(min(abs(z[k]), _EXP_ARGUMENT_MAX))
     scale = bits.view(np.float64)
     for k in range(m):
         zk = z[k]
-        a = min(abs(zk), _EXP_ARGUMENT_MAX)
-        n = np.float64(np.int64(a * _LOG2E + 0.5))
-        t = (n * _LN2_HI - a) + n * _LN2_LO                      # -r
-        p = 1.0 / 6227020800.0
-        p = p * t + 1.0 / 479001600.0
-        p = p * t + 1.0 / 39916800.0
-        p = p * t + 1.0 / 3628800.0
-        p = p * t + 1.0 / 362880.0
-        p = p * t + 1.0 / 40320.0
-        p = p * t + 1.0 / 5040.0
-        p = p * t + 1.0 / 720.0
-        p = p * t + 1.0 / 120.0
-        p = p * t + 1.0 / 24.0
-        p = p * t + 1.0 / 6.0
-        p = p * t + 0.5
-        p = p * t + 1.0
-        p = p * t + 1.0
-        e = p * scale[k]                                          # exp(-|z|)
+        e = _exp_minus(min(abs(zk), _EXP_ARGUMENT_MAX), scale[k])   # exp(-|z|)
         u = e / (2.0 + e)
         v = u * u
         q = 1.0 / 37.0

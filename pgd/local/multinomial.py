@@ -25,7 +25,10 @@ Conventions
 
 from __future__ import annotations
 
+import numpy as np
 import scipy.sparse
+
+from pgd.runtime import launcher, settings
 
 __all__ = ["MultinomialLoss", "LocalMultinomialGradient", "SoftmaxResiduals", "gram_weights", "labels_as_indices",
            "softmax_rows"]
@@ -146,13 +149,18 @@ class LocalMultinomialGradient:
         Target size in bytes of one row block of ``X`` together with its ``(rows, K)`` score block.
     sample_weight : array, (n_local,), optional
         Non-negative row weights in the data dtype.
+    host_kernel : {"auto", "fused", "blocked"}, optional
+        Dense rows on the host: whether the compiled one-pass kernel
+        (:class:`pgd.local.cpu_multinomial.FusedMultinomialCPU`) sums over all rows (or a slice of them);
+        default ``PGD_CPU_KERNEL`` (``auto``: slabs of 32 MiB or more with K up to :data:`AUTO_MAX_CLASSES`).
+        Mini-batches of gathered rows and the power iteration's Gram products take the blocked path.
     """
 
     DEFAULT_BLOCK_BYTES = 1 << 20
     loss = MultinomialLoss()
 
     def __init__(self, X, y, n_classes: int, *, fit_intercept: bool, xp, block_bytes: int = DEFAULT_BLOCK_BYTES,
-                 sample_weight=None):
+                 sample_weight=None, host_kernel: str | None = None):
         self.sparse = scipy.sparse.issparse(X)
         if self.sparse:
             X = X.tocsr()
@@ -181,6 +189,11 @@ class LocalMultinomialGradient:
         self._batch_X = xp.empty((0, 0 if self.sparse else self.d), dtype=self.dtype)   # see _gathered
         self._batch_labels = xp.empty(0, dtype=xp.int64)
         self._batch_weight = xp.empty(0, dtype=self.dtype)
+        self._fused = None
+        if xp is np and not self.sparse:
+            self._fused, why_not = _host_kernel(self, host_kernel or settings.cpu_kernel())
+            if why_not:
+                self.kernel += f" ({why_not})"
 
     @property
     def n_params(self) -> int:
@@ -244,6 +257,9 @@ class LocalMultinomialGradient:
             Local rows to sum over (mini-batches); all rows when omitted.
         """
         d, K = self.d, self.n_classes
+        if self._fused is not None and not gram and (rows is None or isinstance(rows, slice)):
+            self._fused.sums_at(params, out, rows)
+            return
         self._set_params(params)
         out[:] = 0
         grad_W = out[: d * K].reshape(d, K)
@@ -274,3 +290,29 @@ class LocalMultinomialGradient:
         self._set_params(params)
         self._product(self.X, self._W, out)
         out += self._b
+
+
+#: ``PGD_CPU_KERNEL=auto`` runs the compiled multinomial kernel up to this many classes: it re-reads each
+#: block of rows from cache twice per class, where the blocked path's GEMMs amortise over K
+#: (docs/cpu_kernels.md, "Multinomial").
+AUTO_MAX_CLASSES = 12
+
+
+def _host_kernel(local: LocalMultinomialGradient, choice: str):
+    """``(kernel or None, why not)`` for a dense host slab under ``PGD_CPU_KERNEL=choice``."""
+    from pgd.local.linear import size_choice  # noqa: PLC0415 - the one size rule of the compiled kernels
+
+    reason = size_choice(local.X.nbytes, choice)
+    if not reason and choice == "auto" and local.n_classes > AUTO_MAX_CLASSES:
+        reason = f"K = {local.n_classes} above {AUTO_MAX_CLASSES}: the blocked GEMMs are faster"
+    if not reason:
+        from pgd.local import cpu_multinomial  # noqa: PLC0415 - imports numba (about 0.5 s): only where it may run
+
+        reason = cpu_multinomial.unavailable_reason(local.dtype)
+    if reason:
+        return None, reason
+    fused = cpu_multinomial.FusedMultinomialCPU(
+        local.X, local.labels, local.n_classes, fit_intercept=local.fit_intercept, sample_weight=local.sample_weight,
+        threads=launcher.blas_thread_count(), precision="data" if local.dtype == np.float32 else "float64")
+    local.kernel = fused.kernel + cpu_multinomial.start_up(local.dtype)
+    return fused, ""
