@@ -15,6 +15,7 @@ import numpy as np
 
 from pgd.device.backend import is_cupy
 from pgd.device.kernels import MAX_READS_OF_X, SELF_CHECK_TOLERANCE, FusedGradient
+from pgd.local.kernel_choice import size_choice
 from pgd.local.losses import get_loss, sum64
 from pgd.runtime import launcher, settings
 
@@ -246,23 +247,6 @@ class LocalLinearGradient:
         self.xp.dot(self.X, w, out=out)
         if self.fit_intercept and float(b) != 0.0:
             self.xp.add(out, float(b), out=out)
-
-
-#: ``PGD_CPU_KERNEL=auto`` leaves slabs below this size to the blocked path: loading the compiled kernel from
-#: its disk cache costs about 0.8 s per process, more than it saves on a few hundred passes over a small slab.
-#: Above it the kernel runs for every d, loss, dtype and thread count: it measured faster than the blocked path
-#: in all of them (docs/cpu_kernels.md, "Prefetching the next block").
-AUTO_MIN_SLAB_BYTES = 32 << 20
-
-
-def size_choice(n_bytes: int, choice: str) -> str:
-    """Why the compiled kernel is not tried for a slab of ``n_bytes`` under ``PGD_CPU_KERNEL=choice`` (dense
-    or CSR), or ``""``."""
-    if choice == "blocked":
-        return "PGD_CPU_KERNEL=blocked"
-    if choice == "auto" and n_bytes < AUTO_MIN_SLAB_BYTES:
-        return f"slab below {AUTO_MIN_SLAB_BYTES >> 20} MiB: the compiled kernel would not repay its load time"
-    return ""
 
 
 def host_kernel_choice(n_bytes: int, dtype, choice: str) -> str:

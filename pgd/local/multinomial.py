@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
+from pgd.local.kernel_choice import size_choice
 from pgd.runtime import launcher, settings
 
 __all__ = ["MultinomialLoss", "LocalMultinomialGradient", "SoftmaxResiduals", "gram_weights", "labels_as_indices",
@@ -300,8 +301,6 @@ AUTO_MAX_CLASSES = 12
 
 def _host_kernel(local: LocalMultinomialGradient, choice: str):
     """``(kernel or None, why not)`` for a dense host slab under ``PGD_CPU_KERNEL=choice``."""
-    from pgd.local.linear import size_choice  # noqa: PLC0415 - the one size rule of the compiled kernels
-
     reason = size_choice(local.X.nbytes, choice)
     if not reason and choice == "auto" and local.n_classes > AUTO_MAX_CLASSES:
         reason = f"K = {local.n_classes} above {AUTO_MAX_CLASSES}: the blocked GEMMs are faster"

@@ -22,7 +22,8 @@ import numpy as np
 import scipy.sparse
 from scipy.sparse import _sparsetools
 
-from pgd.local.linear import LocalLinearGradient, compiled_cpu_kernel, size_choice
+from pgd.local.kernel_choice import size_choice
+from pgd.local.linear import LocalLinearGradient, compiled_cpu_kernel
 from pgd.runtime import settings
 
 __all__ = ["SparseLinearGradient", "is_sparse", "local_gradient", "row_blocks", "row_range"]

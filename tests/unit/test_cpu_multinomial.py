@@ -113,7 +113,7 @@ def test_the_local_gradient_runs_the_kernel_where_chosen():
 
 
 def test_auto_takes_the_kernel_for_a_large_slab_with_few_classes(monkeypatch):
-    monkeypatch.setattr("pgd.local.linear.AUTO_MIN_SLAB_BYTES", 1000)
+    monkeypatch.setattr("pgd.local.kernel_choice.AUTO_MIN_SLAB_BYTES", 1000)
     assert _local(300, AUTO_MAX_CLASSES, "auto")._fused is not None
     assert f"K = {AUTO_MAX_CLASSES + 1} above" in _local(300, AUTO_MAX_CLASSES + 1, "auto").kernel
 
