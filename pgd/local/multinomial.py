@@ -258,7 +258,8 @@ class LocalMultinomialGradient:
             Local rows to sum over (mini-batches); all rows when omitted.
         """
         d, K = self.d, self.n_classes
-        if self._fused is not None and not gram and (rows is None or isinstance(rows, slice)):
+        if self._fused is not None and not gram and (rows is None or (isinstance(rows, slice)
+                                                                      and rows.step in (None, 1))):
             self._fused.sums_at(params, out, rows)
             return
         self._set_params(params)

@@ -98,6 +98,8 @@ class SpmdServer:
         return MPIRUN is not None and 1 <= int(ranks) <= self.size
 
     def _start(self) -> None:
+        if self._process is not None:      # the previous pool ended (an abort): release its output file
+            self._out.close()
         self._pool_dir = self.directory / f"pool-{next(self._pools)}"
         self._pool_dir.mkdir(parents=True)
         self._index = 0
