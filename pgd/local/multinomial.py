@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
-from pgd.local.kernel_choice import size_choice
+from pgd.local import kernel_choice
 from pgd.runtime import launcher, settings
 
 __all__ = ["MultinomialLoss", "LocalMultinomialGradient", "SoftmaxResiduals", "gram_weights", "labels_as_indices",
@@ -153,7 +153,7 @@ class LocalMultinomialGradient:
     host_kernel : {"auto", "fused", "blocked"}, optional
         Dense rows on the host: whether the compiled one-pass kernel
         (:class:`pgd.local.cpu_multinomial.FusedMultinomialCPU`) sums over all rows (or a slice of them);
-        default ``PGD_CPU_KERNEL`` (``auto``: slabs of 32 MiB or more with K up to :data:`AUTO_MAX_CLASSES`).
+        default ``PGD_CPU_KERNEL`` (``auto``: slabs of 64 MiB or more with K up to :data:`AUTO_MAX_CLASSES`).
         Mini-batches of gathered rows and the power iteration's Gram products take the blocked path.
     """
 
@@ -302,7 +302,7 @@ AUTO_MAX_CLASSES = 12
 
 def _host_kernel(local: LocalMultinomialGradient, choice: str):
     """``(kernel or None, why not)`` for a dense host slab under ``PGD_CPU_KERNEL=choice``."""
-    reason = size_choice(local.X.nbytes, choice)
+    reason = kernel_choice.size_choice(local.X.nbytes, choice, kernel_choice.AUTO_MIN_SLAB_BYTES_MULTINOMIAL)
     if not reason and choice == "auto" and local.n_classes > AUTO_MAX_CLASSES:
         reason = f"K = {local.n_classes} above {AUTO_MAX_CLASSES}: the blocked GEMMs are faster"
     if not reason:

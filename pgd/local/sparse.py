@@ -6,7 +6,7 @@ Two computations, chosen once per slab and named in :attr:`SparseLinearGradient.
 ``gradient_kernel``):
 
 - the compiled one-pass kernel of :mod:`pgd.local.cpu_kernels` (numba) where it pays and passes its
-  start-up check (``PGD_CPU_KERNEL``: ``auto`` from 32 MiB of CSR arrays, ``fused`` always, ``blocked``
+  start-up check (``PGD_CPU_KERNEL``: ``auto`` from 256 MiB of CSR arrays, ``fused`` always, ``blocked``
   never; see :func:`csr_kernel_choice`): one pass over the non-zeros per evaluation (score, loss
   derivative, scatter), on the rank's BLAS threads;
 - otherwise SciPy's two sparse products, ``z = X w`` then ``g = Xᵀ r``, called through SciPy's compiled

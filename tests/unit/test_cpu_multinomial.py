@@ -102,7 +102,7 @@ def test_the_local_gradient_runs_the_kernel_where_chosen():
     assert ("compiled" in fused.kernel or "disk cache" in fused.kernel) and blocked._fused is None
     assert blocked.kernel.startswith("blocked two-pass GEMM") and "PGD_CPU_KERNEL=blocked" in blocked.kernel
     small, many = _local(300, 4, "auto"), _local(300, AUTO_MAX_CLASSES + 1, "auto")
-    assert small._fused is None and "slab below 32 MiB" in small.kernel
+    assert small._fused is None and "slab below 64 MiB" in small.kernel
     assert many._fused is None
     params = np.random.default_rng(7).standard_normal(fused.n_params)
     for rows, gram in ((None, False), (slice(10, 200), False), (np.array([3, 7, 7, 150]), False), (None, True)):
@@ -113,7 +113,7 @@ def test_the_local_gradient_runs_the_kernel_where_chosen():
 
 
 def test_auto_takes_the_kernel_for_a_large_slab_with_few_classes(monkeypatch):
-    monkeypatch.setattr("pgd.local.kernel_choice.AUTO_MIN_SLAB_BYTES", 1000)
+    monkeypatch.setattr("pgd.local.kernel_choice.AUTO_MIN_SLAB_BYTES_MULTINOMIAL", 1000)
     assert _local(300, AUTO_MAX_CLASSES, "auto")._fused is not None
     assert f"K = {AUTO_MAX_CLASSES + 1} above" in _local(300, AUTO_MAX_CLASSES + 1, "auto").kernel
 

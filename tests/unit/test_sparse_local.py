@@ -52,7 +52,7 @@ def test_kernel_named_and_fallback(monkeypatch):
     scipy_path = SparseLinearGradient(X, y, get_loss("squared"), fit_intercept=False, compiled=False)
     assert scipy_path.kernel.startswith("SciPy CSR")
     chosen = local_gradient(X, y, get_loss("squared"), fit_intercept=False, xp=np)
-    assert isinstance(chosen, SparseLinearGradient) and "below 32 MiB" in chosen.kernel   # auto: small slab
+    assert isinstance(chosen, SparseLinearGradient) and "below 256 MiB" in chosen.kernel   # auto: small slab
     monkeypatch.setenv("PGD_CPU_KERNEL", "blocked")
     assert "PGD_CPU_KERNEL=blocked" in local_gradient(X, y, get_loss("squared"), fit_intercept=False, xp=np).kernel
     assert isinstance(local_gradient(X.toarray(), y, get_loss("squared"), fit_intercept=False, xp=np),
