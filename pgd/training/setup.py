@@ -65,18 +65,19 @@ def exact_objective(cfg, world, backend, *, holds_data: bool = True):
     """This rank's data (``--mode``) and the run's objective over it, with the standardisation that
     ``--standardize``/``--penalty-scale`` ask for (one pass, collective; not yet applied).
 
-    The asynchronous, shared-memory and local-SGD modes take the data-parallel objective as their exact
-    objective, with ``holds_data`` False on the ranks that hold no rows (parameter servers).
+    The asynchronous and shared-memory modes take the data-parallel objective as their exact objective (local
+    SGD runs in ``--mode data``), with ``holds_data`` False on the ranks that hold no rows (parameter servers).
 
     Returns
     -------
     (objective, scaling, slab)
     """
     check_loss_options(cfg)
-    if cfg.mode in STRATEGIES and holds_data:
-        objective, slab = STRATEGIES[cfg.mode](cfg, world, backend)
-    else:
+    strategy = STRATEGIES.get(cfg.mode)       # async and shm: the data-parallel objective
+    if strategy is None:
         objective, slab = build_data_parallel(cfg, world, backend, holds_data=holds_data)
+    else:
+        objective, slab = strategy(cfg, world, backend)
     scaling = scaling_for(objective, standardize=cfg.standardize, fit_intercept=cfg.fit_intercept, l2=cfg.l2,
                           penalty_scale=cfg.penalty_scale)
     return objective, scaling, slab
