@@ -43,7 +43,7 @@ def multinomial_gradient_bench(world, *, n: int, d: int, dtype: str, classes, re
             optimizer = PlainGradientDescent(objective, xp=np, lr=0.1)
             optimizer.start(np.zeros(objective.n_params))
             kernels[name] = local.kernel
-            if choice == "blocked" or local._fused is not None:
+            if choice == "blocked" or "numba" in local.kernel:
                 candidates[name] = optimizer.step
         times = interleaved_collective(world, candidates, repeats)
         gemm = times["gemm"]
