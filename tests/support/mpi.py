@@ -106,7 +106,7 @@ class SpmdServer:
         self._out = open(self._pool_dir / "output.txt", "w+", encoding="utf-8")  # noqa: SIM115 - the pool's life
         env = dict(os.environ, PGD_BLAS_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
         self._process = subprocess.Popen(
-            mpirun_command(self.size, sys.executable, support_script("spmd_server.py"), self._pool_dir),
+            mpirun_command(self.size, sys.executable, support_script("spmd_server.py"), self._pool_dir, os.getpid()),
             stdout=self._out, stderr=subprocess.STDOUT, env=env, text=True)
 
     def _output(self) -> str:

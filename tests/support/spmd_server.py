@@ -1,7 +1,8 @@
 """One MPI launch for the SPMD tests: a pool of ranks that runs their jobs (``pgd`` commands and the
 ``mpi_*_check.py`` scripts) one after the other, each on a sub-communicator of the first ``k`` ranks.
 
-Usage: ``mpirun -n N python spmd_server.py DIRECTORY`` (started by :class:`support.mpi.SpmdServer`).  The
+Usage: ``mpirun -n N python spmd_server.py DIRECTORY CLIENT_PID`` (started by :class:`support.mpi.SpmdServer`;
+the pool ends by itself when the client process is gone, so a killed test session leaves no ranks behind).  The
 client writes ``job-<i>.json`` (atomically) for ``i = 0, 1, ...``; every rank polls for the next one (no MPI
 while waiting, so idle ranks do not spin on a core; the polls back off to one per 20 ms).  A job is
 ``{"ranks": k, "kind": "pgd" | "script", "argv": [...], "env": {...}, "fake_cupy": bool, "cwd": path | null}``;
@@ -45,9 +46,22 @@ LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORL
                  "OMPI_COMM_WORLD_LOCAL_RANK")
 
 
-def _wait_for(path: str) -> dict:
+def _client_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # alive, under another user
+        return True
+    return True
+
+
+def _wait_for(path: str, client: int) -> dict | None:
+    """The job at ``path`` once it exists, or None when the client is gone."""
     pause = POLL_SECONDS[0]
     while not os.path.exists(path):
+        if pause >= POLL_SECONDS[1] and not _client_alive(client):
+            return None
         time.sleep(pause)
         pause = min(2 * pause, POLL_SECONDS[1])
     with open(path, encoding="utf-8") as handle:
@@ -115,7 +129,7 @@ def run_job(job: dict, comm) -> dict:
     return {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
 
 
-def serve(directory: str) -> None:
+def serve(directory: str, client: int) -> None:
     rank = WORLD.Get_rank()
     communicators = {}
     WORLD.Barrier()
@@ -123,8 +137,8 @@ def serve(directory: str) -> None:
         open(os.path.join(directory, "ready"), "w").close()
     index = 0
     while True:
-        job = _wait_for(os.path.join(directory, f"job-{index}.json"))
-        if job.get("stop"):
+        job = _wait_for(os.path.join(directory, f"job-{index}.json"), client)
+        if job is None or job.get("stop"):
             return
         ranks = int(job["ranks"])
         if rank < ranks:
@@ -142,4 +156,4 @@ def serve(directory: str) -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(sys.argv[1], int(sys.argv[2]))
