@@ -72,6 +72,10 @@ bench: $(VENV)/.installed
 	  --json > bench-results/gradient-$${np}rank.json || exit 1; \
 	  $(BIN)/python -c 'import json,sys; from pgd.bench.common import format_gradient_bench as f; \
 	  print(f(json.load(open(sys.argv[1]))))' bench-results/gradient-$${np}rank.json; done
+	PGD_BLAS_THREADS=1 mpirun $(MPIRUN_FLAGS) -n 1 $(BIN)/pgd bench gradient --loss multinomial --n 200000 --d 100 \
+	  --classes 2 --classes 10 --repeats 5 --json > bench-results/gradient-multinomial.json
+	$(BIN)/python -c 'import json,sys; from pgd.bench.multinomial import format_multinomial_bench as f; \
+	  print(f(json.load(open(sys.argv[1]))))' bench-results/gradient-multinomial.json
 	$(BIN)/pgd bench scaling --kind strong --ranks 1,2 --n 400000 --d 100 --out bench-results/strong
 	$(BIN)/pgd bench scaling --kind weak --ranks 1,2 --n 200000 --d 100 --out bench-results/weak
 	mpirun $(MPIRUN_FLAGS) -n $(NP) $(BIN)/pgd bench comm --max-bytes 67108864 --repeats 10 --out bench-results/comm
