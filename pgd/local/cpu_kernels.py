@@ -72,6 +72,8 @@ __all__ = [
     "available",
     "unavailable_reason",
     "warm_up",
+    "describe_start_up",
+    "run_chunks",
     "Workspace",
     "dense_loss_grad",
     "csr_loss_grad",
@@ -529,6 +531,16 @@ def _self_check(kind: str, X, y, w) -> str:
     return ""
 
 
+def describe_start_up(report: dict | None) -> str:
+    """``"; loaded from its disk cache in 0.4 s"`` or ``"; compiled (cached on disk for later runs) in 7 s"``
+    for a ``{"seconds", "cache_hit"}`` report (:func:`warm_up`); '' without one.  The run summary shows it
+    beside the kernel."""
+    if not report:
+        return ""
+    how = "loaded from its disk cache" if report["cache_hit"] else "compiled (cached on disk for later runs)"
+    return f"; {how} in {report['seconds']:.2g} s"
+
+
 def warm_up(kind: str | None = None, dtype=None) -> dict:
     """Compile (or load from the disk cache) the kernels (narrowed as in :func:`available`) and report, per
     ``"kind/dtype"``, the seconds it took and whether the disk cache was hit; ``{"problem": reason}`` when
@@ -671,23 +683,31 @@ def csr_chunk_bounds(indptr, chunks: int) -> np.ndarray:
     return np.maximum.accumulate(bounds)
 
 
+def run_chunks(job, bounds) -> None:
+    """Run ``job(lo, hi, t)`` for every chunk ``t`` of the row boundaries ``bounds``: chunk 0 on this thread,
+    the others on the process-wide pool (the compiled kernels release the GIL), and wait for all of them."""
+    chunks = len(bounds) - 1
+    if chunks == 1:
+        job(bounds[0], bounds[1], 0)
+        return
+    futures = [_executor(chunks - 1).submit(job, bounds[t], bounds[t + 1], t) for t in range(1, chunks)]
+    job(bounds[0], bounds[1], 0)
+    for future in futures:
+        future.result()
+
+
 def _run_chunks(call, bounds, out_grad, workspace) -> tuple[float, float, float]:
-    """Run ``call(lo, hi, grad, t)`` for every chunk ``t`` (chunk 0 on this thread into ``out_grad``, the
-    others on the pool into ``workspace.partials``), then add the partials and scalars in chunk order."""
+    """Run ``call(lo, hi, grad, t)`` for every chunk ``t`` (:func:`run_chunks`; chunk 0 into ``out_grad``, the
+    others into ``workspace.partials``), then add the partials and scalars in chunk order."""
     chunks = len(bounds) - 1
     scalars = workspace.scalars
-    if chunks == 1:
-        scalars[0] = call(bounds[0], bounds[1], out_grad, 0)
-    else:
-        def job(t):
-            scalars[t] = call(bounds[t], bounds[t + 1], workspace.partials[t - 1], t)
 
-        futures = [_executor(chunks - 1).submit(job, t) for t in range(1, chunks)]
-        scalars[0] = call(bounds[0], bounds[1], out_grad, 0)
-        for future in futures:
-            future.result()
-        for t in range(chunks - 1):
-            np.add(out_grad, workspace.partials[t], out=out_grad)
+    def job(lo, hi, t):
+        scalars[t] = call(lo, hi, out_grad if t == 0 else workspace.partials[t - 1], t)
+
+    run_chunks(job, bounds)
+    for t in range(chunks - 1):
+        np.add(out_grad, workspace.partials[t], out=out_grad)
     loss_sum = intercept_sum = weight_sum = 0.0
     for t in range(chunks):
         loss_sum += scalars[t, 0]

@@ -124,13 +124,9 @@ def unavailable_reason(dtype) -> str:
 
 
 def start_up(dtype) -> str:
-    """What loading the kernel cost this process, for the run summary: ``"; loaded from its disk cache in
-    0.6 s"`` or ``"; compiled (cached on disk for later runs) in 9 s"`` ('' before :func:`unavailable_reason`)."""
-    report = _start_up.get(np.dtype(dtype).name)
-    if not report:
-        return ""
-    how = "loaded from its disk cache" if report["cache_hit"] else "compiled (cached on disk for later runs)"
-    return f"; {how} in {report['seconds']:.2g} s"
+    """What loading the kernel cost this process, for the run summary
+    (:func:`pgd.local.cpu_kernels.describe_start_up`; '' before :func:`unavailable_reason`)."""
+    return K.describe_start_up(_start_up.get(np.dtype(dtype).name))
 
 
 def _compile_and_check(dtype) -> str:
@@ -193,6 +189,7 @@ class FusedMultinomialCPU:
         self._RT = np.empty((chunks, classes, block), dtype=combine)
         self._rows = np.empty((chunks, 3, block))            # top, total, picked
         self._bits = np.empty((chunks, block), dtype=np.int64)
+        self._all_bounds = K.dense_chunk_bounds(self.n, self.threads)
         plural = "s" if self.threads > 1 else ""
         self.kernel = f"fused one-pass CPU kernel (numba, dense, {classes} classes, {self.threads} thread{plural})"
 
@@ -209,17 +206,12 @@ class FusedMultinomialCPU:
         matrix = params.reshape(d + 1, classes)
         self._WT[...] = matrix[:d].T
         self._b[...] = matrix[d] if self.fit_intercept else 0.0
-        start, stop = (0, self.n) if rows is None else rows.indices(self.n)[:2]
-        stop = max(start, stop)
-        bounds = start + K.dense_chunk_bounds(stop - start, self.threads)
-        if self.threads == 1:
-            self._chunk(bounds[0], bounds[1], 0)
+        if rows is None:
+            bounds = self._all_bounds
         else:
-            futures = [K._executor(self.threads - 1).submit(self._chunk, bounds[t], bounds[t + 1], t)
-                       for t in range(1, self.threads)]
-            self._chunk(bounds[0], bounds[1], 0)
-            for future in futures:
-                future.result()
+            start, stop = rows.indices(self.n)[:2]
+            bounds = start + K.dense_chunk_bounds(max(start, stop) - start, self.threads)
+        K.run_chunks(self._chunk, bounds)
         for t in range(1, self.threads):       # partials in chunk order
             self._GT[0] += self._GT[t]
             self._gb[0] += self._gb[t]

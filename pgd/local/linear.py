@@ -294,11 +294,7 @@ def _kernel_start_up(kind: str, dtype) -> str:
     the compiled kernel cost this process (the run summary shows it beside the kernel)."""
     from pgd.local import cpu_kernels  # noqa: PLC0415 - already loaded by the caller
 
-    report = cpu_kernels.warm_up(kind, dtype).get(f"{kind}/{np.dtype(dtype).name}")
-    if not report:
-        return ""
-    how = "loaded from its disk cache" if report["cache_hit"] else "compiled (cached on disk for later runs)"
-    return f"; {how} in {report['seconds']:.2g} s"
+    return cpu_kernels.describe_start_up(cpu_kernels.warm_up(kind, dtype).get(f"{kind}/{np.dtype(dtype).name}"))
 
 
 def _fused_kernel(X, y, xp, fit_intercept: bool, loss: str):
