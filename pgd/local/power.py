@@ -33,6 +33,14 @@ def power_iteration(vector, image_of, dot, iterations: int) -> float:
     return eigenvalue
 
 
+def coefficient_diagonal(xp, n_params: int, n_coef: int, value: float):
+    """A float64 vector of ``value`` on the first ``n_coef`` entries (the coefficients) and 0 on the rest (the
+    intercepts): the L2 penalty's diagonal Hessian (``value = λ``) or the L1 factors (``value = 1``)."""
+    vector = xp.full(n_params, value, dtype=xp.float64)
+    vector[n_coef:] = 0.0
+    return vector
+
+
 def curvature_bound(objective, iterations: int, seed: int, penalty_diagonal=None) -> float:
     """Largest eigenvalue of ``c·G + P``: the loss's curvature bound ``c`` times the objective's Gram
     operator (``objective.gram_product``), plus the penalty's diagonal Hessian ``P``, by power iteration.

@@ -21,7 +21,7 @@ from pgd.loader.host import load_row_slab_on
 from pgd.loader.validation import validation_rows
 from pgd.local.losses import get_loss
 from pgd.local.multinomial import LocalMultinomialGradient
-from pgd.local.power import curvature_bound
+from pgd.local.power import coefficient_diagonal, curvature_bound
 from pgd.local.sparse import is_sparse, local_gradient
 from pgd.strategies.grid import grid_shape
 from pgd.strategies.standardize import column_moments
@@ -162,9 +162,7 @@ class DataParallelObjective(ReplicatedParameters):
         ``[w, b]``, whose optimizers exempt the last entry themselves."""
         if self.n_classes == 1:
             return None
-        weights = self.xp.ones(self.n_params, dtype=self.xp.float64)
-        weights[self.n_penalised:] = 0.0
-        return weights
+        return coefficient_diagonal(self.xp, self.n_params, self.n_penalised, 1.0)
 
     def _penalised(self, sums, params, grad_out) -> float:
         """Copy the normalised sums into ``grad_out`` and add the L2 penalty; returns the loss."""
@@ -189,10 +187,7 @@ class DataParallelObjective(ReplicatedParameters):
     def lipschitz(self, power_iters: int, seed: int) -> float:
         """Upper-curvature estimate ``L = λmax(c·X̃ᵀSX̃/Σs + λ·diag(1..1, 0))`` by distributed power
         iteration (``c``: the loss's curvature bound, 1 for squared, ¼ for logistic, ½ for multinomial)."""
-        penalty = None
-        if self.l2:
-            penalty = self.xp.full(self.n_params, self.l2)
-            penalty[self.n_penalised:] = 0.0
+        penalty = coefficient_diagonal(self.xp, self.n_params, self.n_penalised, self.l2) if self.l2 else None
         return curvature_bound(self, power_iters, seed, penalty)
 
 

@@ -39,7 +39,7 @@ from pgd.loader.classes import prepare_classes
 from pgd.loader.host import inspect_collectively, load_block, sparse_collectively
 from pgd.local.losses import get_loss, sum64
 from pgd.local.multinomial import SoftmaxResiduals, gram_weights, labels_as_indices
-from pgd.local.power import curvature_bound
+from pgd.local.power import coefficient_diagonal, curvature_bound
 from pgd.strategies.standardize import column_moments
 
 
@@ -289,9 +289,7 @@ class GridObjective:
         ``[w_q, b]``, whose optimizers exempt the last entry themselves."""
         if self.n_classes == 1:
             return None
-        weights = self.xp.ones(self.n_params, dtype=self.xp.float64)
-        weights[self.n_coef:] = 0.0
-        return weights
+        return coefficient_diagonal(self.xp, self.n_params, self.n_coef, 1.0)
 
     def column_moments(self):
         """``(Σs, mean, Σ s (x − mean)²)`` of this rank's columns over all rows (collective over the ranks
@@ -334,10 +332,7 @@ class GridObjective:
 
     def lipschitz(self, power_iters: int, seed: int) -> float:
         """``L = λmax(c·X̃ᵀSX̃/Σs + λ·diag(1..1, 0))`` by power iteration with global norms."""
-        penalty = None
-        if self.l2:
-            penalty = self.xp.full(self.n_params, self.l2)
-            penalty[self.n_coef:] = 0.0
+        penalty = coefficient_diagonal(self.xp, self.n_params, self.n_coef, self.l2) if self.l2 else None
         return curvature_bound(self, power_iters, seed, penalty)
 
     def full_params(self, params) -> np.ndarray:
