@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 
+from job_scope import exit_code, scoped_environment
 from mpi4py import MPI
 
 import pgd.cli.app  # noqa: F401 - imported before the cases, so a case's --max-time does not pay for imports
@@ -35,29 +36,23 @@ def send_signal(spec: dict, done: threading.Event) -> None:
 
 def run_case(case: dict) -> dict:
     world = MPI.COMM_WORLD
-    previous = {name: os.environ.get(name) for name in case.get("env", {})}
-    os.environ.update({name: str(value) for name, value in case.get("env", {}).items()})
     sender, done = None, threading.Event()
     if case.get("signal") and case["signal"]["rank"] == world.Get_rank():
         sender = threading.Thread(target=send_signal, args=(case["signal"], done), daemon=True)
     out, err = io.StringIO(), io.StringIO()
-    world.Barrier()
-    if sender is not None:
-        sender.start()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(arg) for arg in case["args"]])
-            code = 0
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else 1
-    done.set()
-    if sender is not None:
-        sender.join()
-    for name, value in previous.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    with scoped_environment(case.get("env", {})):
+        world.Barrier()
+        if sender is not None:
+            sender.start()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main([str(arg) for arg in case["args"]])
+                code = 0
+            except SystemExit as stop:
+                code = exit_code(stop)
+        done.set()
+        if sender is not None:
+            sender.join()
     return {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
 
 

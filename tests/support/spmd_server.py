@@ -31,6 +31,7 @@ import sys
 import time
 import traceback
 
+from job_scope import exit_code, scoped_environment
 from mpi4py import MPI
 
 import pgd.cli.app  # noqa: F401 - imported once for every job (what a launch per job paid each time)
@@ -74,30 +75,23 @@ def _as_job_of(comm, env: dict, fake_cupy: bool, cwd):
     importable when asked; all undone on the way out."""
     size, rank = comm.Get_size(), comm.Get_rank()
     launcher = {LAUNCHER_VARS[0]: size, LAUNCHER_VARS[1]: rank, LAUNCHER_VARS[2]: size, LAUNCHER_VARS[3]: rank}
-    changes = {name: str(value) for name, value in {**launcher, **env}.items()}
-    saved = {name: os.environ.get(name) for name in changes}
     saved_argv, saved_cwd = list(sys.argv), os.getcwd()
-    os.environ.update(changes)
-    if fake_cupy:
-        sys.path.insert(0, FAKE_CUPY)
-    if cwd:
-        os.chdir(cwd)
-    MPI.COMM_WORLD = comm
-    try:
-        yield
-    finally:
-        MPI.COMM_WORLD = WORLD
-        os.chdir(saved_cwd)
-        sys.argv[:] = saved_argv
+    with scoped_environment({**launcher, **env}):
         if fake_cupy:
-            sys.path.remove(FAKE_CUPY)
-            for name in [name for name in sys.modules if name == "cupy" or name.startswith(("cupy.", "cupyx"))]:
-                del sys.modules[name]
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+            sys.path.insert(0, FAKE_CUPY)
+        if cwd:
+            os.chdir(cwd)
+        MPI.COMM_WORLD = comm
+        try:
+            yield
+        finally:
+            MPI.COMM_WORLD = WORLD
+            os.chdir(saved_cwd)
+            sys.argv[:] = saved_argv
+            if fake_cupy:
+                sys.path.remove(FAKE_CUPY)
+                for name in [name for name in sys.modules if name == "cupy" or name.startswith(("cupy.", "cupyx"))]:
+                    del sys.modules[name]
 
 
 def _run(job: dict) -> int:
@@ -111,7 +105,7 @@ def _run(job: dict) -> int:
             runpy.run_path(script, run_name="__main__")
         return 0
     except SystemExit as stop:
-        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        return exit_code(stop)
 
 
 def run_job(job: dict, comm) -> dict:
