@@ -152,32 +152,61 @@ _EXP_ARGUMENT_MAX = 708.0
 
 @_jit(inline="always")
 def _exp_bits(a):
-    """The bits of ``2^-k``, ``k = round(a / ln 2)``, for ``0 <= a <= 708`` (view them as float64)."""
-    return (1023 - np.int64(a * _LOG2E + 0.5)) << 52
+    """The bits of ``2^-k``, ``k = round(a / ln 2)``, for ``0 <= a <= 708`` (view them as float64).  ``k``
+    goes through int32: AVX2 converts four float64 to int32 in one instruction but has no such conversion to
+    int64, which would leave every element of the vectorised loop to scalar code."""
+    return (1023 - np.int64(np.int32(a * _LOG2E + 0.5))) << 52
 
 
 @_jit(inline="always")
 def _exp_minus(a, scale):
     """``exp(-a)`` for ``0 <= a <= 708``, ``scale`` being :func:`_exp_bits` of ``a`` as a float64:
     ``a = k ln 2 + r`` (Cody-Waite), ``exp(-r)`` by its Taylor series to degree 13 (``|r| <= ln2/2``: error
-    below 1e-17), times ``2^-k``.  No calls, so a loop over a block of values vectorises."""
-    n = np.float64(np.int64(a * _LOG2E + 0.5))
+    below 1e-17), times ``2^-k``.  No calls, so a loop over a block of values vectorises.  The series is
+    evaluated as two Horner chains in ``t^2`` (its even and odd terms), each half as long as one chain in
+    ``t``: the loop is bound by the latency of the chain, not by the arithmetic."""
+    n = np.floor(a * _LOG2E + 0.5)
     t = (n * _LN2_HI - a) + n * _LN2_LO                      # -r
-    p = 1.0 / 6227020800.0
-    p = p * t + 1.0 / 479001600.0
-    p = p * t + 1.0 / 39916800.0
-    p = p * t + 1.0 / 3628800.0
-    p = p * t + 1.0 / 362880.0
-    p = p * t + 1.0 / 40320.0
-    p = p * t + 1.0 / 5040.0
-    p = p * t + 1.0 / 720.0
-    p = p * t + 1.0 / 120.0
-    p = p * t + 1.0 / 24.0
-    p = p * t + 1.0 / 6.0
-    p = p * t + 0.5
-    p = p * t + 1.0
-    p = p * t + 1.0
-    return p * scale
+    t2 = t * t
+    even = 1.0 / 479001600.0
+    even = even * t2 + 1.0 / 3628800.0
+    even = even * t2 + 1.0 / 40320.0
+    even = even * t2 + 1.0 / 720.0
+    even = even * t2 + 1.0 / 24.0
+    even = even * t2 + 0.5
+    odd = 1.0 / 6227020800.0
+    odd = odd * t2 + 1.0 / 39916800.0
+    odd = odd * t2 + 1.0 / 362880.0
+    odd = odd * t2 + 1.0 / 5040.0
+    odd = odd * t2 + 1.0 / 120.0
+    odd = odd * t2 + 1.0 / 6.0
+    return (1.0 + (t + t2 * (even + t * odd))) * scale      # 1 + t + t^2/2 + t^3/6 + ...
+
+
+@_jit(inline="always")
+def _atanh_series(v):
+    """``atanh(u) / u`` for ``v = u^2 <= 1/9``: ``sum_i v^i / (2i + 1)`` to ``i = 18`` (error below 1e-19),
+    as two Horner chains in ``v^2``."""
+    v2 = v * v
+    even = 1.0 / 37.0
+    even = even * v2 + 1.0 / 33.0
+    even = even * v2 + 1.0 / 29.0
+    even = even * v2 + 1.0 / 25.0
+    even = even * v2 + 1.0 / 21.0
+    even = even * v2 + 1.0 / 17.0
+    even = even * v2 + 1.0 / 13.0
+    even = even * v2 + 1.0 / 9.0
+    even = even * v2 + 1.0 / 5.0
+    odd = 1.0 / 35.0
+    odd = odd * v2 + 1.0 / 31.0
+    odd = odd * v2 + 1.0 / 27.0
+    odd = odd * v2 + 1.0 / 23.0
+    odd = odd * v2 + 1.0 / 19.0
+    odd = odd * v2 + 1.0 / 15.0
+    odd = odd * v2 + 1.0 / 11.0
+    odd = odd * v2 + 1.0 / 7.0
+    odd = odd * v2 + 1.0 / 3.0
+    return 1.0 + v * (odd + v * even)
 
 
 @_jit
@@ -186,40 +215,23 @@ def _logistic_terms(z, y, weight, m, rbuf, lbuf, bits):
     ``r = sigmoid(z) - y``, ``rbuf[k] <- s r`` (in ``rbuf``'s dtype), ``lbuf[k] <- s loss`` with
     ``loss = max(z, 0) - y z + log1p(exp(-|z|))``.
 
-    ``exp`` and ``log1p`` are polynomials written out here (no calls), so the loop over the block is
+    ``exp`` and ``log1p`` are polynomials written out here (no calls), so the loops over the block are
     vectorised: ``exp(-|z|)`` by :func:`_exp_minus` (its ``2^-k`` built from its bits in ``bits``, int64
-    scratch); ``log1p(e) = 2 atanh(e / (2 + e))`` by its odd series to degree 37 (``e / (2 + e) <= 1/3``:
-    error below 1e-19).  Every term is non-negative, so nothing cancels for large ``|z|``; the loss of a
-    fitted row with ``|z|`` beyond 708 is exact to rounding.
+    scratch); ``log1p(e) = 2 atanh(e / (2 + e))`` by :func:`_atanh_series` (``e / (2 + e) <= 1/3``).
+    ``exp`` has a loop of its own (its values go through ``lbuf``): two short loop bodies let the processor
+    overlap more iterations than one long one.  Every term is non-negative, so nothing cancels for large
+    ``|z|``; the loss of a fitted row with ``|z|`` beyond 708 is exact to rounding.
     """
     for k in range(m):
         bits[k] = _exp_bits(min(abs(z[k]), _EXP_ARGUMENT_MAX))
     scale = bits.view(np.float64)
     for k in range(m):
+        lbuf[k] = _exp_minus(min(abs(z[k]), _EXP_ARGUMENT_MAX), scale[k])   # exp(-|z|)
+    for k in range(m):
         zk = z[k]
-        e = _exp_minus(min(abs(zk), _EXP_ARGUMENT_MAX), scale[k])   # exp(-|z|)
+        e = lbuf[k]
         u = e / (2.0 + e)
-        v = u * u
-        q = 1.0 / 37.0
-        q = q * v + 1.0 / 35.0
-        q = q * v + 1.0 / 33.0
-        q = q * v + 1.0 / 31.0
-        q = q * v + 1.0 / 29.0
-        q = q * v + 1.0 / 27.0
-        q = q * v + 1.0 / 25.0
-        q = q * v + 1.0 / 23.0
-        q = q * v + 1.0 / 21.0
-        q = q * v + 1.0 / 19.0
-        q = q * v + 1.0 / 17.0
-        q = q * v + 1.0 / 15.0
-        q = q * v + 1.0 / 13.0
-        q = q * v + 1.0 / 11.0
-        q = q * v + 1.0 / 9.0
-        q = q * v + 1.0 / 7.0
-        q = q * v + 1.0 / 5.0
-        q = q * v + 1.0 / 3.0
-        q = q * v + 1.0 / 1.0
-        softplus = 2.0 * u * q                                    # log1p(e)
+        softplus = 2.0 * u * _atanh_series(u * u)                         # log1p(e)
         positive = zk >= 0.0
         yk = np.float64(y[k])
         r = (1.0 if positive else e) / (1.0 + e) - yk
@@ -284,6 +296,21 @@ def _block_terms(z, y, weight, m, mode, rbuf, lbuf, bits):
     return _block_sums(z, lbuf, weight, m)
 
 
+@_jit(inline="always")
+def _row_index(i):
+    """Row ``i`` (never negative here) as an unsigned index: numba then leaves out the negative-index
+    wrap-around, a compare and select per row that the compiler cannot hoist (10-25 % of the row loops at
+    small ``d``, measured in cache)."""
+    return np.uint64(i)
+
+
+@_jit(inline="always")
+def _four_rows(X, i):
+    """Views of rows ``i ... i + 3`` of ``X`` (unsigned indices: :func:`_row_index`)."""
+    first, one = _row_index(i), np.uint64(1)
+    return X[first], X[first + one], X[first + one + one], X[first + one + one + one]
+
+
 @_jit
 def _dense_scores(X, w, b, start, m, z):
     """``z[k] = x_(start+k) . w + b`` for ``k < m``, four rows per sweep of ``w``.  The products and the
@@ -292,7 +319,7 @@ def _dense_scores(X, w, b, start, m, z):
     zero = w.dtype.type(0)
     k = 0
     while k + 4 <= m:
-        x0, x1, x2, x3 = X[start + k], X[start + k + 1], X[start + k + 2], X[start + k + 3]
+        x0, x1, x2, x3 = _four_rows(X, start + k)
         z0 = z1 = z2 = z3 = zero
         for j in range(d):
             wj = w[j]
@@ -306,7 +333,7 @@ def _dense_scores(X, w, b, start, m, z):
         z[k + 3] = np.float64(z3) + b
         k += 4
     while k < m:
-        x0 = X[start + k]
+        x0 = X[_row_index(start + k)]
         z0 = zero
         for j in range(d):
             z0 += x0[j] * w[j]
@@ -333,7 +360,7 @@ def _dense_accumulate(X, start, m, rbuf, grad, ahead_lo, ahead_hi):
         while ahead < stop:
             _prefetch(X, ahead)
             ahead += line
-        x0, x1, x2, x3 = X[start + k], X[start + k + 1], X[start + k + 2], X[start + k + 3]
+        x0, x1, x2, x3 = _four_rows(X, start + k)
         r0, r1, r2, r3 = rbuf[k], rbuf[k + 1], rbuf[k + 2], rbuf[k + 3]
         for j in range(d):
             grad[j] += (r0 * x0[j] + r1 * x1[j]) + (r2 * x2[j] + r3 * x3[j])
@@ -342,11 +369,28 @@ def _dense_accumulate(X, start, m, rbuf, grad, ahead_lo, ahead_hi):
         _prefetch(X, ahead)
         ahead += line
     while k < m:
-        x0 = X[start + k]
+        x0 = X[_row_index(start + k)]
         r0 = rbuf[k]
         for j in range(d):
             grad[j] += r0 * x0[j]
         k += 1
+
+
+#: Rows longer than this are not prefetched by the kernel: the hardware prefetcher follows long rows by
+#: itself, and the software prefetches only add work (d = 1000, one thread: float32 squared 1.41 without them
+#: against 1.48x the GEMV with them, float64 1.29 against 1.55x; d = 500 float32, 1000 bytes a row: 1.25
+#: without, 1.06x with; docs/cpu_kernels.md).
+PREFETCH_MAX_ROW_BYTES = 2048
+
+
+@_jit(inline="always")
+def _next_block(X, start, hi, block):
+    """The flat element range of ``X`` to prefetch while a block is summed: rows ``start`` to
+    ``min(hi, start + block)``, or nothing when rows are longer than :data:`PREFETCH_MAX_ROW_BYTES`."""
+    d = X.shape[1]
+    if d * X.itemsize > PREFETCH_MAX_ROW_BYTES:
+        return 0, 0
+    return start * d, min(hi, start + block) * d
 
 
 @_jit
@@ -362,7 +406,7 @@ def _dense_rows(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, bits):
     loss_sum = 0.0
     residual_sum = 0.0
     weight_sum = 0.0
-    block, d = z.shape[0], X.shape[1]
+    block = z.shape[0]
     for start in range(lo, hi, block):
         m = min(block, hi - start)
         _dense_scores(X, w, b, start, m, z)
@@ -370,7 +414,8 @@ def _dense_rows(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, bits):
         loss_sum += sums[0]
         residual_sum += sums[1]
         weight_sum += sums[2]
-        _dense_accumulate(X, start, m, rbuf, grad, (start + m) * d, min(hi, start + m + block) * d)
+        ahead_lo, ahead_hi = _next_block(X, start + m, hi, block)
+        _dense_accumulate(X, start, m, rbuf, grad, ahead_lo, ahead_hi)
     return loss_sum, residual_sum, weight_sum
 
 
@@ -588,10 +633,21 @@ def _executor(workers: int) -> ThreadPoolExecutor:
 #: (dense: a row's dot product and the combination of four rows in the data dtype, as BLAS does, then
 #: float64; CSR: the products ``x_ij w_j`` in the data dtype, summed in float64).  Equal for float64 data.
 PRECISIONS = ("float64", "data")
-#: Bytes of dense rows per block (the block is re-read from L1 for the gradient).  32 KiB measured faster than
-#: 16 KiB at d = 100 and 1000 on a 48 KiB L1 (float32 squared 1.01 -> 0.91x the GEMV, logistic 1.29 -> 1.18x,
-#: float64 logistic 1.60 -> 1.33x; docs/cpu_kernels.md); with a 32 KiB L1 the second pass reads from L2.
-DENSE_BLOCK_BYTES = 32 * 1024
+def _l1_data_cache_bytes(default: int = 32 * 1024) -> int:
+    """This core's L1 data cache in bytes (glibc's ``sysconf``), or ``default`` where it is not known."""
+    try:
+        size = int(os.sysconf("SC_LEVEL1_DCACHE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        size = 0
+    return size if size > 0 else default
+
+
+#: Bytes of dense rows per block (the block is re-read from L1 for the gradient): the L1 data cache less
+#: 16 KiB (for ``w``, the gradient, the scratch and the next block arriving), 16 to 32 KiB.  Measured at
+#: d = 100, one thread: on a 48 KiB L1 (Zen 4) 32 KiB blocks beat 16 KiB (float32 squared 1.01 -> 0.91x the
+#: GEMV, float64 logistic 1.60 -> 1.33x); on a 32 KiB L1 (Zen 3) 16 KiB blocks beat 32 KiB (float32
+#: squared 1.12 -> 1.03x, float64 logistic 1.05 -> 1.00x); docs/cpu_kernels.md.
+DENSE_BLOCK_BYTES = min(32 * 1024, max(16 * 1024, _l1_data_cache_bytes() - 16 * 1024))
 #: Rows per block of the CSR kernel (gather, residuals, scatter).
 CSR_BLOCK_ROWS = 256
 

@@ -26,7 +26,15 @@ import time
 import numpy as np
 
 from pgd.local import cpu_kernels as K
-from pgd.local.cpu_kernels import _EXP_ARGUMENT_MAX, _dense_accumulate, _dense_scores, _exp_bits, _exp_minus, _jit
+from pgd.local.cpu_kernels import (
+    _EXP_ARGUMENT_MAX,
+    _dense_accumulate,
+    _dense_scores,
+    _exp_bits,
+    _exp_minus,
+    _jit,
+    _next_block,
+)
 
 __all__ = ["FusedMultinomialCPU", "unavailable_reason", "start_up"]
 
@@ -98,7 +106,7 @@ def _multinomial_rows(X, labels, weight, WT, b, lo, hi, GT, gb, ZT, RT, top, tot
             for k in range(m):
                 class_sum += residual[k]
             gb[c] += class_sum
-            ahead_lo, ahead_hi = ((start + m) * d, min(hi, start + m + block) * d) if c == 0 else (0, 0)
+            ahead_lo, ahead_hi = _next_block(X, start + m, hi, block) if c == 0 else (0, 0)
             _dense_accumulate(X, start, m, combined, GT[c], ahead_lo, ahead_hi)
     return loss_sum, weight_sum
 
