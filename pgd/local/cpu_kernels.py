@@ -643,11 +643,17 @@ def _l1_data_cache_bytes(default: int = 32 * 1024) -> int:
 
 
 #: Bytes of dense rows per block (the block is re-read from L1 for the gradient): the L1 data cache less
-#: 16 KiB (for ``w``, the gradient, the scratch and the next block arriving), 16 to 32 KiB.  Measured at
+#: 16 KiB (for ``w``, the gradient, the scratch and the next block arriving), 16 to 32 KiB
+#: (:func:`dense_block_bytes`).  Measured at
 #: d = 100, one thread: on a 48 KiB L1 (Zen 4) 32 KiB blocks beat 16 KiB (float32 squared 1.01 -> 0.91x the
 #: GEMV, float64 logistic 1.60 -> 1.33x); on a 32 KiB L1 (Zen 3) 16 KiB blocks beat 32 KiB (float32
 #: squared 1.12 -> 1.03x, float64 logistic 1.05 -> 1.00x); docs/cpu_kernels.md.
-DENSE_BLOCK_BYTES = min(32 * 1024, max(16 * 1024, _l1_data_cache_bytes() - 16 * 1024))
+def dense_block_bytes(l1_bytes: int) -> int:
+    """Bytes of dense rows per block for an L1 data cache of ``l1_bytes``: ``l1_bytes - 16 KiB``, 16 to 32 KiB."""
+    return min(32 * 1024, max(16 * 1024, int(l1_bytes) - 16 * 1024))
+
+
+DENSE_BLOCK_BYTES = dense_block_bytes(_l1_data_cache_bytes())
 #: Rows per block of the CSR kernel (gather, residuals, scatter).
 CSR_BLOCK_ROWS = 256
 

@@ -54,11 +54,18 @@ def assert_matches(result, expected, rtol=1e-11):
     assert weight_sum == pytest.approx(e_weight, rel=1e-6, abs=1e-9)
 
 
-def poisoned_workspace(d, threads):
-    workspace = K.Workspace(d, threads)
-    workspace.partials.fill(np.nan)
-    workspace.scalars.fill(np.nan)
+def poisoned(workspace):
+    """``workspace`` with every buffer NaN (int64 scratch: all ones), so a value the kernel reads before
+    writing shows."""
+    for buffer in (workspace.partials, workspace.scalars, workspace.w_cast, workspace.z, workspace.rbuf,
+                   workspace.lbuf):
+        buffer.fill(np.nan)
+    workspace.bits.fill(-1)
     return workspace
+
+
+def poisoned_workspace(d, threads):
+    return poisoned(K.Workspace(d, threads))
 
 
 def test_available():
@@ -78,10 +85,44 @@ def test_available():
 def test_dense_matches_reference(shape, threads, weighted, dtype, loss):
     X, y, weight, w, b = problem(*shape, dtype, loss, weighted)
     out = np.full(shape[1], np.nan)
+    workspace = poisoned(K.dense_workspace(X, threads))
     result = K.dense_loss_grad(X, y, w, b, loss, sample_weight=weight, out_grad=out, threads=threads,
-                               workspace=poisoned_workspace(shape[1], threads))
+                               workspace=workspace)
     assert result[1] is out
     assert_matches(result, reference(X, y, w, b, loss, weight))
+    assert workspace.fits(shape[1], threads, K.dense_block_rows(shape[1], X.itemsize), np.float64)   # it was used
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("shape", [(9, 600), (23, 1031)])
+def test_dense_long_rows(shape, threads, dtype, loss):
+    """Rows longer than PREFETCH_MAX_ROW_BYTES (no software prefetch) in blocks of four rows, odd counts."""
+    assert shape[1] * np.dtype(dtype).itemsize > K.PREFETCH_MAX_ROW_BYTES
+    assert K.dense_block_rows(shape[1], np.dtype(dtype).itemsize) == 4
+    for weighted in (False, True):
+        X, y, weight, w, b = problem(*shape, dtype, loss, weighted, seed=3)
+        result = K.dense_loss_grad(X, y, w, b, loss, sample_weight=weight, threads=threads,
+                                   workspace=poisoned(K.dense_workspace(X, threads)))
+        assert_matches(result, reference(X, y, w, b, loss, weight))
+
+
+@pytest.mark.parametrize(("l1_bytes", "block_bytes"), [(0, 16384), (32768, 16384), (49152, 32768),
+                                                       (65536, 32768), (1 << 20, 32768)])
+def test_dense_block_bytes(l1_bytes, block_bytes):
+    assert K.dense_block_bytes(l1_bytes) == block_bytes
+
+
+def test_l1_size_unknown(monkeypatch):
+    """Where ``sysconf`` does not know the L1 data cache (or the name), the default stands."""
+    def unknown(name):
+        raise ValueError(name)
+
+    monkeypatch.setattr(K.os, "sysconf", unknown)
+    assert K._l1_data_cache_bytes(default=12345) == 12345
+    monkeypatch.setattr(K.os, "sysconf", lambda name: 0)
+    assert K._l1_data_cache_bytes(default=12345) == 12345
 
 
 def to_csr(X, index_dtype, indptr_dtype=np.int64, empty_every=0):
@@ -231,6 +272,29 @@ def test_logistic_extreme_scores(y_value):
         assert sums[i, 0] == pytest.approx(loss, rel=4e-16, abs=4e-308), zi
         assert sums[i, 1] == pytest.approx(sigmoid - y_value, rel=4e-16, abs=4e-308), zi
         assert sums[i, 2] == pytest.approx((sigmoid - y_value) * zi, rel=4e-16, abs=1e-303), zi
+
+
+@pytest.mark.parametrize("y_value", [0.0, 1.0])
+def test_logistic_terms_vectorised(y_value):
+    """The block loops themselves (vectorised: thousands of scores in one call, not one row at a time),
+    element by element: the same full float64 accuracy as the one-row path, weighted and not."""
+    z = np.concatenate([np.linspace(-800, 800, 4001), np.linspace(-3, 3, 1003), [0.0, -0.0, 1e-300, -1e-300]])
+    m = z.size
+    y = np.full(m, y_value)
+    weight = np.random.default_rng(0).uniform(0.5, 2.0, m)
+    for s in (None, weight):
+        scores, rbuf, lbuf, bits = z.copy(), np.full(m, np.nan), np.full(m, np.nan), np.full(m, -1, np.int64)
+        K._logistic_terms(scores, y, s, m, rbuf, lbuf, bits)
+        factor = np.ones(m) if s is None else s
+        for i, zi in enumerate(z):
+            e = math.exp(-abs(zi))
+            sigmoid = 1 / (1 + e) if zi >= 0 else e / (1 + e)
+            loss = max(zi, 0.0) - y_value * zi + math.log1p(e)
+            assert lbuf[i] == pytest.approx(loss * factor[i], rel=5e-16, abs=1e-307), zi
+            # sigmoid - 1 cancels (the kernel's formula as the reference's): an ulp of the terms, absolute
+            assert rbuf[i] == pytest.approx((sigmoid - y_value) * factor[i], rel=5e-16,
+                                            abs=max(1e-307, 2.3e-16 * y_value * factor[i])), zi
+            assert scores[i] == rbuf[i]
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
