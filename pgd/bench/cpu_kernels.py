@@ -141,7 +141,7 @@ def pass_throughput(d_list, dtypes, megabytes: float = 8, rounds: int = 15, rng=
     @numba.njit(nogil=True)
     def scores(X, w, z):
         for start in range(0, X.shape[0], z.shape[0]):
-            K._dense_scores(X, w, 0.1, start, min(z.shape[0], X.shape[0] - start), z)
+            K._dense_scores(X, w, 0.1, start, min(z.shape[0], X.shape[0] - start), z, 0, 0)
 
     @numba.njit(nogil=True)
     def terms(y, z, rbuf, lbuf, bits, mode):

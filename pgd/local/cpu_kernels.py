@@ -311,14 +311,41 @@ def _four_rows(X, i):
     return X[first], X[first + one], X[first + one + one], X[first + one + one + one]
 
 
+@_jit(inline="always")
+def _prefetch_share(ahead_lo, ahead_hi, m):
+    """Elements of the prefetch range ``ahead_lo:ahead_hi`` to prefetch per group of four of ``m`` rows."""
+    groups = max(1, m // 4)
+    return (ahead_hi - ahead_lo + groups - 1) // groups
+
+
+@_jit(inline="always")
+def _prefetch_lines(X, ahead, stop):
+    """Prefetch the cache lines of ``X``'s flat elements ``ahead:stop``; returns where the next line starts.
+
+    The next block is prefetched in two halves (:func:`_prefetch_spread`): the first while this block's
+    scores are computed, the second while its rows are added into the gradient.  Both passes read this block
+    from cache; without the prefetches the memory stream would stand idle until the next block's scores
+    miss on it, and with all of them in one pass it stands idle during the other."""
+    line = max(1, 64 // X.itemsize)
+    while ahead < stop:
+        _prefetch(X, ahead)
+        ahead += line
+    return ahead
+
+
 @_jit
-def _dense_scores(X, w, b, start, m, z):
+def _dense_scores(X, w, b, start, m, z, ahead_lo, ahead_hi):
     """``z[k] = x_(start+k) . w + b`` for ``k < m``, four rows per sweep of ``w``.  The products and the
-    sums within a row are in ``w``'s dtype (float64, or the data dtype for BLAS-like float32 speed)."""
+    sums within a row are in ``w``'s dtype (float64, or the data dtype for BLAS-like float32 speed).
+    Meanwhile the cache lines of ``X``'s flat elements ``ahead_lo:ahead_hi`` are prefetched, spread over the
+    groups of four rows (:func:`_prefetch_spread`)."""
     d = X.shape[1]
     zero = w.dtype.type(0)
+    share = _prefetch_share(ahead_lo, ahead_hi, m)
+    ahead = ahead_lo
     k = 0
     while k + 4 <= m:
+        ahead = _prefetch_lines(X, ahead, min(ahead_hi, ahead + share))
         x0, x1, x2, x3 = _four_rows(X, start + k)
         z0 = z1 = z2 = z3 = zero
         for j in range(d):
@@ -332,6 +359,7 @@ def _dense_scores(X, w, b, start, m, z):
         z[k + 2] = np.float64(z2) + b
         z[k + 3] = np.float64(z3) + b
         k += 4
+    _prefetch_lines(X, ahead, ahead_hi)
     while k < m:
         x0 = X[_row_index(start + k)]
         z0 = zero
@@ -346,28 +374,20 @@ def _dense_accumulate(X, start, m, rbuf, grad, ahead_lo, ahead_hi):
     """``grad += sum_k rbuf[k] x_(start+k)``: four rows combined in ``rbuf``'s dtype, then added to the
     float64 ``grad`` (one load and store of ``grad`` per four rows).
 
-    Meanwhile the cache lines of ``X``'s flat elements ``ahead_lo:ahead_hi`` (the next block) are
-    prefetched, spread evenly over the groups of four rows: this pass reads the block from L1, and without
-    the prefetch the memory stream would stand idle until the next block's scores miss on it."""
+    Meanwhile the cache lines of ``X``'s flat elements ``ahead_lo:ahead_hi`` are prefetched, spread over
+    the groups of four rows (:func:`_prefetch_spread`)."""
     d = X.shape[1]
-    line = max(1, 64 // X.itemsize)
-    groups = max(1, m // 4)
-    share = (ahead_hi - ahead_lo + groups - 1) // groups
+    share = _prefetch_share(ahead_lo, ahead_hi, m)
     ahead = ahead_lo
     k = 0
     while k + 4 <= m:
-        stop = min(ahead_hi, ahead + share)
-        while ahead < stop:
-            _prefetch(X, ahead)
-            ahead += line
+        ahead = _prefetch_lines(X, ahead, min(ahead_hi, ahead + share))
         x0, x1, x2, x3 = _four_rows(X, start + k)
         r0, r1, r2, r3 = rbuf[k], rbuf[k + 1], rbuf[k + 2], rbuf[k + 3]
         for j in range(d):
             grad[j] += (r0 * x0[j] + r1 * x1[j]) + (r2 * x2[j] + r3 * x3[j])
         k += 4
-    while ahead < ahead_hi:
-        _prefetch(X, ahead)
-        ahead += line
+    _prefetch_lines(X, ahead, ahead_hi)
     while k < m:
         x0 = X[_row_index(start + k)]
         r0 = rbuf[k]
@@ -377,20 +397,24 @@ def _dense_accumulate(X, start, m, rbuf, grad, ahead_lo, ahead_hi):
 
 
 #: Rows longer than this are not prefetched by the kernel: the hardware prefetcher follows long rows by
-#: itself, and the software prefetches only add work (d = 1000, one thread: float32 squared 1.41 without them
-#: against 1.48x the GEMV with them, float64 1.29 against 1.55x; d = 500 float32, 1000 bytes a row: 1.25
-#: without, 1.06x with; docs/cpu_kernels.md).
+#: itself, and the software prefetches only add work (one thread, squared, against the GEMV: d = 1000
+#: float32 1.33x without them, 1.48x with; float64 1.34x against 1.62x; d = 500 float64, 4000 bytes a row,
+#: 1.45x against 1.60x), while shorter rows gain (d = 500 float32, 2000 bytes a row: 1.25x without, 1.06x
+#: with); docs/cpu_kernels.md.
 PREFETCH_MAX_ROW_BYTES = 2048
 
 
 @_jit(inline="always")
-def _next_block(X, start, hi, block):
-    """The flat element range of ``X`` to prefetch while a block is summed: rows ``start`` to
-    ``min(hi, start + block)``, or nothing when rows are longer than :data:`PREFETCH_MAX_ROW_BYTES`."""
+def _prefetch_spread(X, start, hi, block):
+    """The flat element range of ``X`` to prefetch while a block is worked on, rows ``start`` to
+    ``min(hi, start + block)``, cut in two: ``(lo, middle, hi)``, the first half for the scores pass, the
+    second for the gradient pass; nothing (``(0, 0, 0)``) when rows are longer than
+    :data:`PREFETCH_MAX_ROW_BYTES`."""
     d = X.shape[1]
     if d * X.itemsize > PREFETCH_MAX_ROW_BYTES:
-        return 0, 0
-    return start * d, min(hi, start + block) * d
+        return 0, 0, 0
+    lo, stop = start * d, min(hi, start + block) * d
+    return lo, lo + (stop - lo) // 2, stop
 
 
 @_jit
@@ -409,13 +433,13 @@ def _dense_rows(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, bits):
     block = z.shape[0]
     for start in range(lo, hi, block):
         m = min(block, hi - start)
-        _dense_scores(X, w, b, start, m, z)
+        ahead_lo, middle, ahead_hi = _prefetch_spread(X, start + m, hi, block)
+        _dense_scores(X, w, b, start, m, z, ahead_lo, middle)
         sums = _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf, bits)
         loss_sum += sums[0]
         residual_sum += sums[1]
         weight_sum += sums[2]
-        ahead_lo, ahead_hi = _next_block(X, start + m, hi, block)
-        _dense_accumulate(X, start, m, rbuf, grad, ahead_lo, ahead_hi)
+        _dense_accumulate(X, start, m, rbuf, grad, middle, ahead_hi)
     return loss_sum, residual_sum, weight_sum
 
 

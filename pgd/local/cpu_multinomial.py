@@ -33,7 +33,7 @@ from pgd.local.cpu_kernels import (
     _exp_bits,
     _exp_minus,
     _jit,
-    _next_block,
+    _prefetch_spread,
 )
 
 __all__ = ["FusedMultinomialCPU", "unavailable_reason", "start_up"]
@@ -93,8 +93,10 @@ def _multinomial_rows(X, labels, weight, WT, b, lo, hi, GT, gb, ZT, RT, top, tot
     weight_sum = 0.0
     for start in range(lo, hi, block):
         m = min(block, hi - start)
-        for c in range(n_classes):
-            _dense_scores(X, WT[c], b[c], start, m, ZT[c])
+        ahead_lo, middle, ahead_hi = _prefetch_spread(X, start + m, hi, block)
+        for c in range(n_classes):                      # the first class's passes prefetch the next block
+            first, last = (ahead_lo, middle) if c == 0 else (0, 0)
+            _dense_scores(X, WT[c], b[c], start, m, ZT[c], first, last)
         sums = _softmax_block(ZT, labels, weight, start, m, top, total, picked, bits)
         loss_sum += sums[0]
         weight_sum += sums[1]
@@ -106,8 +108,8 @@ def _multinomial_rows(X, labels, weight, WT, b, lo, hi, GT, gb, ZT, RT, top, tot
             for k in range(m):
                 class_sum += residual[k]
             gb[c] += class_sum
-            ahead_lo, ahead_hi = _next_block(X, start + m, hi, block) if c == 0 else (0, 0)
-            _dense_accumulate(X, start, m, combined, GT[c], ahead_lo, ahead_hi)
+            first, last = (middle, ahead_hi) if c == 0 else (0, 0)
+            _dense_accumulate(X, start, m, combined, GT[c], first, last)
     return loss_sum, weight_sum
 
 
