@@ -188,7 +188,7 @@ class FusedMultinomialCPU:
         self.n_classes, self.fit_intercept = int(n_classes), bool(fit_intercept)
         self.threads = max(1, int(threads))
         combine = K._combine_dtype(precision, X.dtype)
-        block = K.dense_block_rows(self.d, X.itemsize)
+        block = K.dense_block_rows(self.d, X.itemsize, K.DENSE_BLOCK_BYTES)   # re-read 2 K times: keep it in L1
         chunks, classes = self.threads, self.n_classes
         self._WT = np.empty((classes, self.d), dtype=combine)
         self._b = np.empty(classes)

@@ -96,11 +96,14 @@ def test_dense_matches_reference(shape, threads, weighted, dtype, loss):
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("shape", [(9, 600), (23, 1031)])
+@pytest.mark.parametrize("shape", [(61, 600), (23, 1031)])
 def test_dense_long_rows(shape, threads, dtype, loss):
-    """Rows longer than PREFETCH_MAX_ROW_BYTES (no software prefetch) in blocks of four rows, odd counts."""
-    assert shape[1] * np.dtype(dtype).itemsize > K.PREFETCH_MAX_ROW_BYTES
-    assert K.dense_block_rows(shape[1], np.dtype(dtype).itemsize) == 4
+    """Rows longer than PREFETCH_MAX_ROW_BYTES: no software prefetch, blocks of LONG_ROW_BLOCK_BYTES, odd
+    counts (blocks, chunks and groups of four that do not divide the rows)."""
+    row_bytes = shape[1] * np.dtype(dtype).itemsize
+    assert row_bytes > K.PREFETCH_MAX_ROW_BYTES
+    rows = K.dense_block_rows(shape[1], np.dtype(dtype).itemsize)
+    assert rows == min(256, K.LONG_ROW_BLOCK_BYTES // row_bytes // 4 * 4)
     for weighted in (False, True):
         X, y, weight, w, b = problem(*shape, dtype, loss, weighted, seed=3)
         result = K.dense_loss_grad(X, y, w, b, loss, sample_weight=weight, threads=threads,
