@@ -657,6 +657,8 @@ def _executor(workers: int) -> ThreadPoolExecutor:
 #: (dense: a row's dot product and the combination of four rows in the data dtype, as BLAS does, then
 #: float64; CSR: the products ``x_ij w_j`` in the data dtype, summed in float64).  Equal for float64 data.
 PRECISIONS = ("float64", "data")
+
+
 def _l1_data_cache_bytes(default: int = 32 * 1024) -> int:
     """This core's L1 data cache in bytes (glibc's ``sysconf``), or ``default`` where it is not known."""
     try:
@@ -666,17 +668,17 @@ def _l1_data_cache_bytes(default: int = 32 * 1024) -> int:
     return size if size > 0 else default
 
 
-#: Bytes of dense rows per block (the block is re-read from L1 for the gradient): the L1 data cache less
-#: 16 KiB (for ``w``, the gradient, the scratch and the next block arriving), 16 to 32 KiB
-#: (:func:`dense_block_bytes`).  Measured at
-#: d = 100, one thread: on a 48 KiB L1 (Zen 4) 32 KiB blocks beat 16 KiB (float32 squared 1.01 -> 0.91x the
-#: GEMV, float64 logistic 1.60 -> 1.33x); on a 32 KiB L1 (Zen 3) 16 KiB blocks beat 32 KiB (float32
-#: squared 1.12 -> 1.03x, float64 logistic 1.05 -> 1.00x); docs/cpu_kernels.md.
 def dense_block_bytes(l1_bytes: int) -> int:
     """Bytes of dense rows per block for an L1 data cache of ``l1_bytes``: ``l1_bytes - 16 KiB``, 16 to 32 KiB."""
     return min(32 * 1024, max(16 * 1024, int(l1_bytes) - 16 * 1024))
 
 
+#: Bytes of dense rows per block (the block is re-read from L1 for the gradient): the L1 data cache less
+#: 16 KiB (for ``w``, the gradient, the scratch and the next block arriving), 16 to 32 KiB
+#: (:func:`dense_block_bytes`).  Measured at d = 100, one thread: on a 48 KiB L1 (Zen 4) 32 KiB blocks beat
+#: 16 KiB (float32 squared 1.01 -> 0.91x the GEMV, float64 logistic 1.60 -> 1.33x); on a 32 KiB L1 (Zen 3)
+#: 16 KiB blocks beat 32 KiB (float32 squared 1.12 -> 1.03x, float64 logistic 1.05 -> 1.00x);
+#: docs/cpu_kernels.md.
 DENSE_BLOCK_BYTES = dense_block_bytes(_l1_data_cache_bytes())
 #: Rows per block of the CSR kernel (gather, residuals, scatter).
 CSR_BLOCK_ROWS = 256
