@@ -258,6 +258,13 @@ def test_data_precision_float32(threads, loss, kind):
     np.testing.assert_allclose(result[1], reference(X, y, w, b, loss, weight)[1], rtol=1e-3, atol=1e-3)
 
 
+def logistic_reference(z, y):
+    """``(loss, sigmoid(z))`` of one score from ``math.exp``/``math.log1p``, the kernel's formulas."""
+    e = math.exp(-abs(z))
+    sigmoid = 1 / (1 + e) if z >= 0 else e / (1 + e)
+    return max(z, 0.0) - y * z + math.log1p(e), sigmoid
+
+
 @pytest.mark.parametrize("y_value", [0.0, 1.0])
 def test_logistic_extreme_scores(y_value):
     """The kernel's own exp/log1p: full float64 accuracy for every score, nothing overflows; below
@@ -269,9 +276,7 @@ def test_logistic_extreme_scores(y_value):
         loss_sum, grad, r_sum, _ = K.dense_loss_grad(X[i:i + 1], y[i:i + 1], ones, 0.0, "logistic")
         sums[i] = loss_sum, r_sum, grad[0]
     for i, zi in enumerate(z):
-        e = math.exp(-abs(zi))
-        sigmoid = 1 / (1 + e) if zi >= 0 else e / (1 + e)
-        loss = max(zi, 0.0) - y_value * zi + math.log1p(e)
+        loss, sigmoid = logistic_reference(zi, y_value)
         assert sums[i, 0] == pytest.approx(loss, rel=4e-16, abs=4e-308), zi
         assert sums[i, 1] == pytest.approx(sigmoid - y_value, rel=4e-16, abs=4e-308), zi
         assert sums[i, 2] == pytest.approx((sigmoid - y_value) * zi, rel=4e-16, abs=1e-303), zi
@@ -290,9 +295,7 @@ def test_logistic_terms_vectorised(y_value):
         K._logistic_terms(scores, y, s, m, rbuf, lbuf, bits)
         factor = np.ones(m) if s is None else s
         for i, zi in enumerate(z):
-            e = math.exp(-abs(zi))
-            sigmoid = 1 / (1 + e) if zi >= 0 else e / (1 + e)
-            loss = max(zi, 0.0) - y_value * zi + math.log1p(e)
+            loss, sigmoid = logistic_reference(zi, y_value)
             assert lbuf[i] == pytest.approx(loss * factor[i], rel=5e-16, abs=1e-307), zi
             # sigmoid - 1 cancels (the kernel's formula as the reference's): an ulp of the terms, absolute
             assert rbuf[i] == pytest.approx((sigmoid - y_value) * factor[i], rel=5e-16,
