@@ -396,22 +396,119 @@ def _dense_accumulate(X, start, m, rbuf, grad, ahead_lo, ahead_hi):
         k += 1
 
 
-#: Rows longer than this are not prefetched by the kernel: the hardware prefetcher follows long rows by
-#: itself, and the software prefetches only add work (one thread, squared, against the GEMV: d = 1000
-#: float32 1.33x without them, 1.48x with; float64 1.34x against 1.62x; d = 500 float64, 4000 bytes a row,
-#: 1.45x against 1.60x), while shorter rows gain (d = 500 float32, 2000 bytes a row: 1.25x without, 1.06x
-#: with); docs/cpu_kernels.md.
-PREFETCH_MAX_ROW_BYTES = 2048
+@_jit
+def _dense_scores_accumulate(X, w, b, ahead, z, start, rbuf, grad, combined):
+    """Two groups of eight rows in one sweep: ``z[k] = x_(ahead+k) . w + b`` for eight rows of the next
+    block (read from memory) while ``sum_k rbuf[k] x_(start+k)`` over eight rows of this block (read back
+    from cache) is added into ``grad``, so that the memory stream does not wait on the gradient pass.
+
+    The eight rows are combined in ``rbuf``'s dtype (two groups of four, as :func:`_dense_accumulate`
+    combines four) and added to ``grad`` directly, or, where ``combined`` is given (a row of ``rbuf``'s
+    dtype, float32), stored there and added to ``grad`` in a loop of its own: the sweep then runs at
+    float32 vector width with no conversion to float64 (one thread, float32 d = 1000: 1.27x the GEMV
+    with groups of four combined into ``grad``, 1.12x like this; docs/cpu_kernels.md)."""
+    d = X.shape[1]
+    zero = w.dtype.type(0)
+    x0, x1, x2, x3 = _four_rows(X, ahead)
+    x4, x5, x6, x7 = _four_rows(X, ahead + 4)
+    c0, c1, c2, c3 = _four_rows(X, start)
+    c4, c5, c6, c7 = _four_rows(X, start + 4)
+    r0, r1, r2, r3, r4, r5, r6, r7 = rbuf[0], rbuf[1], rbuf[2], rbuf[3], rbuf[4], rbuf[5], rbuf[6], rbuf[7]
+    z0 = z1 = z2 = z3 = z4 = z5 = z6 = z7 = zero
+    for j in range(d):
+        wj = w[j]
+        z0 += x0[j] * wj
+        z1 += x1[j] * wj
+        z2 += x2[j] * wj
+        z3 += x3[j] * wj
+        z4 += x4[j] * wj
+        z5 += x5[j] * wj
+        z6 += x6[j] * wj
+        z7 += x7[j] * wj
+        rows = (((r0 * c0[j] + r1 * c1[j]) + (r2 * c2[j] + r3 * c3[j]))
+                + ((r4 * c4[j] + r5 * c5[j]) + (r6 * c6[j] + r7 * c7[j])))
+        if combined is None:
+            grad[j] += rows
+        else:
+            combined[j] = rows
+    if combined is not None:
+        for j in range(d):
+            grad[j] += combined[j]
+    z[0] = np.float64(z0) + b
+    z[1] = np.float64(z1) + b
+    z[2] = np.float64(z2) + b
+    z[3] = np.float64(z3) + b
+    z[4] = np.float64(z4) + b
+    z[5] = np.float64(z5) + b
+    z[6] = np.float64(z6) + b
+    z[7] = np.float64(z7) + b
+
+
+@_jit
+def _dense_overlapped(X, w, b, ahead, m_ahead, z, start, m, rbuf, grad, combined):
+    """The scores of the next block (``m_ahead`` rows from ``ahead``, into ``z``) and the gradient pass of
+    this one (``m`` rows from ``start``, weights ``rbuf``), eight rows of each per sweep
+    (:func:`_dense_scores_accumulate`); the rows left over after the common groups of eight go on their
+    own (:func:`_dense_accumulate`, :func:`_dense_scores`)."""
+    k = 0
+    while k + 8 <= min(m, m_ahead):
+        _dense_scores_accumulate(X, w, b, ahead + k, z[k:], start + k, rbuf[k:], grad, combined)
+        k += 8
+    _dense_accumulate(X, start + k, m - k, rbuf[k:], grad, 0, 0)
+    _dense_scores(X, w, b, ahead + k, m_ahead - k, z[k:], 0, 0)
+
+
+@_jit
+def _dense_rows_long(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, bits, combined):
+    """:func:`_dense_rows` for rows longer than :data:`LONG_ROW_BYTES`: each block's gradient pass
+    runs together with the next block's scores (:func:`_dense_overlapped`), so ``X`` streams from memory
+    all the time, where one pass after the other leaves the memory idle during the gradient pass."""
+    for j in range(grad.shape[0]):
+        grad[j] = 0.0
+    loss_sum = 0.0
+    residual_sum = 0.0
+    weight_sum = 0.0
+    block = z.shape[0]
+    start = lo
+    m = min(block, hi - lo)
+    if m <= 0:
+        return loss_sum, residual_sum, weight_sum
+    _dense_scores(X, w, b, start, m, z, 0, 0)
+    while True:
+        sums = _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf, bits)
+        loss_sum += sums[0]
+        residual_sum += sums[1]
+        weight_sum += sums[2]
+        ahead = start + m
+        if ahead >= hi:
+            break
+        m_ahead = min(block, hi - ahead)
+        _dense_overlapped(X, w, b, ahead, m_ahead, z, start, m, rbuf, grad, combined)
+        start, m = ahead, m_ahead
+    _dense_accumulate(X, start, m, rbuf, grad, 0, 0)
+    return loss_sum, residual_sum, weight_sum
+
+
+#: Rows longer than this are "long": the kernel does not prefetch them (the hardware prefetcher follows long
+#: rows by itself, and software prefetches only add work: one thread, squared, against the GEMV, d = 1000
+#: float32 1.33x without them, 1.48x with; float64 1.34x against 1.62x), and the dense kernel overlaps each
+#: block's gradient pass with the next block's scores (:func:`_dense_rows_long`).  Shorter rows gain from
+#: the prefetches (d = 500 float32, 2000 bytes a row: 1.25x without, 1.06x with); docs/cpu_kernels.md.
+LONG_ROW_BYTES = 2048
+
+
+def long_rows(d: int, itemsize: int) -> bool:
+    """Whether rows of ``d`` elements of ``itemsize`` bytes are longer than :data:`LONG_ROW_BYTES`."""
+    return d * itemsize > LONG_ROW_BYTES
 
 
 @_jit(inline="always")
 def _prefetch_spread(X, start, hi, block):
     """The flat element range of ``X`` to prefetch while a block is worked on, rows ``start`` to
     ``min(hi, start + block)``, cut in two: ``(lo, middle, hi)``, the first half for the scores pass, the
-    second for the gradient pass; nothing (``(0, 0, 0)``) when rows are longer than
-    :data:`PREFETCH_MAX_ROW_BYTES`."""
+    second for the gradient pass; nothing (``(0, 0, 0)``) for rows longer than :data:`LONG_ROW_BYTES`."""
     d = X.shape[1]
-    if d * X.itemsize > PREFETCH_MAX_ROW_BYTES:
+    if d * X.itemsize > LONG_ROW_BYTES:
         return 0, 0, 0
     lo, stop = start * d, min(hi, start + block) * d
     return lo, lo + (stop - lo) // 2, stop
@@ -549,12 +646,16 @@ def unavailable_reason(kind: str | None = None, dtype=None) -> str:
 
 
 def _dispatchers() -> dict:
-    return {"dense": _dense_rows, "csr": _csr_rows}
+    return {"dense": (_dense_rows, _dense_rows_long), "csr": (_csr_rows,)}
 
 
-def _cache_hits(dispatcher) -> int:
-    stats = getattr(dispatcher, "stats", None)
-    return sum(getattr(stats, "cache_hits", {}).values()) if stats is not None else 0
+def _cache_hits(*dispatchers) -> int:
+    """Specialisations of ``dispatchers`` loaded from numba's disk cache so far."""
+    hits = 0
+    for dispatcher in dispatchers:
+        stats = getattr(dispatcher, "stats", None)
+        hits += sum(getattr(stats, "cache_hits", {}).values()) if stats is not None else 0
+    return hits
 
 
 def _compile_and_check(kind: str, dtype: str) -> str:
@@ -565,10 +666,15 @@ def _compile_and_check(kind: str, dtype: str) -> str:
         X = rng.standard_normal((7, 3)).astype(dtype)
         y = (rng.random(7) < 0.5).astype(dtype)
         w = rng.standard_normal(3)
-        before, hits = time.perf_counter(), _cache_hits(_dispatchers()[kind])
+        before, hits = time.perf_counter(), _cache_hits(*_dispatchers()[kind])
         problem = _self_check(kind, X, y, w)
+        if not problem and kind == "dense":
+            d = LONG_ROW_BYTES // X.itemsize + 1          # long rows: their kernel, over more than one block
+            X = rng.standard_normal((dense_block_rows(d, X.itemsize) + 11, d)).astype(dtype)
+            y = (rng.random(X.shape[0]) < 0.5).astype(dtype)
+            problem = _self_check(kind, X, y, rng.standard_normal(d) / math.sqrt(d))
         _warm_report[f"{kind}/{dtype}"] = {"seconds": time.perf_counter() - before,
-                                           "cache_hit": _cache_hits(_dispatchers()[kind]) > hits}
+                                           "cache_hit": _cache_hits(*_dispatchers()[kind]) > hits}
     except Exception as exc:  # noqa: BLE001 - any compile failure means: fall back, and say why
         return f"compiled CPU kernels failed to compile ({type(exc).__name__}: {str(exc).splitlines()[0]})"
     return f"compiled CPU kernel failed its start-up check ({problem})" if problem else ""
@@ -684,22 +790,25 @@ DENSE_BLOCK_BYTES = dense_block_bytes(_l1_data_cache_bytes())
 CSR_BLOCK_ROWS = 256
 
 
-#: Bytes per block for rows longer than :data:`PREFETCH_MAX_ROW_BYTES`: with no software prefetch, blocks
-#: that stay in L2 (the gradient pass reads them from there) and fewer switches between the passes.  Against
-#: 16 KiB blocks, one thread, squared: d = 1000 float32 1.43 -> 1.28x the GEMV, float64 1.39 -> 1.32x,
-#: logistic float32 1.51 -> 1.29x; d = 500 float64 1.45 -> 1.39x; d = 300 float64 1.27 -> 1.23x.
+#: Bytes per block for rows longer than :data:`LONG_ROW_BYTES`: blocks that stay in L2, from where the
+#: gradient pass reads them back while the next block streams in (:func:`_dense_rows_long`).  Against
+#: 64 KiB and 256 KiB, one thread: within the noise (d = 1000 float64 squared 1.14, 1.10, 1.09x the GEMV).
 LONG_ROW_BLOCK_BYTES = 128 * 1024
 
 
 def dense_block_rows(d: int, itemsize: int, block_bytes: int | None = None) -> int:
-    """Rows per block of the dense kernel, a multiple of 4, 4 to 256: about ``block_bytes`` (by default
-    :data:`DENSE_BLOCK_BYTES`, or :data:`LONG_ROW_BLOCK_BYTES` for rows longer than
-    :data:`PREFETCH_MAX_ROW_BYTES`)."""
+    """Rows per block of the dense kernel, 256 at most: about ``block_bytes`` of rows, a multiple of 4
+    (the groups of the scores and gradient passes), at least 4.  By default :data:`DENSE_BLOCK_BYTES`, and
+    for rows longer than :data:`LONG_ROW_BYTES` :data:`LONG_ROW_BLOCK_BYTES` in a multiple of 8 (the groups
+    of :func:`_dense_scores_accumulate`), at least 8."""
     row_bytes = max(1, d * itemsize)
+    group = 4
     if block_bytes is None:
-        block_bytes = LONG_ROW_BLOCK_BYTES if row_bytes > PREFETCH_MAX_ROW_BYTES else DENSE_BLOCK_BYTES
+        block_bytes = DENSE_BLOCK_BYTES
+        if long_rows(d, itemsize):
+            block_bytes, group = LONG_ROW_BLOCK_BYTES, 8
     rows = block_bytes // row_bytes
-    return int(min(256, max(4, rows - rows % 4)))
+    return int(min(256, max(group, rows - rows % group)))
 
 
 #: Scratch blocks start on multiples of this many bytes (a cache line, and the widest vector).
@@ -723,8 +832,9 @@ def _aligned_blocks(threads: int, block: int, dtypes) -> list:
 
 class Workspace:
     """Preallocated buffers for ``threads`` chunks of a ``d``-column problem (allocate once, pass to every
-    call): ``(threads - 1) * d`` float64 partial gradients, a copy of ``w`` in the product dtype, and per
-    chunk a block of scores, residuals, losses and exponent bits.
+    call): ``(threads - 1) * d`` float64 partial gradients, a copy of ``w`` in the product dtype, per
+    chunk a block of scores, residuals, losses and exponent bits, and (float32 products only) per chunk a
+    row of ``d`` in which the dense kernel combines long rows (:func:`_dense_scores_accumulate`).
 
     Parameters
     ----------
@@ -752,6 +862,8 @@ class Workspace:
         self.residual_dtype = np.dtype(residual_dtype or combine_dtype)
         self.z, self.rbuf, self.lbuf, self.bits = _aligned_blocks(
             self.threads, self.block, (np.float64, self.residual_dtype, np.float64, np.int64))
+        self.combined = (None if self.combine_dtype == np.float64
+                         else _aligned_blocks(self.threads, self.d, (self.combine_dtype,))[0])
 
     def fits(self, d: int, threads: int, block: int, combine_dtype, residual_dtype=None) -> bool:
         """Whether this workspace serves such a call."""
@@ -890,10 +1002,16 @@ def dense_loss_grad(X, y, w, b: float, loss: str, *, sample_weight=None, out_gra
     code, b, w = _loss_code(loss), float(b), workspace.weights(w)
     bounds = dense_chunk_bounds(n, workspace.threads) if bounds is None else bounds
     z, rbuf, lbuf, bits = workspace.z, workspace.rbuf, workspace.lbuf, workspace.bits
-    loss_sum, intercept_sum, weight_sum = _run_chunks(
-        lambda lo, hi, grad, t: _dense_rows(X, y, sample_weight, w, b, code, lo, hi, grad, z[t], rbuf[t], lbuf[t],
-                                            bits[t]),
-        bounds, out_grad, workspace)
+    if long_rows(d, X.itemsize):
+        combined = workspace.combined
+
+        def call(lo, hi, grad, t):
+            return _dense_rows_long(X, y, sample_weight, w, b, code, lo, hi, grad, z[t], rbuf[t], lbuf[t], bits[t],
+                                    None if combined is None else combined[t])
+    else:
+        def call(lo, hi, grad, t):
+            return _dense_rows(X, y, sample_weight, w, b, code, lo, hi, grad, z[t], rbuf[t], lbuf[t], bits[t])
+    loss_sum, intercept_sum, weight_sum = _run_chunks(call, bounds, out_grad, workspace)
     return loss_sum, out_grad, intercept_sum, weight_sum
 
 

@@ -58,8 +58,9 @@ def poisoned(workspace):
     """``workspace`` with every buffer NaN (int64 scratch: all ones), so a value the kernel reads before
     writing shows."""
     for buffer in (workspace.partials, workspace.scalars, workspace.w_cast, workspace.z, workspace.rbuf,
-                   workspace.lbuf):
-        buffer.fill(np.nan)
+                   workspace.lbuf, workspace.combined):
+        if buffer is not None:
+            buffer.fill(np.nan)
     workspace.bits.fill(-1)
     return workspace
 
@@ -96,19 +97,36 @@ def test_dense_matches_reference(shape, threads, weighted, dtype, loss):
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("shape", [(61, 600), (23, 1031)])
+@pytest.mark.parametrize("shape", [(61, 600), (23, 1031), (203, 520)])
 def test_dense_long_rows(shape, threads, dtype, loss):
-    """Rows longer than PREFETCH_MAX_ROW_BYTES: no software prefetch, blocks of LONG_ROW_BLOCK_BYTES, odd
-    counts (blocks, chunks and groups of four that do not divide the rows)."""
-    row_bytes = shape[1] * np.dtype(dtype).itemsize
-    assert row_bytes > K.PREFETCH_MAX_ROW_BYTES
-    rows = K.dense_block_rows(shape[1], np.dtype(dtype).itemsize)
-    assert rows == min(256, K.LONG_ROW_BLOCK_BYTES // row_bytes // 4 * 4)
+    """Rows longer than LONG_ROW_BYTES: blocks of LONG_ROW_BLOCK_BYTES in groups of eight, each block's
+    gradient pass overlapped with the next block's scores; odd counts (blocks, chunks and groups that do
+    not divide the rows); float32 rows combined in float64 and, with ``precision="data"``, in float32."""
+    itemsize = np.dtype(dtype).itemsize
+    assert K.long_rows(shape[1], itemsize)
+    rows = K.dense_block_rows(shape[1], itemsize)
+    assert rows == min(256, K.LONG_ROW_BLOCK_BYTES // (shape[1] * itemsize) // 8 * 8)
     for weighted in (False, True):
         X, y, weight, w, b = problem(*shape, dtype, loss, weighted, seed=3)
         result = K.dense_loss_grad(X, y, w, b, loss, sample_weight=weight, threads=threads,
                                    workspace=poisoned(K.dense_workspace(X, threads)))
         assert_matches(result, reference(X, y, w, b, loss, weight))
+        if dtype == np.float32:
+            workspace = poisoned(K.dense_workspace(X, threads, "data"))
+            assert workspace.combined.shape == (threads, shape[1])
+            result = K.dense_loss_grad(X, y, w, b, loss, sample_weight=weight, threads=threads, precision="data",
+                                       workspace=workspace)
+            w32 = w.astype(np.float32).astype(np.float64)
+            assert_matches(result, reference(X, y, w32, b, loss, weight), rtol=2e-5)
+
+
+def test_dense_block_rows():
+    """Blocks in multiples of four rows (eight for long rows), within their byte budgets."""
+    assert K.dense_block_rows(100, 4, block_bytes=16384) == 40
+    assert K.dense_block_rows(1000, 8, block_bytes=16384) == 4            # an explicit budget: groups of four
+    assert K.dense_block_rows(1, 8) == 256
+    assert K.dense_block_rows(1000, 8) == 16 and K.dense_block_rows(100000, 8) == 8   # long rows
+    assert K.dense_block_rows(600, 4) == 48
 
 
 @pytest.mark.parametrize(("l1_bytes", "block_bytes"), [(0, 16384), (32768, 16384), (49152, 32768),
