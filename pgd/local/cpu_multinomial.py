@@ -34,6 +34,8 @@ from pgd.local.cpu_kernels import (
     _exp_minus,
     _jit,
     _prefetch_spread,
+    _row_weight,
+    _weight_floor,
 )
 
 __all__ = ["FusedMultinomialCPU", "unavailable_reason", "start_up"]
@@ -102,8 +104,9 @@ def _multinomial_rows(X, labels, weight, WT, b, lo, hi, GT, gb, ZT, RT, top, tot
         weight_sum += sums[1]
         for c in range(n_classes):
             residual, combined = ZT[c], RT[c]
+            floor = _weight_floor(combined)
             for k in range(m):
-                combined[k] = residual[k]
+                combined[k] = _row_weight(residual[k], floor)
             class_sum = 0.0
             for k in range(m):
                 class_sum += residual[k]

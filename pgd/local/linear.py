@@ -17,6 +17,7 @@ from pgd.device.backend import is_cupy
 from pgd.device.kernels import MAX_READS_OF_X, SELF_CHECK_TOLERANCE, FusedGradient
 from pgd.local.kernel_choice import size_choice
 from pgd.local.losses import get_loss, sum64
+from pgd.local.subnormal import zero_tiny_weights
 from pgd.runtime import launcher, settings
 
 __all__ = ["LocalLinearGradient", "self_check"]
@@ -74,6 +75,7 @@ class LocalLinearGradient:
         if sample_weight is not None and (sample_weight.shape != y.shape or sample_weight.dtype != X.dtype):
             raise ValueError(f"sample_weight must have shape {y.shape} and dtype {X.dtype}")
         self.X, self.y, self.loss, self.xp = X, y, loss, xp
+        self._on_gpu = is_cupy(xp)
         self.sample_weight = sample_weight
         self.fit_intercept = bool(fit_intercept)
         self.n_local, self.d = X.shape
@@ -90,7 +92,7 @@ class LocalLinearGradient:
         self._blocks = self._block_views(X, y, sample_weight)   # all rows: views, built once
         self._params_w = xp.empty(self.d, dtype=self.dtype)   # w of a [w, b] vector, in the data dtype
         # the one-pass GPU kernel (None on the host, or when it failed its start-up check) and what runs
-        if not is_cupy(xp):
+        if not self._on_gpu:
             self._fused, self.kernel = _host_kernel(X, y, sample_weight, self.fit_intercept,
                                                     host_kernel or settings.cpu_kernel())
         elif sample_weight is not None:
@@ -158,6 +160,8 @@ class LocalLinearGradient:
             scalar_sum += transform(y_b, z_b, work_b, s_b)
             if self.fit_intercept:
                 residual_sum += sum64(z_b, xp)
+            if not self._on_gpu:
+                zero_tiny_weights(z_b, work_b, xp)       # no subnormals into the BLAS (x86: 18x slower)
             xp.dot(z_b, X_b, out=self._row_sum)
             xp.add(gradient, self._row_sum, out=gradient)
         out[d] = residual_sum

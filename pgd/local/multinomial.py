@@ -29,6 +29,7 @@ import numpy as np
 import scipy.sparse
 
 from pgd.local import kernel_choice
+from pgd.local.subnormal import zero_tiny_weights
 from pgd.runtime import launcher, settings
 
 __all__ = ["MultinomialLoss", "LocalMultinomialGradient", "SoftmaxResiduals", "gram_weights", "labels_as_indices",
@@ -183,6 +184,7 @@ class LocalMultinomialGradient:
         rows = self.block_rows if self.n_local else 0
         self._scores = xp.empty((rows, K), dtype=self.dtype)
         self._softmax = SoftmaxResiduals(rows, K, self.dtype, xp)
+        self._weights_work = xp.empty((rows, K), dtype=self.dtype)
         self._class_sum = xp.empty(K, dtype=self.dtype)
         self._W = xp.empty((self.d, K), dtype=self.dtype)
         self._b = xp.empty(K, dtype=self.dtype)
@@ -273,6 +275,8 @@ class LocalMultinomialGradient:
             self._product(X_b, self._W, Z)
             Z += self._b
             loss_sum += gram_weights(Z, s_b, self.xp) if gram else self._softmax(Z, labels_b, s_b)
+            if self.xp is np:
+                zero_tiny_weights(Z, self._weights_work[:m], self.xp)   # no subnormals into the BLAS
             self._product(X_b.T, Z, self._XtR)
             grad_W += self._XtR
             if self.fit_intercept:

@@ -24,6 +24,7 @@ from scipy.sparse import _sparsetools
 
 from pgd.local.kernel_choice import size_choice
 from pgd.local.linear import LocalLinearGradient, compiled_cpu_kernel
+from pgd.local.subnormal import zero_tiny_weights
 from pgd.runtime import settings
 
 __all__ = ["SparseLinearGradient", "is_sparse", "local_gradient", "row_blocks", "row_range"]
@@ -164,13 +165,15 @@ class SparseLinearGradient(LocalLinearGradient):
         m, d = len(indptr) - 1, self.d
         z[...] = offset
         self._gradient[...] = 0
-        scalar = 0.0
+        scalar = residual_sum = 0.0
         if m:
             _sparsetools.csr_matvec(m, d, indptr, indices, data, w, z)
             scalar = float(transform(y, z, work, s))
+            residual_sum = float(z.sum(dtype=np.float64)) if self.fit_intercept else 0.0
+            zero_tiny_weights(z, work, np)            # no subnormals into the product (x86: an assist each)
             _sparsetools.csc_matvec(d, m, indptr, indices, data, z, self._gradient)
         out[: self.d] = self._gradient
-        out[self.d] = float(z.sum(dtype=np.float64)) if self.fit_intercept else 0.0
+        out[self.d] = residual_sum
         out[self.d + 1] = scalar
 
     def predict_raw(self, w, b: float, out) -> None:

@@ -286,7 +286,8 @@ def logistic_reference(z, y):
 @pytest.mark.parametrize("y_value", [0.0, 1.0])
 def test_logistic_extreme_scores(y_value):
     """The kernel's own exp/log1p: full float64 accuracy for every score, nothing overflows; below
-    exp(-708) (3e-308) the value is clipped like pgd.local.losses clips it."""
+    exp(-708) (3e-308) the value is clipped like pgd.local.losses clips it, and the gradient's row
+    weights below 1.5e-300 are 0."""
     z = np.concatenate([np.linspace(-800, 800, 4001), [0.0, -0.0, 1e-300, -1e-300, 36.7, -36.7, 1e-9, -1e-9]])
     X, y, ones = z[:, None].copy(), np.full(z.size, y_value), np.ones(1)
     sums = np.empty((z.size, 3))
@@ -297,7 +298,8 @@ def test_logistic_extreme_scores(y_value):
         loss, sigmoid = logistic_reference(zi, y_value)
         assert sums[i, 0] == pytest.approx(loss, rel=4e-16, abs=4e-308), zi
         assert sums[i, 1] == pytest.approx(sigmoid - y_value, rel=4e-16, abs=4e-308), zi
-        assert sums[i, 2] == pytest.approx((sigmoid - y_value) * zi, rel=4e-16, abs=1e-303), zi
+        # the gradient's row weights below _weight_floor (1.5e-300) are 0: test_row_weights_below_the_floor
+        assert sums[i, 2] == pytest.approx((sigmoid - y_value) * zi, rel=4e-16, abs=1.5e-300 * abs(zi)), zi
 
 
 @pytest.mark.parametrize("y_value", [0.0, 1.0])
@@ -316,9 +318,34 @@ def test_logistic_terms_vectorised(y_value):
             loss, sigmoid = logistic_reference(zi, y_value)
             assert lbuf[i] == pytest.approx(loss * factor[i], rel=5e-16, abs=1e-307), zi
             # sigmoid - 1 cancels (the kernel's formula as the reference's): an ulp of the terms, absolute
-            assert rbuf[i] == pytest.approx((sigmoid - y_value) * factor[i], rel=5e-16,
-                                            abs=max(1e-307, 2.3e-16 * y_value * factor[i])), zi
-            assert scores[i] == rbuf[i]
+            assert scores[i] == pytest.approx((sigmoid - y_value) * factor[i], rel=5e-16,
+                                              abs=max(1e-307, 2.3e-16 * y_value * factor[i])), zi
+            assert rbuf[i] == (scores[i] if abs(scores[i]) >= np.finfo(np.float64).tiny * 2.0 ** 26 else 0.0)
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_weights_below_the_floor_are_zero(dtype, mode):
+    """Residuals whose magnitude is below ``_weight_floor`` (the dtype's smallest normal times 2^26) are
+    stored as 0 for the combination of rows, so that no subnormal reaches the gradient pass; the float64
+    copy in ``z`` (the intercept's sum) and the loss keep them."""
+    floor = np.finfo(dtype).tiny * 2.0 ** 26
+    if mode == 1:     # logistic, y = 0: r = sigmoid(z), about exp(z) for z << 0
+        z = np.array([-5.0, -60.0, -68.0, -70.0, -80.0, -95.0, -200.0, -690.0, -800.0, 3.0])
+        y = np.zeros(z.size)
+    else:
+        r = np.array([1.0, -1e-29, 1e-31, -1e-31, 1e-200, -1e-299, 1e-301, -1e-310, 0.0, 2.5])
+        y = -r if mode == 0 else np.zeros(r.size)
+        z = np.zeros(r.size) if mode == 0 else r.copy()
+    m = z.size
+    scores, rbuf, lbuf, bits = z.copy(), np.full(m, np.nan, dtype), np.full(m, np.nan), np.full(m, -1, np.int64)
+    K._residual_terms(scores, y, None, 0, m, mode, rbuf, lbuf, bits)
+    for k in range(m):
+        if abs(scores[k]) < floor:
+            assert rbuf[k] == 0.0, (k, scores[k])
+        else:
+            assert rbuf[k] == dtype(scores[k]), (k, scores[k])
+    assert np.any((scores != 0) & (np.abs(scores) < floor)) and np.any(np.abs(scores) >= floor)
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
