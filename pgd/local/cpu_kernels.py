@@ -4,7 +4,9 @@ One read of the data per evaluation: for each row ``i`` the kernel forms ``z_i =
 pointwise loss and its derivative ``r_i``, and adds ``s_i r_i x_i`` to the gradient.  Rows go in blocks
 that fit in L1 (dense) or of 256 rows (CSR): the block's scores, then its residuals and losses in one
 vectorised loop (logistic ``exp``/``log1p`` written as polynomials), then the block's rows (non-zeros)
-added into the gradient while still in cache.  The conventions are those of :mod:`pgd.local.losses`: losses
+added into the gradient while still in cache.  Dense rows over :data:`LONG_ROW_BYTES` go in blocks that
+stay in L2, each block's gradient pass running together with the next block's scores
+(:func:`_dense_rows_long`).  The conventions are those of :mod:`pgd.local.losses`: losses
 ``squared`` (``(z - y)^2 / 2``, ``r = z - y``) and ``logistic`` (labels in {0, 1},
 ``max(z, 0) - y z + log1p(exp(-|z|))``, ``r = sigmoid(z) - y``, never overflowing), plus ``gram``
 (``r = z``, scalar ``z^2``: the Gram product ``X~^T X~ v`` of the power iteration).
@@ -13,8 +15,10 @@ Numerics
 --------
 - The data is read in its own dtype (float32 or float64, never converted or copied).  With
   ``precision="float64"`` (default) every product and sum is float64; with ``precision="data"`` (float32
-  data) a row's dot product and the combination of four rows for the gradient are float32, as BLAS does.
-  Sums over rows (gradient, intercept, loss and weight sums) are float64 either way.
+  data) a row's dot product and the combination of four rows (eight for long rows) for the gradient are
+  float32, as BLAS does.  Sums over rows (gradient, intercept, loss and weight sums) are float64 either way.
+- Row weights below the subnormal floor (:func:`_weight_floor`) enter the gradient pass as 0, as in
+  :mod:`pgd.local.subnormal`.
 - Threads: rows are split into ``threads`` contiguous chunks (dense: equal rows; CSR: equal non-zeros,
   a pure function of ``indptr``).  Chunk ``t`` accumulates into its own float64 partial vector and the
   partials are added in chunk order, so a result is bit-for-bit reproducible for a given thread count and
