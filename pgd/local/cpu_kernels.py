@@ -289,6 +289,19 @@ def _block_sums(z, lbuf, weight, m):
     return loss_sum, residual_sum, weight_sum
 
 
+@_jit(inline="always")
+def _zero(grad):
+    """``grad[:] = 0``."""
+    for j in range(grad.shape[0]):
+        grad[j] = 0.0
+
+
+@_jit(inline="always")
+def _plus(totals, sums):
+    """``(loss, residual, weight)`` sums plus a block's."""
+    return totals[0] + sums[0], totals[1] + sums[1], totals[2] + sums[2]
+
+
 @_jit
 def _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf, bits):
     """Terms of the ``m`` scores in ``z`` (rows ``start ...``): ``s r`` into ``z`` (float64) and ``rbuf``
@@ -363,6 +376,27 @@ def _prefetch_lines(X, ahead, stop):
     return ahead
 
 
+@_jit(inline="always")
+def _four_dots_step(x0, x1, x2, x3, wj, j, z0, z1, z2, z3):
+    """One column of four rows' dot products with ``w``: ``z_i + x_i[j] wj``."""
+    return z0 + x0[j] * wj, z1 + x1[j] * wj, z2 + x2[j] * wj, z3 + x3[j] * wj
+
+
+@_jit(inline="always")
+def _four_rows_combined(x0, x1, x2, x3, r0, r1, r2, r3, j):
+    """Element ``j`` of ``r0 x0 + r1 x1 + r2 x2 + r3 x3``, summed as two pairs."""
+    return (r0 * x0[j] + r1 * x1[j]) + (r2 * x2[j] + r3 * x3[j])
+
+
+@_jit(inline="always")
+def _store_four_scores(z, k, b, z0, z1, z2, z3):
+    """``z[k + i] = z_i + b`` for ``i < 4``, in float64."""
+    z[k] = np.float64(z0) + b
+    z[k + 1] = np.float64(z1) + b
+    z[k + 2] = np.float64(z2) + b
+    z[k + 3] = np.float64(z3) + b
+
+
 @_jit
 def _dense_scores(X, w, b, start, m, z, ahead_lo, ahead_hi):
     """``z[k] = x_(start+k) . w + b`` for ``k < m``, four rows per sweep of ``w``.  The products and the
@@ -379,15 +413,8 @@ def _dense_scores(X, w, b, start, m, z, ahead_lo, ahead_hi):
         x0, x1, x2, x3 = _four_rows(X, start + k)
         z0 = z1 = z2 = z3 = zero
         for j in range(d):
-            wj = w[j]
-            z0 += x0[j] * wj
-            z1 += x1[j] * wj
-            z2 += x2[j] * wj
-            z3 += x3[j] * wj
-        z[k] = np.float64(z0) + b
-        z[k + 1] = np.float64(z1) + b
-        z[k + 2] = np.float64(z2) + b
-        z[k + 3] = np.float64(z3) + b
+            z0, z1, z2, z3 = _four_dots_step(x0, x1, x2, x3, w[j], j, z0, z1, z2, z3)
+        _store_four_scores(z, k, b, z0, z1, z2, z3)
         k += 4
     _prefetch_lines(X, ahead, ahead_hi)
     while k < m:
@@ -415,7 +442,7 @@ def _dense_accumulate(X, start, m, rbuf, grad, ahead_lo, ahead_hi):
         x0, x1, x2, x3 = _four_rows(X, start + k)
         r0, r1, r2, r3 = rbuf[k], rbuf[k + 1], rbuf[k + 2], rbuf[k + 3]
         for j in range(d):
-            grad[j] += (r0 * x0[j] + r1 * x1[j]) + (r2 * x2[j] + r3 * x3[j])
+            grad[j] += _four_rows_combined(x0, x1, x2, x3, r0, r1, r2, r3, j)
         k += 4
     _prefetch_lines(X, ahead, ahead_hi)
     while k < m:
@@ -447,16 +474,10 @@ def _dense_scores_accumulate(X, w, b, ahead, z, start, rbuf, grad, combined):
     z0 = z1 = z2 = z3 = z4 = z5 = z6 = z7 = zero
     for j in range(d):
         wj = w[j]
-        z0 += x0[j] * wj
-        z1 += x1[j] * wj
-        z2 += x2[j] * wj
-        z3 += x3[j] * wj
-        z4 += x4[j] * wj
-        z5 += x5[j] * wj
-        z6 += x6[j] * wj
-        z7 += x7[j] * wj
-        rows = (((r0 * c0[j] + r1 * c1[j]) + (r2 * c2[j] + r3 * c3[j]))
-                + ((r4 * c4[j] + r5 * c5[j]) + (r6 * c6[j] + r7 * c7[j])))
+        z0, z1, z2, z3 = _four_dots_step(x0, x1, x2, x3, wj, j, z0, z1, z2, z3)
+        z4, z5, z6, z7 = _four_dots_step(x4, x5, x6, x7, wj, j, z4, z5, z6, z7)
+        rows = _four_rows_combined(c0, c1, c2, c3, r0, r1, r2, r3, j) + _four_rows_combined(c4, c5, c6, c7, r4, r5,
+                                                                                            r6, r7, j)
         if combined is None:
             grad[j] += rows
         else:
@@ -464,14 +485,8 @@ def _dense_scores_accumulate(X, w, b, ahead, z, start, rbuf, grad, combined):
     if combined is not None:
         for j in range(d):
             grad[j] += combined[j]
-    z[0] = np.float64(z0) + b
-    z[1] = np.float64(z1) + b
-    z[2] = np.float64(z2) + b
-    z[3] = np.float64(z3) + b
-    z[4] = np.float64(z4) + b
-    z[5] = np.float64(z5) + b
-    z[6] = np.float64(z6) + b
-    z[7] = np.float64(z7) + b
+    _store_four_scores(z, 0, b, z0, z1, z2, z3)
+    _store_four_scores(z, 4, b, z4, z5, z6, z7)
 
 
 @_jit
@@ -493,22 +508,16 @@ def _dense_rows_long(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, bits
     """:func:`_dense_rows` for rows longer than :data:`LONG_ROW_BYTES`: each block's gradient pass
     runs together with the next block's scores (:func:`_dense_overlapped`), so ``X`` streams from memory
     all the time, where one pass after the other leaves the memory idle during the gradient pass."""
-    for j in range(grad.shape[0]):
-        grad[j] = 0.0
-    loss_sum = 0.0
-    residual_sum = 0.0
-    weight_sum = 0.0
+    _zero(grad)
+    totals = (0.0, 0.0, 0.0)
     block = z.shape[0]
     start = lo
     m = min(block, hi - lo)
     if m <= 0:
-        return loss_sum, residual_sum, weight_sum
+        return totals
     _dense_scores(X, w, b, start, m, z, 0, 0)
     while True:
-        sums = _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf, bits)
-        loss_sum += sums[0]
-        residual_sum += sums[1]
-        weight_sum += sums[2]
+        totals = _plus(totals, _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf, bits))
         ahead = start + m
         if ahead >= hi:
             break
@@ -516,7 +525,7 @@ def _dense_rows_long(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, bits
         _dense_overlapped(X, w, b, ahead, m_ahead, z, start, m, rbuf, grad, combined)
         start, m = ahead, m_ahead
     _dense_accumulate(X, start, m, rbuf, grad, 0, 0)
-    return loss_sum, residual_sum, weight_sum
+    return totals
 
 
 #: Rows longer than this are "long": the kernel does not prefetch them (the hardware prefetcher follows long
@@ -552,22 +561,16 @@ def _dense_rows(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, bits):
     Rows go in blocks of ``len(z)`` (a block of ``X`` fits in L1): the block's scores, then its residuals
     (a vectorised loop), then its rows added into ``grad`` while still in cache; ``X`` is read from memory
     once.  ``z`` (float64), ``rbuf`` (dtype the rows are combined in) and ``bits`` (int64) are scratch."""
-    for j in range(grad.shape[0]):
-        grad[j] = 0.0
-    loss_sum = 0.0
-    residual_sum = 0.0
-    weight_sum = 0.0
+    _zero(grad)
+    totals = (0.0, 0.0, 0.0)
     block = z.shape[0]
     for start in range(lo, hi, block):
         m = min(block, hi - start)
         ahead_lo, middle, ahead_hi = _prefetch_spread(X, start + m, hi, block)
         _dense_scores(X, w, b, start, m, z, ahead_lo, middle)
-        sums = _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf, bits)
-        loss_sum += sums[0]
-        residual_sum += sums[1]
-        weight_sum += sums[2]
+        totals = _plus(totals, _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf, bits))
         _dense_accumulate(X, start, m, rbuf, grad, middle, ahead_hi)
-    return loss_sum, residual_sum, weight_sum
+    return totals
 
 
 @_jit(fastmath=False)   # reassociation would vectorise the dot into AVX-512 gathers: 3x slower on Zen 4
@@ -612,21 +615,15 @@ def _csr_rows(data, indices, indptr, y, weight, w, b, mode, lo, hi, grad, z, rbu
     (a view of the validated signed indices), so no negative-index wrap-around check is compiled in.
     Blocks of ``len(z)`` rows: their scores (gather), residuals (vectorised), then the scatter, with the
     block's non-zeros still in cache."""
-    for j in range(grad.shape[0]):
-        grad[j] = 0.0
-    loss_sum = 0.0
-    residual_sum = 0.0
-    weight_sum = 0.0
+    _zero(grad)
+    totals = (0.0, 0.0, 0.0)
     block = z.shape[0]
     for start in range(lo, hi, block):
         m = min(block, hi - start)
         _csr_scores(data, indices, indptr, w, b, start, m, z)
-        sums = _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf, bits)
-        loss_sum += sums[0]
-        residual_sum += sums[1]
-        weight_sum += sums[2]
+        totals = _plus(totals, _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf, bits))
         _csr_accumulate(data, indices, indptr, start, m, rbuf, grad)
-    return loss_sum, residual_sum, weight_sum
+    return totals
 
 
 # ---------------------------------------------------------------------------------------------------
