@@ -427,16 +427,31 @@ def _dense_scores(X, w, b, start, m, z, ahead_lo, ahead_hi):
 
 
 @_jit
-def _dense_accumulate(X, start, m, rbuf, grad, ahead_lo, ahead_hi):
+def _dense_accumulate(X, start, m, rbuf, grad, ahead_lo, ahead_hi, combined):
     """``grad += sum_k rbuf[k] x_(start+k)``: four rows combined in ``rbuf``'s dtype, then added to the
-    float64 ``grad`` (one load and store of ``grad`` per four rows).
+    float64 ``grad`` (one load and store of ``grad`` per four rows).  Where ``combined`` is given (a row of
+    ``rbuf``'s dtype: float32 products), eight rows (two fours) are combined there first and then added to
+    ``grad`` in a loop of their own, so the combining loop runs at float32 vector width with no conversions
+    (in cache, float32: d = 16 2.65 -> 1.85 ns per row, d = 100 11.3 -> 7.1 ns).
 
     Meanwhile the cache lines of ``X``'s flat elements ``ahead_lo:ahead_hi`` are prefetched, spread over
-    the groups of four rows (:func:`_prefetch_spread`)."""
+    the groups of rows (:func:`_prefetch_spread`)."""
     d = X.shape[1]
     share = _prefetch_share(ahead_lo, ahead_hi, m)
     ahead = ahead_lo
     k = 0
+    if combined is not None:
+        while k + 8 <= m:
+            ahead = _prefetch_lines(X, ahead, min(ahead_hi, ahead + 2 * share))
+            x0, x1, x2, x3 = _four_rows(X, start + k)
+            x4, x5, x6, x7 = _four_rows(X, start + k + 4)
+            r0, r1, r2, r3 = rbuf[k], rbuf[k + 1], rbuf[k + 2], rbuf[k + 3]
+            r4, r5, r6, r7 = rbuf[k + 4], rbuf[k + 5], rbuf[k + 6], rbuf[k + 7]
+            for j in range(d):
+                combined[j] = (_four_rows_combined(x0, x1, x2, x3, r0, r1, r2, r3, j)
+                               + _four_rows_combined(x4, x5, x6, x7, r4, r5, r6, r7, j))
+            _add_row(grad, combined)
+            k += 8
     while k + 4 <= m:
         ahead = _prefetch_lines(X, ahead, min(ahead_hi, ahead + share))
         x0, x1, x2, x3 = _four_rows(X, start + k)
@@ -451,6 +466,13 @@ def _dense_accumulate(X, start, m, rbuf, grad, ahead_lo, ahead_hi):
         for j in range(d):
             grad[j] += r0 * x0[j]
         k += 1
+
+
+@_jit(inline="always")
+def _add_row(grad, row):
+    """``grad += row`` (``row`` converted to float64)."""
+    for j in range(grad.shape[0]):
+        grad[j] += row[j]
 
 
 @_jit
@@ -483,8 +505,7 @@ def _dense_scores_accumulate(X, w, b, ahead, z, start, rbuf, grad, combined):
         else:
             combined[j] = rows
     if combined is not None:
-        for j in range(d):
-            grad[j] += combined[j]
+        _add_row(grad, combined)
     _store_four_scores(z, 0, b, z0, z1, z2, z3)
     _store_four_scores(z, 4, b, z4, z5, z6, z7)
 
@@ -499,7 +520,7 @@ def _dense_overlapped(X, w, b, ahead, m_ahead, z, start, m, rbuf, grad, combined
     while k + 8 <= min(m, m_ahead):
         _dense_scores_accumulate(X, w, b, ahead + k, z[k:], start + k, rbuf[k:], grad, combined)
         k += 8
-    _dense_accumulate(X, start + k, m - k, rbuf[k:], grad, 0, 0)
+    _dense_accumulate(X, start + k, m - k, rbuf[k:], grad, 0, 0, combined)
     _dense_scores(X, w, b, ahead + k, m_ahead - k, z[k:], 0, 0)
 
 
@@ -524,7 +545,7 @@ def _dense_rows_long(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, bits
         m_ahead = min(block, hi - ahead)
         _dense_overlapped(X, w, b, ahead, m_ahead, z, start, m, rbuf, grad, combined)
         start, m = ahead, m_ahead
-    _dense_accumulate(X, start, m, rbuf, grad, 0, 0)
+    _dense_accumulate(X, start, m, rbuf, grad, 0, 0, combined)
     return totals
 
 
@@ -554,13 +575,14 @@ def _prefetch_spread(X, start, hi, block):
 
 
 @_jit
-def _dense_rows(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, bits):
+def _dense_rows(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, bits, combined):
     """Sums over rows ``lo:hi`` of dense ``X`` into ``grad`` (overwritten, float64); returns
     ``(loss_sum, intercept_sum, weight_sum)``.  ``weight`` may be None (every row weighs 1).
 
     Rows go in blocks of ``len(z)`` (a block of ``X`` fits in L1): the block's scores, then its residuals
     (a vectorised loop), then its rows added into ``grad`` while still in cache; ``X`` is read from memory
-    once.  ``z`` (float64), ``rbuf`` (dtype the rows are combined in) and ``bits`` (int64) are scratch."""
+    once.  ``z`` (float64), ``rbuf`` (dtype the rows are combined in), ``bits`` (int64) and ``combined`` (a
+    row of ``rbuf``'s dtype, or None for float64 products: :func:`_dense_accumulate`) are scratch."""
     _zero(grad)
     totals = (0.0, 0.0, 0.0)
     block = z.shape[0]
@@ -569,7 +591,7 @@ def _dense_rows(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, bits):
         ahead_lo, middle, ahead_hi = _prefetch_spread(X, start + m, hi, block)
         _dense_scores(X, w, b, start, m, z, ahead_lo, middle)
         totals = _plus(totals, _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf, bits))
-        _dense_accumulate(X, start, m, rbuf, grad, middle, ahead_hi)
+        _dense_accumulate(X, start, m, rbuf, grad, middle, ahead_hi, combined)
     return totals
 
 
@@ -690,8 +712,8 @@ def _compile_and_check(kind: str, dtype: str) -> str:
     whether the disk cache served them, check them; '' when all is well."""
     try:
         rng = np.random.default_rng(0)
-        X = rng.standard_normal((7, 3)).astype(dtype)
-        y = (rng.random(7) < 0.5).astype(dtype)
+        X = rng.standard_normal((19, 3)).astype(dtype)      # groups of eight and four rows, and single rows
+        y = (rng.random(19) < 0.5).astype(dtype)
         w = rng.standard_normal(3)
         before, hits = time.perf_counter(), _cache_hits(*_dispatchers()[kind])
         problem = _self_check(kind, X, y, w)
@@ -824,18 +846,17 @@ LONG_ROW_BLOCK_BYTES = 128 * 1024
 
 
 def dense_block_rows(d: int, itemsize: int, block_bytes: int | None = None) -> int:
-    """Rows per block of the dense kernel, 256 at most: about ``block_bytes`` of rows, a multiple of 4
-    (the groups of the scores and gradient passes), at least 4.  By default :data:`DENSE_BLOCK_BYTES`, and
-    for rows longer than :data:`LONG_ROW_BYTES` :data:`LONG_ROW_BLOCK_BYTES` in a multiple of 8 (the groups
-    of :func:`_dense_scores_accumulate`), at least 8."""
-    row_bytes = max(1, d * itemsize)
-    group = 4
+    """Rows per block of the dense kernel, 256 at most: about ``block_bytes`` of rows (by default
+    :data:`DENSE_BLOCK_BYTES`, or :data:`LONG_ROW_BLOCK_BYTES` for rows longer than :data:`LONG_ROW_BYTES`)
+    in a multiple of 8, the groups :func:`_dense_accumulate` and :func:`_dense_scores_accumulate` combine;
+    where fewer than 8 rows fit, 4 (the scores pass's groups), and 8 for long rows (their sweeps)."""
+    smallest = 4
     if block_bytes is None:
         block_bytes = DENSE_BLOCK_BYTES
         if long_rows(d, itemsize):
-            block_bytes, group = LONG_ROW_BLOCK_BYTES, 8
-    rows = block_bytes // row_bytes
-    return int(min(256, max(group, rows - rows % group)))
+            block_bytes, smallest = LONG_ROW_BLOCK_BYTES, 8
+    rows = block_bytes // max(1, d * itemsize)
+    return int(min(256, rows - rows % 8 if rows >= 8 else smallest))
 
 
 #: Scratch blocks start on multiples of this many bytes (a cache line, and the widest vector).
@@ -861,7 +882,7 @@ class Workspace:
     """Preallocated buffers for ``threads`` chunks of a ``d``-column problem (allocate once, pass to every
     call): ``(threads - 1) * d`` float64 partial gradients, a copy of ``w`` in the product dtype, per
     chunk a block of scores, residuals, losses and exponent bits, and (float32 products only) per chunk a
-    row of ``d`` in which the dense kernel combines long rows (:func:`_dense_scores_accumulate`).
+    row of ``d`` in which the dense kernel combines eight rows (:func:`_dense_accumulate`).
 
     Parameters
     ----------
@@ -906,8 +927,11 @@ class Workspace:
 
 
 def dense_chunk_bounds(n: int, chunks: int) -> np.ndarray:
-    """Row boundaries ``b[t] = n t // chunks`` (``chunks + 1`` values): equal contiguous row ranges."""
-    return np.array([n * t // chunks for t in range(chunks + 1)], dtype=np.int64)
+    """Row boundaries (``chunks + 1`` values): contiguous row ranges of about ``n / chunks`` rows, the inner
+    boundaries rounded down to multiples of 8.  With blocks of multiples of 8 rows as well
+    (:func:`dense_block_rows`), the groups of rows combined in the data dtype are the same for any thread
+    count, and results differ between thread counts only by the order of float64 sums."""
+    return np.array([n * t // chunks // 8 * 8 for t in range(chunks)] + [n], dtype=np.int64)
 
 
 def csr_chunk_bounds(indptr, chunks: int) -> np.ndarray:
@@ -1029,16 +1053,11 @@ def dense_loss_grad(X, y, w, b: float, loss: str, *, sample_weight=None, out_gra
     code, b, w = _loss_code(loss), float(b), workspace.weights(w)
     bounds = dense_chunk_bounds(n, workspace.threads) if bounds is None else bounds
     z, rbuf, lbuf, bits = workspace.z, workspace.rbuf, workspace.lbuf, workspace.bits
-    if long_rows(d, X.itemsize):
-        combined = workspace.combined
-
-        def call(lo, hi, grad, t):
-            return _dense_rows_long(X, y, sample_weight, w, b, code, lo, hi, grad, z[t], rbuf[t], lbuf[t], bits[t],
-                                    None if combined is None else combined[t])
-    else:
-        def call(lo, hi, grad, t):
-            return _dense_rows(X, y, sample_weight, w, b, code, lo, hi, grad, z[t], rbuf[t], lbuf[t], bits[t])
-    loss_sum, intercept_sum, weight_sum = _run_chunks(call, bounds, out_grad, workspace)
+    rows, combined = (_dense_rows_long if long_rows(d, X.itemsize) else _dense_rows), workspace.combined
+    loss_sum, intercept_sum, weight_sum = _run_chunks(
+        lambda lo, hi, grad, t: rows(X, y, sample_weight, w, b, code, lo, hi, grad, z[t], rbuf[t], lbuf[t], bits[t],
+                                     None if combined is None else combined[t]),
+        bounds, out_grad, workspace)
     return loss_sum, out_grad, intercept_sum, weight_sum
 
 

@@ -81,10 +81,11 @@ def _softmax_block(ZT, labels, weight, start, m, top, total, picked, bits):
 
 
 @_jit
-def _multinomial_rows(X, labels, weight, WT, b, lo, hi, GT, gb, ZT, RT, top, total, picked, bits):
+def _multinomial_rows(X, labels, weight, WT, b, lo, hi, GT, gb, ZT, RT, top, total, picked, bits, combined):
     """Sums over rows ``lo:hi`` into ``GT`` (K, d) and ``gb`` (K,) (both overwritten, float64); returns
     ``(Σ s loss, Σ s)``.  ``WT`` (K, d) holds the class weight vectors in the product dtype; ``ZT`` (K, block)
-    float64 and ``RT`` (K, block) in the product dtype are scratch."""
+    float64, ``RT`` (K, block) in the product dtype and ``combined`` (d,) in the product dtype (None for
+    float64 products: :func:`~pgd.local.cpu_kernels._dense_accumulate`) are scratch."""
     n_classes, d = WT.shape
     block = ZT.shape[1]
     for c in range(n_classes):
@@ -103,16 +104,16 @@ def _multinomial_rows(X, labels, weight, WT, b, lo, hi, GT, gb, ZT, RT, top, tot
         loss_sum += sums[0]
         weight_sum += sums[1]
         for c in range(n_classes):
-            residual, combined = ZT[c], RT[c]
-            floor = _weight_floor(combined)
+            residual, weights = ZT[c], RT[c]
+            floor = _weight_floor(weights)
             for k in range(m):
-                combined[k] = _row_weight(residual[k], floor)
+                weights[k] = _row_weight(residual[k], floor)
             class_sum = 0.0
             for k in range(m):
                 class_sum += residual[k]
             gb[c] += class_sum
             first, last = (middle, ahead_hi) if c == 0 else (0, 0)
-            _dense_accumulate(X, start, m, combined, GT[c], first, last)
+            _dense_accumulate(X, start, m, weights, GT[c], first, last, combined)
     return loss_sum, weight_sum
 
 
@@ -202,6 +203,7 @@ class FusedMultinomialCPU:
         self._RT = np.empty((chunks, classes, block), dtype=combine)
         self._rows = np.empty((chunks, 3, block))            # top, total, picked
         self._bits = np.empty((chunks, block), dtype=np.int64)
+        self._combined = None if combine == np.float64 else np.empty((chunks, self.d), dtype=combine)
         self._all_bounds = K.dense_chunk_bounds(self.n, self.threads)
         plural = "s" if self.threads > 1 else ""
         self.kernel = f"fused one-pass CPU kernel (numba, dense, {classes} classes, {self.threads} thread{plural})"
@@ -210,7 +212,8 @@ class FusedMultinomialCPU:
         top, total, picked = self._rows[t]
         self._scalars[t] = _multinomial_rows(self.X, self.labels, self.sample_weight, self._WT, self._b, lo, hi,
                                              self._GT[t], self._gb[t], self._ZT[t], self._RT[t], top, total,
-                                             picked, self._bits[t])
+                                             picked, self._bits[t],
+                                             None if self._combined is None else self._combined[t])
 
     def sums_at(self, params, out, rows: slice | None = None) -> None:
         """Overwrite ``out`` (float64, ``(d + 1) K + 1``) with the sums over ``rows`` (all by default) at the

@@ -121,9 +121,10 @@ def test_dense_long_rows(shape, threads, dtype, loss):
 
 
 def test_dense_block_rows():
-    """Blocks in multiples of four rows (eight for long rows), within their byte budgets."""
+    """Blocks in multiples of eight rows (four where fewer fit, at least eight for long rows), within budget."""
     assert K.dense_block_rows(100, 4, block_bytes=16384) == 40
-    assert K.dense_block_rows(1000, 8, block_bytes=16384) == 4            # an explicit budget: groups of four
+    assert K.dense_block_rows(100, 4, block_bytes=4800) == 8
+    assert K.dense_block_rows(1000, 8, block_bytes=16384) == 4            # fewer than eight fit: four
     assert K.dense_block_rows(1, 8) == 256
     assert K.dense_block_rows(1000, 8) == 16 and K.dense_block_rows(100000, 8) == 8   # long rows
     assert K.dense_block_rows(600, 4) == 48
@@ -226,9 +227,10 @@ def test_csr_chunk_bounds(indptr, chunks):
 
 
 def test_dense_chunk_bounds():
-    assert K.dense_chunk_bounds(10, 3).tolist() == [0, 3, 6, 10]
+    assert K.dense_chunk_bounds(10, 3).tolist() == [0, 0, 0, 10]
     assert K.dense_chunk_bounds(0, 2).tolist() == [0, 0, 0]
-    assert K.dense_chunk_bounds(2, 3).tolist() == [0, 0, 1, 2]
+    assert K.dense_chunk_bounds(2, 3).tolist() == [0, 0, 0, 2]
+    assert K.dense_chunk_bounds(100, 3).tolist() == [0, 32, 64, 100]    # inner bounds: multiples of 8
 
 
 @pytest.mark.parametrize("sparse", [False, True])
@@ -274,6 +276,19 @@ def test_data_precision_float32(threads, loss, kind):
     # w rounded to float32 is the model the products see: compare with it, to float32 rounding
     assert_matches(result, reference(X, y, w.astype(np.float32).astype(np.float64), b, loss, weight), rtol=2e-5)
     np.testing.assert_allclose(result[1], reference(X, y, w, b, loss, weight)[1], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize(("shape", "rtol"), [((203, 19), 1e-13), ((97, 600), 1e-6)])
+def test_data_precision_same_groups_for_any_thread_count(shape, rtol):
+    """Chunks start on multiples of eight rows, so the rows combined in float32 are the same groups for 1, 2
+    and 3 threads: the results differ only by the order of float64 sums.  Long rows: a chunk's first block
+    is scored by the plain scores pass and later blocks by the overlapped sweeps, two loops whose float32
+    dot products may round differently, so there the thread counts agree to float32 rounding."""
+    X, y, weight, w, b = problem(*shape, np.float32, "logistic", True, seed=7)
+    results = [K.dense_loss_grad(X, y, w, b, "logistic", sample_weight=weight, threads=threads, precision="data",
+                                 workspace=K.dense_workspace(X, threads, "data")) for threads in (1, 2, 3)]
+    for result in results[1:]:
+        assert_matches(result, results[0], rtol=rtol)
 
 
 def logistic_reference(z, y):
