@@ -4,8 +4,9 @@ A gradient pass computes ``sum_i r_i x_i`` with row weights ``r_i`` (residuals, 
 Confidently fitted rows give tiny weights (float32 logistic rows scored below -87 have subnormal
 ``sigmoid(z)``), and on x86 every operation on a subnormal costs a microcode assist: such rows made the
 compiled kernel 20x and BLAS's ``X.T @ r`` 18x slower (measured, Sapphire Rapids VM).  Weights below a
-floor are therefore set to 0, here (NumPy paths) and in the compiled kernels
-(:func:`pgd.local.cpu_kernels._weight_floor`); GPUs handle subnormals at full speed and are left alone.
+floor are therefore set to 0 by :func:`zero_tiny_weights` (the dense, CSR and multinomial NumPy paths, the
+feature/hybrid grid) and in the compiled kernels (:func:`pgd.local.cpu_kernels._weight_floor`); GPUs handle
+subnormals at full speed and are left alone.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from pgd.loader.host import inspect_collectively, load_block, sparse_collectivel
 from pgd.local.losses import get_loss, sum64
 from pgd.local.multinomial import SoftmaxResiduals, gram_weights, labels_as_indices
 from pgd.local.power import coefficient_diagonal, curvature_bound
+from pgd.local.subnormal import zero_tiny_weights
 from pgd.strategies.standardize import column_moments
 
 
@@ -174,6 +175,8 @@ class GridObjective:
         self._w = xp.zeros((self.d_local, *per_row), dtype=dtype)
         self._z = xp.empty((n_local, *per_row), dtype=dtype)
         self._work = xp.empty(n_local, dtype=dtype)
+        # host: scratch to zero the subnormal row weights before the gradient product (pgd.local.subnormal)
+        self._weights_work = None if xp is not np else (self._work if K == 1 else xp.empty_like(self._z))
         self._row_sum = xp.empty((self.d_local, *per_row), dtype=dtype)
         self._grad = xp.zeros(self.n_coef, dtype=xp.float64)
         self._scalars = np.zeros(K + 2)         # [intercept sums (K), loss, ‖w_q‖²]
@@ -229,15 +232,17 @@ class GridObjective:
         started = time.perf_counter()
         self._add_intercepts(params)
         scalar = transform(self.y, self._z, self._work, self.sample_weight)
+        owner = self.q == 0  # the row group's replicas of r: counted once
+        self._scalars[:K] = 0.0
+        if owner and self.fit_intercept:
+            self._intercept_sums()
+        if self._weights_work is not None:
+            zero_tiny_weights(self._z, self._weights_work, xp)   # the intercept sums keep them
         if K == 1:
             xp.dot(self._z, self.X, out=self._row_sum)
         else:
             xp.dot(self.X.T, self._z, out=self._row_sum)
         self._grad[...] = self._row_sum.reshape(-1)
-        owner = self.q == 0  # the row group's replicas of r: counted once
-        self._scalars[:K] = 0.0
-        if owner and self.fit_intercept:
-            self._intercept_sums()
         self._scalars[K] = scalar if owner else 0.0
         w = params[:nc]
         self._scalars[K + 1] = float(xp.dot(w, w)) if self.p == 0 and self.l2 else 0.0

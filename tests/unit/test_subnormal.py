@@ -71,3 +71,23 @@ def test_multinomial_blocked_path_drops_tiny_weights():
     P = np.exp(scores - scores.max(axis=1, keepdims=True))
     P /= P.sum(axis=1, keepdims=True)
     assert np.any(X.T @ P[:, 1:] != 0.0)   # unflushed, the float32 products would not all be 0
+
+
+class _OneRank:
+    size = 1
+
+
+def test_grid_objective_drops_tiny_weights():
+    """The feature/hybrid grid's pass (one rank, no collectives): the coefficient gradient of rows whose
+    weights are below the floor is exactly 0, the intercept's sum keeps them."""
+    from pgd.strategies.grid import GridCommunicators, GridObjective
+
+    X, y, w = confident_rows()
+    n, d = X.shape
+    comms = GridCommunicators("1 x 1", _OneRank(), _OneRank(), _OneRank())
+    objective = GridObjective(X, y, get_loss("logistic"), comms, coords=(0, 0), n_global=n, d_global=d,
+                              col_range=(0, d), l2=0.0, fit_intercept=True, xp=np)
+    grad = np.full(objective.n_params, np.nan)
+    objective.value_and_grad(np.concatenate([w.astype(np.float64), [0.0]]), grad)
+    assert np.all(grad[:d] == 0.0)
+    assert 0 < grad[d] < 1e-30
