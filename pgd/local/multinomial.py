@@ -184,7 +184,7 @@ class LocalMultinomialGradient:
         rows = self.block_rows if self.n_local else 0
         self._scores = xp.empty((rows, K), dtype=self.dtype)
         self._softmax = SoftmaxResiduals(rows, K, self.dtype, xp)
-        self._weights_work = xp.empty((rows, K), dtype=self.dtype)
+        self._weights_work = xp.empty((rows, K), dtype=self.dtype) if xp is np else None   # host only
         self._class_sum = xp.empty(K, dtype=self.dtype)
         self._W = xp.empty((self.d, K), dtype=self.dtype)
         self._b = xp.empty(K, dtype=self.dtype)
@@ -275,13 +275,13 @@ class LocalMultinomialGradient:
             self._product(X_b, self._W, Z)
             Z += self._b
             loss_sum += gram_weights(Z, s_b, self.xp) if gram else self._softmax(Z, labels_b, s_b)
-            if self.xp is np:
-                zero_tiny_weights(Z, self._weights_work[:m], self.xp)   # no subnormals into the BLAS
-            self._product(X_b.T, Z, self._XtR)
-            grad_W += self._XtR
             if self.fit_intercept:
                 Z.sum(axis=0, out=self._class_sum)
                 grad_b += self._class_sum
+            if self._weights_work is not None:   # no subnormals into the BLAS; the intercepts keep them
+                zero_tiny_weights(Z, self._weights_work[:m], self.xp)
+            self._product(X_b.T, Z, self._XtR)
+            grad_W += self._XtR
         out[-1] = loss_sum
 
     def _product(self, A, B, out) -> None:

@@ -60,13 +60,15 @@ def test_multinomial_blocked_path_drops_tiny_weights():
     X, _, _ = confident_rows()
     n, d, classes = X.shape[0], X.shape[1], 3
     labels = np.zeros(n, np.float32)
-    local = LocalMultinomialGradient(X, labels, classes, fit_intercept=False, xp=np, host_kernel="blocked")
+    local = LocalMultinomialGradient(X, labels, classes, fit_intercept=True, xp=np, host_kernel="blocked")
     params = np.zeros((d + 1) * classes)
     params.reshape(d + 1, classes)[0] = [0.0, 1.0, 1.0]   # classes 1, 2 score 80-100 below class 0
     out = np.full((d + 1) * classes + 1, np.nan)
     local.sums_at(params, out)
     gradient = out[: d * classes].reshape(d, classes)
     assert np.all(gradient == 0.0)    # p_1, p_2 < 1e-34 and p_0 - 1 = -(p_1 + p_2): below the floor
+    intercepts = out[d * classes: (d + 1) * classes]
+    assert np.all(intercepts[1:] > 0)  # the intercepts' sums keep them (p_0 - 1 rounds to 0 in float32)
     scores = X @ params.reshape(d + 1, classes)[:d].astype(np.float32)
     P = np.exp(scores - scores.max(axis=1, keepdims=True))
     P /= P.sum(axis=1, keepdims=True)
