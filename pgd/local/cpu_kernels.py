@@ -15,8 +15,8 @@ Numerics
 --------
 - The data is read in its own dtype (float32 or float64, never converted or copied).  With
   ``precision="float64"`` (default) every product and sum is float64; with ``precision="data"`` (float32
-  data) a row's dot product and the combination of four rows (eight for long rows) for the gradient are
-  float32, as BLAS does.  Sums over rows (gradient, intercept, loss and weight sums) are float64 either way.
+  data) a row's dot product and the combination of eight rows (two fours) for the gradient are float32,
+  as BLAS does.  Sums over rows (gradient, intercept, loss and weight sums) are float64 either way.
 - Row weights below the subnormal floor (:func:`_weight_floor`) enter the gradient pass as 0, as in
   :mod:`pgd.local.subnormal`.
 - Threads: rows are split into ``threads`` contiguous chunks (dense: equal rows; CSR: equal non-zeros,
@@ -484,8 +484,9 @@ def _dense_scores_accumulate(X, w, b, ahead, z, start, rbuf, grad, combined):
     The eight rows are combined in ``rbuf``'s dtype (two groups of four, as :func:`_dense_accumulate`
     combines four) and added to ``grad`` directly, or, where ``combined`` is given (a row of ``rbuf``'s
     dtype, float32), stored there and added to ``grad`` in a loop of its own: the sweep then runs at
-    float32 vector width with no conversion to float64 (one thread, float32 d = 1000: 1.27x the GEMV
-    with groups of four combined into ``grad``, 1.12x like this; docs/cpu_kernels.md)."""
+    float32 vector width with no conversion to float64 (a stripped-down harness of the sweep, one thread,
+    float32 d = 1000: 1.27x the GEMV with groups of four combined into ``grad``, 1.12x like this;
+    docs/cpu_kernels.md)."""
     d = X.shape[1]
     zero = w.dtype.type(0)
     x0, x1, x2, x3 = _four_rows(X, ahead)
@@ -498,8 +499,8 @@ def _dense_scores_accumulate(X, w, b, ahead, z, start, rbuf, grad, combined):
         wj = w[j]
         z0, z1, z2, z3 = _four_dots_step(x0, x1, x2, x3, wj, j, z0, z1, z2, z3)
         z4, z5, z6, z7 = _four_dots_step(x4, x5, x6, x7, wj, j, z4, z5, z6, z7)
-        rows = _four_rows_combined(c0, c1, c2, c3, r0, r1, r2, r3, j) + _four_rows_combined(c4, c5, c6, c7, r4, r5,
-                                                                                            r6, r7, j)
+        rows = (_four_rows_combined(c0, c1, c2, c3, r0, r1, r2, r3, j)
+                + _four_rows_combined(c4, c5, c6, c7, r4, r5, r6, r7, j))
         if combined is None:
             grad[j] += rows
         else:
