@@ -144,11 +144,11 @@ def pass_throughput(d_list, dtypes, megabytes: float = 8, rounds: int = 15, rng=
             K._dense_scores(X, w, 0.1, start, min(z.shape[0], X.shape[0] - start), z, 0, 0)
 
     @numba.njit(nogil=True)
-    def terms(y, z, rbuf, lbuf, bits, mode):
+    def terms(y, z, rbuf, lbuf, mode):
         n, block = y.shape[0], z.shape[0]
         total = 0.0
         for start in range(0, n, block):
-            total += K._residual_terms(z, y, None, start, min(block, n - start), mode, rbuf, lbuf, bits)[0]
+            total += K._residual_terms(z, y, None, start, min(block, n - start), mode, rbuf, lbuf)[0]
             for k in range(block):
                 z[k] = 0.01 * k - 1.0
         return total
@@ -168,15 +168,15 @@ def pass_throughput(d_list, dtypes, megabytes: float = 8, rounds: int = 15, rng=
             for precision in (K.PRECISIONS if dtype == np.float32 else ("float64",)):
                 ws = K.dense_workspace(X, 1, precision)
                 w = ws.weights(rng.standard_normal(d))
-                z, rbuf, lbuf, bits = ws.z[0], ws.rbuf[0], ws.lbuf[0], ws.bits[0]
+                z, rbuf, lbuf = ws.z[0], ws.rbuf[0], ws.lbuf[0]
                 combined = None if ws.combined is None else ws.combined[0]
                 rbuf[:] = rng.standard_normal(ws.block)
                 grad, out = np.zeros(d), np.empty(n, dtype=dtype)
                 w_data = w.astype(dtype)
                 times = interleaved({"gemv": lambda: np.dot(X, w_data, out=out),
                                      "scores": lambda: scores(X, w, z),
-                                     "residuals squared": lambda: terms(y, z, rbuf, lbuf, bits, 0),
-                                     "residuals logistic": lambda: terms(y, z, rbuf, lbuf, bits, 1),
+                                     "residuals squared": lambda: terms(y, z, rbuf, lbuf, 0),
+                                     "residuals logistic": lambda: terms(y, z, rbuf, lbuf, 1),
                                      "gradient": lambda: accumulate(X, rbuf, grad, combined)}, rounds)
                 rows.append({"kind": "passes", "d": d, "dtype": dtype.name, "precision": precision,
                              "block_rows": ws.block,

@@ -146,6 +146,31 @@ def _define_prefetch():
 _prefetch = _define_prefetch()
 
 
+def _define_bits_as_float():
+    """``_bits_as_float(bits)``: an int32 or int64 reinterpreted as the float32 or float64 with those bits
+    (LLVM's ``bitcast``).  Where a view of an int array as floats would do the same, a view in a kernel
+    costs an atomic reference-count increment and decrement (numba's NRT) every call."""
+    if numba is None:
+        return None
+    from numba.extending import intrinsic  # noqa: PLC0415 - with numba only
+
+    @intrinsic
+    def bits_as_float(typingctx, bits):
+        if not isinstance(bits, numba.types.Integer) or bits.bitwidth not in (32, 64):
+            return None
+        result = numba.types.float32 if bits.bitwidth == 32 else numba.types.float64
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(result))
+
+        return result(bits), codegen
+
+    return bits_as_float
+
+
+_bits_as_float = _define_bits_as_float()
+
+
 # exp(-a) = 2^-k exp(-r), a = k ln2 + r, |r| <= ln2 / 2 (Cody-Waite split of ln 2)
 _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01
@@ -160,10 +185,19 @@ _EXP_ARGUMENT_MAX = 708.0
 #: whole logistic term (measured; Sapphire Rapids VM).
 _LOG1P_SERIES_MIN = 1e-16
 
+# The same in float32 (the logistic terms of float32 rows with precision="data"): exp(-87) = 1.6e-38 is
+# float32's last normal power of e (its smallest normal is 1.2e-38); beyond 87 exp(-|z|) counts as 0.
+_EXP_ARGUMENT_MAX_FLOAT32 = 87.0
+_LN2_HI_FLOAT32 = 0.693359375            # 355 / 512: n * this is exact for the n (<= 126) used here
+_LN2_LO_FLOAT32 = -2.12194440e-4
+_LOG1P_SERIES_MIN_FLOAT32 = 1e-8         # 2 / (2 + 1e-8) rounds to 1.0 in float32, as for anything smaller
+_F32 = np.float32
+
 
 @_jit(inline="always")
 def _exp_bits(a):
-    """The bits of ``2^-k``, ``k = round(a / ln 2)``, for ``0 <= a <= 708`` (view them as float64).  ``k``
+    """The bits of ``2^-k``, ``k = round(a / ln 2)``, for ``0 <= a <= 708`` (:func:`_bits_as_float` makes
+    them the float64).  ``k``
     goes through int32: AVX2 converts four float64 to int32 in one instruction but has no such conversion to
     int64, which would leave every element of the vectorised loop to scalar code."""
     return (1023 - np.int64(np.int32(a * _LOG2E + 0.5))) << 52
@@ -172,51 +206,43 @@ def _exp_bits(a):
 @_jit(inline="always")
 def _exp_minus(a, scale):
     """``exp(-a)`` for ``0 <= a <= 708``, ``scale`` being :func:`_exp_bits` of ``a`` as a float64:
-    ``a = k ln 2 + r`` (Cody-Waite), ``exp(-r)`` by its Taylor series to degree 13 (``|r| <= ln2/2``: error
-    below 1e-17), times ``2^-k``.  No calls, so a loop over a block of values vectorises.  The series is
-    evaluated as two Horner chains in ``t^2`` (its even and odd terms), each half as long as one chain in
-    ``t``: the loop is bound by the latency of the chain, not by the arithmetic."""
+    ``a = k ln2 + r`` (Cody-Waite), ``exp(-r)`` by a polynomial of degree 11 (a Chebyshev fit on
+    ``|r| <= ln2/2``, error below 2e-17; the coefficients from mpmath at 50 digits), times ``2^-k``.  No
+    calls, so a loop over a block of values vectorises.  The polynomial is evaluated as two Horner chains
+    in ``t^2`` (its even and odd terms), each half as long as one chain in ``t``: the loop is bound by the
+    latency of the chain, not by the arithmetic."""
     n = np.floor(a * _LOG2E + 0.5)
     t = (n * _LN2_HI - a) + n * _LN2_LO                      # -r
     t2 = t * t
-    even = 1.0 / 479001600.0
-    even = even * t2 + 1.0 / 3628800.0
-    even = even * t2 + 1.0 / 40320.0
-    even = even * t2 + 1.0 / 720.0
-    even = even * t2 + 1.0 / 24.0
-    even = even * t2 + 0.5
-    odd = 1.0 / 6227020800.0
-    odd = odd * t2 + 1.0 / 39916800.0
-    odd = odd * t2 + 1.0 / 362880.0
-    odd = odd * t2 + 1.0 / 5040.0
-    odd = odd * t2 + 1.0 / 120.0
-    odd = odd * t2 + 1.0 / 6.0
-    return (1.0 + (t + t2 * (even + t * odd))) * scale      # 1 + t + t^2/2 + t^3/6 + ...
+    even = 2.7632639639041030e-07
+    even = even * t2 + 2.4801485482328494e-05
+    even = even * t2 + 1.3888888952314775e-03
+    even = even * t2 + 4.1666666666488100e-02
+    even = even * t2 + 5.0000000000000190e-01
+    odd = 2.5110037605963777e-08
+    odd = odd * t2 + 2.7557240918578970e-06
+    odd = odd * t2 + 1.9841269890047113e-04
+    odd = odd * t2 + 8.3333333333196010e-03
+    odd = odd * t2 + 1.6666666666666680e-01
+    return (1.0 + (t + t2 * (even + t * odd))) * scale      # ~ 1 + t + t^2/2 + t^3/6 + ...
 
 
 @_jit(inline="always")
 def _atanh_series(v):
-    """``atanh(u) / u`` for ``v = u^2 <= 1/9``: ``sum_i v^i / (2i + 1)`` to ``i = 18`` (error below 1e-19),
-    as two Horner chains in ``v^2``."""
+    """``atanh(u) / u`` for ``v = u^2 <= 1/9``: a polynomial of degree 10 in ``v`` (a Chebyshev fit, error
+    below 3e-18; the Taylor series ``sum_i v^i / (2i + 1)`` needs degree 18), as two Horner chains in
+    ``v^2``."""
     v2 = v * v
-    even = 1.0 / 37.0
-    even = even * v2 + 1.0 / 33.0
-    even = even * v2 + 1.0 / 29.0
-    even = even * v2 + 1.0 / 25.0
-    even = even * v2 + 1.0 / 21.0
-    even = even * v2 + 1.0 / 17.0
-    even = even * v2 + 1.0 / 13.0
-    even = even * v2 + 1.0 / 9.0
-    even = even * v2 + 1.0 / 5.0
-    odd = 1.0 / 35.0
-    odd = odd * v2 + 1.0 / 31.0
-    odd = odd * v2 + 1.0 / 27.0
-    odd = odd * v2 + 1.0 / 23.0
-    odd = odd * v2 + 1.0 / 19.0
-    odd = odd * v2 + 1.0 / 15.0
-    odd = odd * v2 + 1.0 / 11.0
-    odd = odd * v2 + 1.0 / 7.0
-    odd = odd * v2 + 1.0 / 3.0
+    even = 8.5220817813906990e-02
+    even = even * v2 + 6.0550843640346090e-02
+    even = even * v2 + 7.6933070211520040e-02
+    even = even * v2 + 1.1111112040373837e-01
+    even = even * v2 + 2.0000000000092874e-01
+    odd = 4.1622532559304100e-02
+    odd = odd * v2 + 6.6501870163373130e-02
+    odd = odd * v2 + 9.0908704162524030e-02
+    odd = odd * v2 + 1.4285714272727057e-01
+    odd = odd * v2 + 3.3333333333333076e-01
     return 1.0 + v * (odd + v * even)
 
 
@@ -235,25 +261,36 @@ def _row_weight(value, floor):
     return value if abs(value) >= floor else 0.0
 
 
+@_jit(inline="always")
+def _logistic_residual(positive, e, inverse, y):
+    """``sigmoid(z) - y`` from ``e = exp(-|z|)`` and ``inverse = 1 / (1 + e)``, as
+    ``(1 - y) sigmoid(z) - y sigmoid(-z)``: for labels 0 and 1 one term is 0 and the other has no
+    cancellation (``-e / (1 + e)`` where ``1 / (1 + e) - 1`` would round to 0 for a well-fitted row)."""
+    small = e * inverse                                       # sigmoid(-|z|)
+    return (1 - y) * (inverse if positive else small) - y * (small if positive else inverse)
+
+
 @_jit
-def _logistic_terms(z, y, weight, m, rbuf, lbuf, bits):
-    """Logistic terms of the ``m`` scores in ``z`` (``y``, ``weight``: the block's): ``z[k] <- s r`` with
-    ``r = sigmoid(z) - y``, ``rbuf[k] <- s r`` (in ``rbuf``'s dtype), ``lbuf[k] <- s loss`` with
-    ``loss = max(z, 0) - y z + log1p(exp(-|z|))``.
+def _logistic_terms_float64(z, y, weight, start, m, rbuf, lbuf):
+    """Logistic terms of the ``m`` scores in ``z`` (rows ``start ...`` of ``y`` and ``weight``), in float64:
+    ``z[k] <- s r`` with ``r = sigmoid(z) - y``, ``rbuf[k] <- s r`` (in ``rbuf``'s dtype), ``lbuf[k] <- s loss``
+    with ``loss = max(z, 0) - y z + log1p(exp(-|z|))``; returns ``(sum s loss, sum s r, sum s)``.
 
     ``exp`` and ``log1p`` are polynomials written out here (no calls), so the loops over the block are
-    vectorised: ``exp(-|z|)`` by :func:`_exp_minus` (its ``2^-k`` built from its bits in ``bits``, int64
-    scratch); ``log1p(e) = 2 atanh(e / (2 + e))`` by :func:`_atanh_series` (``e / (2 + e) <= 1/3``).
-    ``exp`` has a loop of its own (its values go through ``lbuf``): two short loop bodies let the processor
-    overlap more iterations than one long one.  Every term is non-negative, so nothing cancels for large
-    ``|z|``; the loss of a fitted row with ``|z|`` beyond 708 is exact to rounding.
+    vectorised: ``exp(-|z|)`` by :func:`_exp_minus` (its ``2^-k`` built from its bits:
+    :func:`_exp_bits`); ``log1p(e) = 2 atanh(e / (2 + e))`` by :func:`_atanh_series`
+    (``e / (2 + e) <= 1/3``).  ``exp`` has a loop of its own (its values go through ``lbuf``): two short
+    loop bodies let the processor overlap more iterations than one long one.  Every term is non-negative,
+    so nothing cancels for large ``|z|``; the loss of a fitted row with ``|z|`` beyond 708 is exact to
+    rounding.  The sums are taken in the loop that writes (re-reading the block from a loop of its own cost
+    about 70 ns per block, measured at 16 rows).  Two loops, no branches around them, no views: numba then
+    prunes the reference counts of the arguments (:func:`_residual_terms`); a third loop kept them.
     """
     for k in range(m):
-        bits[k] = _exp_bits(min(abs(z[k]), _EXP_ARGUMENT_MAX))
-    scale = bits.view(np.float64)
-    for k in range(m):
-        lbuf[k] = _exp_minus(min(abs(z[k]), _EXP_ARGUMENT_MAX), scale[k])   # exp(-|z|)
+        a = min(abs(z[k]), _EXP_ARGUMENT_MAX)
+        lbuf[k] = _exp_minus(a, _bits_as_float(_exp_bits(a)))                                    # exp(-|z|)
     floor = _weight_floor(rbuf)
+    loss_sum = residual_sum = 0.0
     for k in range(m):
         zk = z[k]
         e = lbuf[k]
@@ -262,31 +299,126 @@ def _logistic_terms(z, y, weight, m, rbuf, lbuf, bits):
         u = series_at * half_inverse
         softplus = e * (2.0 * half_inverse) * _atanh_series(u * u)      # log1p(e) = 2 atanh(u), u = e / (2 + e)
         positive = zk >= 0.0
-        yk = np.float64(y[k])
-        r = (1.0 if positive else e) / (1.0 + e) - yk
+        yk = np.float64(_at(y, start, k))
+        r = _logistic_residual(positive, e, 1.0 / (1.0 + e), yk)
         loss = zk * ((1.0 if positive else 0.0) - yk) + softplus
-        s = 1.0 if weight is None else np.float64(weight[k])
+        s = np.float64(_weight_at(weight, start, k))
         z[k] = r * s
         rbuf[k] = _row_weight(r * s, floor)
         lbuf[k] = loss * s
+        loss_sum += loss * s
+        residual_sum += r * s
+    return loss_sum, residual_sum, _weight_sum(weight, start, m)
 
 
 @_jit
-def _block_sums(z, lbuf, weight, m):
-    """``(sum lbuf, sum z, sum s)`` over the block.  A loop that only reads, apart from the loops that
-    write: its vectorised reduction then has no run-time aliasing checks, so it sums in the same order
-    whatever the addresses (results reproducible run to run)."""
-    loss_sum = 0.0
-    residual_sum = 0.0
+def _logistic_terms_float32(z, y, weight, start, m, rbuf, lbuf):
+    """:func:`_logistic_terms_float64` in float32 arithmetic, for float32 rows with ``precision="data"``
+    (whose workspace holds the row weights ``rbuf`` and losses ``lbuf`` in float32): the scores are float32
+    dot products already, and float32 runs at twice the vector width of float64, with shorter polynomials
+    (float32 accuracy: ``exp`` to degree 6, the atanh factor to degree 4, Chebyshev fits; one division
+    gives both ``1 / (1 + e)`` and ``1 / (2 + e)``; a few float32 ulps in all).  Scores beyond +-87 count as
+    saturated (``exp(-|z|) = 0``: below float32's normal numbers).  ``z`` gets ``s r`` in float64 and the
+    sums are float64.  One loop: with a second (float32 only, at eight lanes) it ran faster alone but
+    numba no longer pruned its reference counts (:func:`_residual_terms`), which cost more."""
+    floor = _F32(_weight_floor(rbuf))
+    loss_sum = residual_sum = 0.0
     for k in range(m):
-        loss_sum += lbuf[k]
-        residual_sum += z[k]
-    weight_sum = np.float64(m)
-    if weight is not None:
-        weight_sum = 0.0
-        for k in range(m):
-            weight_sum += np.float64(weight[k])
-    return loss_sum, residual_sum, weight_sum
+        zk = _F32(z[k])
+        a = abs(zk)
+        clipped = min(a, _F32(_EXP_ARGUMENT_MAX_FLOAT32))
+        n = np.floor(clipped * _F32(_LOG2E) + _F32(0.5))
+        t = (n * _F32(_LN2_HI_FLOAT32) - clipped) + n * _F32(_LN2_LO_FLOAT32)         # -r
+        t2 = t * t
+        p = _F32(1.0) + t + t2 * ((_F32(0.5) + t * _F32(0.16666415333747864))
+                                  + t2 * ((_F32(0.04166635125875473) + t * _F32(0.00837512593716383))
+                                          + t2 * _F32(0.0013941108481958508)))
+        power = _bits_as_float(np.int32((127 - np.int32(n)) << 23))                   # 2^-n
+        e = p * power if a < _F32(_EXP_ARGUMENT_MAX_FLOAT32) else _F32(0.0)          # exp(-|z|)
+        series_at = max(e, _F32(_LOG1P_SERIES_MIN_FLOAT32))
+        one, two = _F32(1.0) + series_at, _F32(2.0) + series_at
+        reciprocal = _F32(1.0) / (one * two)
+        half_inverse = one * reciprocal
+        v = series_at * half_inverse
+        v = v * v
+        factor = _F32(1.0) + v * (_F32(0.3333316147327423) + v * (_F32(0.20012298226356506)
+                                                               + v * (_F32(0.13982579112052917)
+                                                                      + v * _F32(0.14078889787197113))))
+        softplus = e * (_F32(2.0) * half_inverse) * factor
+        positive = zk >= _F32(0.0)
+        yk = _F32(_at(y, start, k))
+        r = _logistic_residual(positive, e, two * reciprocal, yk)
+        loss = zk * ((_F32(1.0) if positive else _F32(0.0)) - yk) + softplus
+        s = _F32(_weight_at(weight, start, k))
+        rs = r * s
+        z[k] = np.float64(rs)
+        rbuf[k] = rs if abs(rs) >= floor else _F32(0.0)
+        lbuf[k] = loss * s
+        loss_sum += np.float64(loss * s)
+        residual_sum += np.float64(rs)
+    return loss_sum, residual_sum, _weight_sum(weight, start, m)
+
+
+def _logistic_terms(z, y, weight, start, m, rbuf, lbuf):
+    """The logistic terms of a block (compiled code only): :func:`_logistic_terms_float32` where the losses
+    ``lbuf`` are float32 (float32 rows, ``precision="data"``), else :func:`_logistic_terms_float64`; chosen
+    when the caller compiles, so neither is compiled for the other's types."""
+    raise NotImplementedError("compiled code only")
+
+
+if numba is not None:
+    @numba.extending.overload(_logistic_terms, inline="always")
+    def _logistic_terms_for(z, y, weight, start, m, rbuf, lbuf):
+        terms = _logistic_terms_float32 if lbuf.dtype == numba.types.float32 else _logistic_terms_float64
+        return lambda z, y, weight, start, m, rbuf, lbuf: terms(z, y, weight, start, m, rbuf, lbuf)
+
+
+@_jit(inline="always")
+def _row_index(i):
+    """Row ``i`` (never negative here) as an unsigned index: numba then leaves out the negative-index
+    wrap-around, a compare and select per row that the compiler cannot hoist (10-25 % of the row loops at
+    small ``d``, measured in cache)."""
+    return np.uint64(i)
+
+
+@_jit(inline="always")
+def _at(a, start, k):
+    """``a[start + k]`` through an unsigned index (:func:`_row_index`): a loop over ``k`` then reads ``a``
+    contiguously (with a signed index numba's negative-index wrap-around compiles to a gather)."""
+    return a[_row_index(start + k)]
+
+
+def _weight_at(weight, start, k):
+    """Row ``start + k``'s weight, 1.0 where ``weight`` is None (compiled code only; chosen by the type of
+    ``weight`` when the caller compiles: numba does not prune ``weight is None`` branches in inlined code)."""
+    raise NotImplementedError("compiled code only")
+
+
+def _weight_sum(weight, start, m):
+    """``sum s`` over rows ``start ... start + m - 1`` in float64, ``m`` where ``weight`` is None (compiled
+    code only, as :func:`_weight_at`)."""
+    raise NotImplementedError("compiled code only")
+
+
+def _summed_weights(weight, start, m):
+    total = 0.0
+    for k in range(m):
+        total += np.float64(_at(weight, start, k))
+    return total
+
+
+if numba is not None:
+    @numba.extending.overload(_weight_at, inline="always")
+    def _weight_at_for(weight, start, k):
+        if isinstance(weight, numba.types.NoneType):
+            return lambda weight, start, k: 1.0
+        return lambda weight, start, k: _at(weight, start, k)
+
+    @numba.extending.overload(_weight_sum, inline="always")
+    def _weight_sum_for(weight, start, m):
+        if isinstance(weight, numba.types.NoneType):
+            return lambda weight, start, m: np.float64(m)
+        return _summed_weights
 
 
 @_jit(inline="always")
@@ -302,49 +434,59 @@ def _plus(totals, sums):
     return totals[0] + sums[0], totals[1] + sums[1], totals[2] + sums[2]
 
 
-@_jit
-def _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf, bits):
-    """Terms of the ``m`` scores in ``z`` (rows ``start ...``): ``s r`` into ``z`` (float64) and ``rbuf``
-    (its dtype: the dtype the rows are combined in), ``s loss`` into ``lbuf``; returns the block's
-    ``(loss_sum, residual_sum, weight_sum)`` in float64.  ``mode``: 0 squared (``(z - y)^2 / 2``,
-    ``r = z - y``), 1 logistic, 2 Gram product (``z^2``, ``r = z``; ``y`` unused).
-
-    The loops see the block's slices of ``y`` and ``weight``, indexed from 0: ``y[start + k]`` with an
-    arbitrary ``start`` would compile to a gather (numba's negative-index wrap-around per element)."""
-    if weight is None:
-        return _block_terms(z, y[start:start + m], None, m, mode, rbuf, lbuf, bits)
-    return _block_terms(z, y[start:start + m], weight[start:start + m], m, mode, rbuf, lbuf, bits)
-
-
-@_jit
-def _block_terms(z, y, weight, m, mode, rbuf, lbuf, bits):
-    """:func:`_residual_terms` on the block's ``y`` and ``weight`` (or None)."""
-    floor = _weight_floor(rbuf)
-    if mode == 1:
-        _logistic_terms(z, y, weight, m, rbuf, lbuf, bits)
-    elif mode == 0:
-        for k in range(m):       # one loop per mode: a branch inside would keep it from vectorising
-            r = z[k] - np.float64(y[k])
-            s = 1.0 if weight is None else np.float64(weight[k])
-            z[k] = r * s
-            rbuf[k] = _row_weight(r * s, floor)
-            lbuf[k] = 0.5 * r * r * s
-    else:
-        for k in range(m):
-            r = z[k]
-            s = 1.0 if weight is None else np.float64(weight[k])
-            z[k] = r * s
-            rbuf[k] = _row_weight(r * s, floor)
-            lbuf[k] = r * r * s
-    return _block_sums(z, lbuf, weight, m)
-
-
 @_jit(inline="always")
-def _row_index(i):
-    """Row ``i`` (never negative here) as an unsigned index: numba then leaves out the negative-index
-    wrap-around, a compare and select per row that the compiler cannot hoist (10-25 % of the row loops at
-    small ``d``, measured in cache)."""
-    return np.uint64(i)
+def _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf):
+    """Terms of the ``m`` scores in ``z`` (rows ``start ...`` of ``y`` and ``weight``, which may be None):
+    ``s r`` into ``z`` (float64) and ``rbuf`` (its dtype: the dtype the rows are combined in), ``s loss``
+    into ``lbuf``; returns the block's ``(loss_sum, residual_sum, weight_sum)`` in float64.  ``mode``:
+    0 squared (``(z - y)^2 / 2``, ``r = z - y``), 1 logistic, 2 Gram product (``z^2``, ``r = z``; ``y``
+    unused).  Float32 losses ``lbuf`` (and ``rbuf``) take the float32 logistic terms
+    (:func:`_logistic_terms`).
+
+    Inlined into the caller; the functions it calls (one per block) are leaves whose reference counts
+    numba prunes: a compiled function that calls another, makes a view, or has more than two loops (or
+    loops in branches) pays an atomic reference-count increment and decrement per array argument per call
+    (numba's NRT), here once per block: about 100 ns, measured at 8 rows (f64 d = 100 blocks are 16 rows)."""
+    if mode == 1:
+        return _logistic_terms(z, y, weight, start, m, rbuf, lbuf)
+    if mode == 0:
+        return _squared_terms(z, y, weight, start, m, rbuf, lbuf)
+    return _gram_terms(z, weight, start, m, rbuf, lbuf)
+
+
+@_jit
+def _squared_terms(z, y, weight, start, m, rbuf, lbuf):
+    """:func:`_residual_terms` of the squared loss.  The sums are taken in the loop that writes the terms (a
+    vectorised reduction; every scratch block is a fixed distance from the others, so the loop's run-time
+    aliasing checks come out the same in every run and so do the sums).  One loop, no branch around it:
+    numba then prunes the reference counts of the arguments (:func:`_residual_terms`)."""
+    floor = _weight_floor(rbuf)
+    loss_sum = residual_sum = 0.0
+    for k in range(m):
+        r = z[k] - np.float64(_at(y, start, k))
+        s = np.float64(_weight_at(weight, start, k))
+        z[k] = r * s
+        rbuf[k] = _row_weight(r * s, floor)
+        lbuf[k] = 0.5 * r * r * s
+        loss_sum += 0.5 * r * r * s
+        residual_sum += r * s
+    return loss_sum, residual_sum, _weight_sum(weight, start, m)
+
+
+@_jit
+def _gram_terms(z, weight, start, m, rbuf, lbuf):
+    """:func:`_residual_terms` of the Gram product (``r = z``, scalar ``z^2``), as :func:`_squared_terms`."""
+    floor = _weight_floor(rbuf)
+    loss_sum = residual_sum = 0.0
+    for k in range(m):
+        r = z[k]
+        s = np.float64(_weight_at(weight, start, k))
+        z[k] = r * s
+        rbuf[k] = _row_weight(r * s, floor)
+        lbuf[k] = r * r * s
+        loss_sum += r * r * s
+        residual_sum += r * s
+    return loss_sum, residual_sum, _weight_sum(weight, start, m)
 
 
 @_jit(inline="always")
@@ -476,10 +618,11 @@ def _add_row(grad, row):
 
 
 @_jit
-def _dense_scores_accumulate(X, w, b, ahead, z, start, rbuf, grad, combined):
-    """Two groups of eight rows in one sweep: ``z[k] = x_(ahead+k) . w + b`` for eight rows of the next
-    block (read from memory) while ``sum_k rbuf[k] x_(start+k)`` over eight rows of this block (read back
-    from cache) is added into ``grad``, so that the memory stream does not wait on the gradient pass.
+def _dense_scores_accumulate(X, w, b, ahead, z, start, rbuf, first, grad, combined):
+    """Two groups of eight rows in one sweep: ``z[first + k] = x_(ahead+k) . w + b`` for eight rows of the
+    next block (read from memory) while ``sum_k rbuf[first + k] x_(start+k)`` over eight rows of this block
+    (read back from cache) is added into ``grad``, so that the memory stream does not wait on the gradient
+    pass.  (``first`` rather than views ``z[first:]``: a view costs an atomic reference count per call.)
 
     The eight rows are combined in ``rbuf``'s dtype (two groups of four, as :func:`_dense_accumulate`
     combines four) and added to ``grad`` directly, or, where ``combined`` is given (a row of ``rbuf``'s
@@ -493,7 +636,8 @@ def _dense_scores_accumulate(X, w, b, ahead, z, start, rbuf, grad, combined):
     x4, x5, x6, x7 = _four_rows(X, ahead + 4)
     c0, c1, c2, c3 = _four_rows(X, start)
     c4, c5, c6, c7 = _four_rows(X, start + 4)
-    r0, r1, r2, r3, r4, r5, r6, r7 = rbuf[0], rbuf[1], rbuf[2], rbuf[3], rbuf[4], rbuf[5], rbuf[6], rbuf[7]
+    r0, r1, r2, r3 = rbuf[first], rbuf[first + 1], rbuf[first + 2], rbuf[first + 3]
+    r4, r5, r6, r7 = rbuf[first + 4], rbuf[first + 5], rbuf[first + 6], rbuf[first + 7]
     z0 = z1 = z2 = z3 = z4 = z5 = z6 = z7 = zero
     for j in range(d):
         wj = w[j]
@@ -507,26 +651,28 @@ def _dense_scores_accumulate(X, w, b, ahead, z, start, rbuf, grad, combined):
             combined[j] = rows
     if combined is not None:
         _add_row(grad, combined)
-    _store_four_scores(z, 0, b, z0, z1, z2, z3)
-    _store_four_scores(z, 4, b, z4, z5, z6, z7)
+    _store_four_scores(z, first, b, z0, z1, z2, z3)
+    _store_four_scores(z, first + 4, b, z4, z5, z6, z7)
 
 
-@_jit
+@_jit(inline="always")
 def _dense_overlapped(X, w, b, ahead, m_ahead, z, start, m, rbuf, grad, combined):
     """The scores of the next block (``m_ahead`` rows from ``ahead``, into ``z``) and the gradient pass of
     this one (``m`` rows from ``start``, weights ``rbuf``), eight rows of each per sweep
-    (:func:`_dense_scores_accumulate`); the rows left over after the common groups of eight go on their
-    own (:func:`_dense_accumulate`, :func:`_dense_scores`)."""
+    (:func:`_dense_scores_accumulate`); the rows left over after the common groups of eight (the last block
+    of a chunk) go on their own (:func:`_dense_accumulate`, :func:`_dense_scores`)."""
     k = 0
     while k + 8 <= min(m, m_ahead):
-        _dense_scores_accumulate(X, w, b, ahead + k, z[k:], start + k, rbuf[k:], grad, combined)
+        _dense_scores_accumulate(X, w, b, ahead + k, z, start + k, rbuf, k, grad, combined)
         k += 8
-    _dense_accumulate(X, start + k, m - k, rbuf[k:], grad, 0, 0, combined)
-    _dense_scores(X, w, b, ahead + k, m_ahead - k, z[k:], 0, 0)
+    if k < m:
+        _dense_accumulate(X, start + k, m - k, rbuf[k:], grad, 0, 0, combined)
+    if k < m_ahead:
+        _dense_scores(X, w, b, ahead + k, m_ahead - k, z[k:], 0, 0)
 
 
 @_jit
-def _dense_rows_long(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, bits, combined):
+def _dense_rows_long(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, combined):
     """:func:`_dense_rows` for rows longer than :data:`LONG_ROW_BYTES`: each block's gradient pass
     runs together with the next block's scores (:func:`_dense_overlapped`), so ``X`` streams from memory
     all the time, where one pass after the other leaves the memory idle during the gradient pass."""
@@ -539,7 +685,7 @@ def _dense_rows_long(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, bits
         return totals
     _dense_scores(X, w, b, start, m, z, 0, 0)
     while True:
-        totals = _plus(totals, _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf, bits))
+        totals = _plus(totals, _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf))
         ahead = start + m
         if ahead >= hi:
             break
@@ -576,14 +722,15 @@ def _prefetch_spread(X, start, hi, block):
 
 
 @_jit
-def _dense_rows(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, bits, combined):
+def _dense_rows(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, combined):
     """Sums over rows ``lo:hi`` of dense ``X`` into ``grad`` (overwritten, float64); returns
     ``(loss_sum, intercept_sum, weight_sum)``.  ``weight`` may be None (every row weighs 1).
 
     Rows go in blocks of ``len(z)`` (a block of ``X`` fits in L1): the block's scores, then its residuals
     (a vectorised loop), then its rows added into ``grad`` while still in cache; ``X`` is read from memory
-    once.  ``z`` (float64), ``rbuf`` (dtype the rows are combined in), ``bits`` (int64) and ``combined`` (a
-    row of ``rbuf``'s dtype, or None for float64 products: :func:`_dense_accumulate`) are scratch."""
+    once.  ``z`` (float64), ``rbuf`` (dtype the rows are combined in), ``lbuf`` (float32 where ``rbuf`` is)
+    and ``combined`` (a row of ``rbuf``'s dtype, or None for float64 products: :func:`_dense_accumulate`)
+    are scratch."""
     _zero(grad)
     totals = (0.0, 0.0, 0.0)
     block = z.shape[0]
@@ -591,7 +738,7 @@ def _dense_rows(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, bits, com
         m = min(block, hi - start)
         ahead_lo, middle, ahead_hi = _prefetch_spread(X, start + m, hi, block)
         _dense_scores(X, w, b, start, m, z, ahead_lo, middle)
-        totals = _plus(totals, _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf, bits))
+        totals = _plus(totals, _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf))
         _dense_accumulate(X, start, m, rbuf, grad, middle, ahead_hi, combined)
     return totals
 
@@ -632,7 +779,7 @@ def _csr_accumulate(data, indices, indptr, start, m, rbuf, grad):
 
 
 @_jit
-def _csr_rows(data, indices, indptr, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, bits):
+def _csr_rows(data, indices, indptr, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf):
     """Sums over CSR rows ``lo:hi`` into ``grad`` (overwritten, float64, length ``d``); returns
     ``(loss_sum, intercept_sum, weight_sum)``.  ``weight`` may be None.  ``indices`` are unsigned
     (a view of the validated signed indices), so no negative-index wrap-around check is compiled in.
@@ -644,7 +791,7 @@ def _csr_rows(data, indices, indptr, y, weight, w, b, mode, lo, hi, grad, z, rbu
     for start in range(lo, hi, block):
         m = min(block, hi - start)
         _csr_scores(data, indices, indptr, w, b, start, m, z)
-        totals = _plus(totals, _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf, bits))
+        totals = _plus(totals, _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf))
         _csr_accumulate(data, indices, indptr, start, m, rbuf, grad)
     return totals
 
@@ -866,8 +1013,8 @@ SCRATCH_ALIGNMENT = 64
 
 def _aligned_blocks(threads: int, block: int, dtypes) -> list:
     """One ``(threads, block)`` array per dtype, carved from one buffer so that every row starts on a
-    :data:`SCRATCH_ALIGNMENT` boundary at the same offsets in every run: the vectorised loops over them
-    then split the same way every time (their reductions must not depend on where memory happened to be)."""
+    :data:`SCRATCH_ALIGNMENT` boundary at the same offsets in every run: the vectorised loops over them then
+    split the same way every time (their reductions must not depend on where memory happened to be)."""
     row_bytes = -(-block * 8 // SCRATCH_ALIGNMENT) * SCRATCH_ALIGNMENT
     raw = np.empty(len(dtypes) * threads * row_bytes + SCRATCH_ALIGNMENT, dtype=np.uint8)
     first = -raw.ctypes.data % SCRATCH_ALIGNMENT
@@ -882,8 +1029,9 @@ def _aligned_blocks(threads: int, block: int, dtypes) -> list:
 class Workspace:
     """Preallocated buffers for ``threads`` chunks of a ``d``-column problem (allocate once, pass to every
     call): ``(threads - 1) * d`` float64 partial gradients, a copy of ``w`` in the product dtype, per
-    chunk a block of scores, residuals, losses and exponent bits, and (float32 products only) per chunk a
-    row of ``d`` in which the dense kernel combines eight rows (:func:`_dense_accumulate`).
+    chunk a block of scores (float64), residuals and losses (float32 where the residuals are, for the
+    float32 logistic terms: :func:`_logistic_terms_float32`), and (float32 products only) per chunk a row of
+    ``d`` in which the dense kernel combines eight rows (:func:`_dense_accumulate`).
 
     Parameters
     ----------
@@ -909,8 +1057,9 @@ class Workspace:
         self.scalars = np.empty((self.threads, 3), dtype=np.float64)
         self.w_cast = np.empty(self.d, dtype=self.combine_dtype)
         self.residual_dtype = np.dtype(residual_dtype or combine_dtype)
-        self.z, self.rbuf, self.lbuf, self.bits = _aligned_blocks(
-            self.threads, self.block, (np.float64, self.residual_dtype, np.float64, np.int64))
+        losses = np.float32 if self.residual_dtype == np.float32 else np.float64
+        self.z, self.rbuf, self.lbuf = _aligned_blocks(self.threads, self.block,
+                                                       (np.float64, self.residual_dtype, losses))
         self.combined = (None if self.combine_dtype == np.float64
                          else _aligned_blocks(self.threads, self.d, (self.combine_dtype,))[0])
 
@@ -1053,10 +1202,10 @@ def dense_loss_grad(X, y, w, b: float, loss: str, *, sample_weight=None, out_gra
     _check_vectors(n, d, X.dtype, y, w, sample_weight, out_grad)
     code, b, w = _loss_code(loss), float(b), workspace.weights(w)
     bounds = dense_chunk_bounds(n, workspace.threads) if bounds is None else bounds
-    z, rbuf, lbuf, bits = workspace.z, workspace.rbuf, workspace.lbuf, workspace.bits
+    z, rbuf, lbuf = workspace.z, workspace.rbuf, workspace.lbuf
     rows, combined = (_dense_rows_long if long_rows(d, X.itemsize) else _dense_rows), workspace.combined
     loss_sum, intercept_sum, weight_sum = _run_chunks(
-        lambda lo, hi, grad, t: rows(X, y, sample_weight, w, b, code, lo, hi, grad, z[t], rbuf[t], lbuf[t], bits[t],
+        lambda lo, hi, grad, t: rows(X, y, sample_weight, w, b, code, lo, hi, grad, z[t], rbuf[t], lbuf[t],
                                      None if combined is None else combined[t]),
         bounds, out_grad, workspace)
     return loss_sum, out_grad, intercept_sum, weight_sum
@@ -1107,10 +1256,10 @@ def csr_loss_grad(data, indices, indptr, y, w, b: float, loss: str, *, sample_we
     code, b, w = _loss_code(loss), float(b), workspace.weights(w)
     bounds = csr_chunk_bounds(indptr, workspace.threads) if bounds is None else bounds
     unsigned = indices.view(np.uint32 if indices.dtype == np.int32 else np.uint64)
-    z, rbuf, lbuf, bits = workspace.z, workspace.rbuf, workspace.lbuf, workspace.bits
+    z, rbuf, lbuf = workspace.z, workspace.rbuf, workspace.lbuf
     loss_sum, intercept_sum, weight_sum = _run_chunks(
         lambda lo, hi, grad, t: _csr_rows(data, unsigned, indptr, y, sample_weight, w, b, code, lo, hi, grad,
-                                          z[t], rbuf[t], lbuf[t], bits[t]),
+                                          z[t], rbuf[t], lbuf[t]),
         bounds, out_grad, workspace)
     return loss_sum, out_grad, intercept_sum, weight_sum
 

@@ -55,13 +55,12 @@ def assert_matches(result, expected, rtol=1e-11):
 
 
 def poisoned(workspace):
-    """``workspace`` with every buffer NaN (int64 scratch: all ones), so a value the kernel reads before
+    """``workspace`` with every buffer NaN, so a value the kernel reads before
     writing shows."""
     for buffer in (workspace.partials, workspace.scalars, workspace.w_cast, workspace.z, workspace.rbuf,
                    workspace.lbuf, workspace.combined):
         if buffer is not None:
             buffer.fill(np.nan)
-    workspace.bits.fill(-1)
     return workspace
 
 
@@ -292,10 +291,12 @@ def test_data_precision_same_groups_for_any_thread_count(shape, rtol):
 
 
 def logistic_reference(z, y):
-    """``(loss, sigmoid(z))`` of one score from ``math.exp``/``math.log1p``, the kernel's formulas."""
+    """``(loss, sigmoid(z) - y)`` of one score from ``math.exp``/``math.log1p``, the kernel's formulas:
+    ``sigmoid(z) - y = (1 - y) sigmoid(z) - y sigmoid(-z)``, which for labels 0 and 1 does not cancel."""
     e = math.exp(-abs(z))
-    sigmoid = 1 / (1 + e) if z >= 0 else e / (1 + e)
-    return max(z, 0.0) - y * z + math.log1p(e), sigmoid
+    large, small = 1 / (1 + e), e / (1 + e)          # sigmoid(|z|), sigmoid(-|z|)
+    residual = (1 - y) * (large if z >= 0 else small) - y * (small if z >= 0 else large)
+    return max(z, 0.0) - y * z + math.log1p(e), residual
 
 
 @pytest.mark.parametrize("y_value", [0.0, 1.0])
@@ -310,11 +311,22 @@ def test_logistic_extreme_scores(y_value):
         loss_sum, grad, r_sum, _ = K.dense_loss_grad(X[i:i + 1], y[i:i + 1], ones, 0.0, "logistic")
         sums[i] = loss_sum, r_sum, grad[0]
     for i, zi in enumerate(z):
-        loss, sigmoid = logistic_reference(zi, y_value)
+        loss, residual = logistic_reference(zi, y_value)
         assert sums[i, 0] == pytest.approx(loss, rel=4e-16, abs=4e-308), zi
-        assert sums[i, 1] == pytest.approx(sigmoid - y_value, rel=4e-16, abs=4e-308), zi
+        assert sums[i, 1] == pytest.approx(residual, rel=4e-16, abs=4e-308), zi
         # the gradient's row weights below _weight_floor (1.5e-300) are 0: test_row_weights_below_the_floor
-        assert sums[i, 2] == pytest.approx((sigmoid - y_value) * zi, rel=4e-16, abs=1.5e-300 * abs(zi)), zi
+        assert sums[i, 2] == pytest.approx(residual * zi, rel=4e-16, abs=1.5e-300 * abs(zi)), zi
+
+
+def logistic_block(z, y_value, weight, dtype):
+    """The kernel's logistic terms of the scores ``z`` in one block, residuals and losses in ``dtype``
+    (float32: the float32 terms of ``precision="data"``): the ``s r`` (float64) and ``s loss`` (as float64)
+    it writes, ``rbuf``, and the sums it returns."""
+    m = z.size
+    y = np.full(m, y_value, dtype)
+    scores, rbuf, lbuf = z.copy(), np.full(m, np.nan, dtype), np.full(m, np.nan, dtype)
+    sums = K._residual_terms(scores, y, None if weight is None else weight.astype(dtype), 0, m, 1, rbuf, lbuf)
+    return scores, rbuf, lbuf.astype(np.float64), sums
 
 
 @pytest.mark.parametrize("y_value", [0.0, 1.0])
@@ -322,20 +334,39 @@ def test_logistic_terms_vectorised(y_value):
     """The block loops themselves (vectorised: thousands of scores in one call, not one row at a time),
     element by element: the same full float64 accuracy as the one-row path, weighted and not."""
     z = np.concatenate([np.linspace(-800, 800, 4001), np.linspace(-3, 3, 1003), [0.0, -0.0, 1e-300, -1e-300]])
-    m = z.size
-    y = np.full(m, y_value)
-    weight = np.random.default_rng(0).uniform(0.5, 2.0, m)
+    weight = np.random.default_rng(0).uniform(0.5, 2.0, z.size)
     for s in (None, weight):
-        scores, rbuf, lbuf, bits = z.copy(), np.full(m, np.nan), np.full(m, np.nan), np.full(m, -1, np.int64)
-        K._logistic_terms(scores, y, s, m, rbuf, lbuf, bits)
-        factor = np.ones(m) if s is None else s
+        scores, rbuf, lbuf, sums = logistic_block(z, y_value, s, np.float64)
+        factor = np.ones(z.size) if s is None else s
         for i, zi in enumerate(z):
-            loss, sigmoid = logistic_reference(zi, y_value)
+            loss, residual = logistic_reference(zi, y_value)
             assert lbuf[i] == pytest.approx(loss * factor[i], rel=5e-16, abs=1e-307), zi
-            # sigmoid - 1 cancels (the kernel's formula as the reference's): an ulp of the terms, absolute
-            assert scores[i] == pytest.approx((sigmoid - y_value) * factor[i], rel=5e-16,
-                                              abs=max(1e-307, 2.3e-16 * y_value * factor[i])), zi
+            assert scores[i] == pytest.approx(residual * factor[i], rel=5e-16, abs=1e-307), zi
             assert rbuf[i] == (scores[i] if abs(scores[i]) >= np.finfo(np.float64).tiny * 2.0 ** 26 else 0.0)
+        assert sums[0] == pytest.approx(math.fsum(lbuf), rel=1e-14)
+        assert sums[1] == pytest.approx(math.fsum(scores), rel=1e-14, abs=1e-14)
+        assert sums[2] == pytest.approx(math.fsum(factor), rel=1e-14)
+
+
+@pytest.mark.parametrize("y_value", [0.0, 1.0])
+def test_logistic_terms_float32(y_value):
+    """float32 rows with ``precision="data"``: the terms in float32 arithmetic, to a few float32 ulps of the
+    float64 terms of the same float32 score; scores beyond +-87 are saturated (``exp(-|z|)`` below
+    float32's normal numbers counts as 0, an absolute error below 1.7e-38); no subnormal row weights."""
+    z = np.concatenate([np.linspace(-800, 800, 4001), np.linspace(-90, 90, 1801), np.linspace(-3, 3, 1003),
+                        [0.0, -0.0, 1e-30, -1e-30]]).astype(np.float32).astype(np.float64)
+    weight = np.random.default_rng(0).uniform(0.5, 2.0, z.size).astype(np.float32).astype(np.float64)
+    for s in (None, weight):
+        scores, rbuf, lbuf, sums = logistic_block(z, y_value, s, np.float32)
+        factor = np.ones(z.size) if s is None else s
+        for i, zi in enumerate(z):
+            loss, residual = logistic_reference(zi, y_value)
+            assert lbuf[i] == pytest.approx(loss * factor[i], rel=5e-7, abs=1.7e-38 * factor[i]), zi
+            assert scores[i] == pytest.approx(residual * factor[i], rel=5e-7, abs=1.7e-38 * factor[i]), zi
+            tiny = abs(scores[i]) < np.finfo(np.float32).tiny * 2.0 ** 26
+            assert rbuf[i] == (0.0 if tiny else np.float32(scores[i])), zi
+        assert sums[0] == pytest.approx(math.fsum(lbuf), rel=1e-14)
+        assert sums[1] == pytest.approx(math.fsum(scores), rel=1e-14, abs=1e-14)
 
 
 @pytest.mark.parametrize("mode", [0, 1, 2])
@@ -353,8 +384,8 @@ def test_row_weights_below_the_floor_are_zero(dtype, mode):
         y = -r if mode == 0 else np.zeros(r.size)
         z = np.zeros(r.size) if mode == 0 else r.copy()
     m = z.size
-    scores, rbuf, lbuf, bits = z.copy(), np.full(m, np.nan, dtype), np.full(m, np.nan), np.full(m, -1, np.int64)
-    K._residual_terms(scores, y, None, 0, m, mode, rbuf, lbuf, bits)
+    scores, rbuf, lbuf = z.copy(), np.full(m, np.nan, dtype), np.full(m, np.nan)
+    K._residual_terms(scores, y, None, 0, m, mode, rbuf, lbuf)
     for k in range(m):
         if abs(scores[k]) < floor:
             assert rbuf[k] == 0.0, (k, scores[k])
