@@ -15,8 +15,9 @@ Numerics
 --------
 - The data is read in its own dtype (float32 or float64, never converted or copied).  With
   ``precision="float64"`` (default) every product and sum is float64; with ``precision="data"`` (float32
-  data) a row's dot product and the combination of eight rows (two fours) for the gradient are float32,
-  as BLAS does.  Sums over rows (gradient, intercept, loss and weight sums) are float64 either way.
+  data) a row's dot product, the combination of eight rows (two fours) for the gradient and the logistic
+  terms are float32, as BLAS does.  Sums over rows (gradient, intercept, loss and weight sums) are float64
+  either way.
 - Row weights below the subnormal floor (:func:`_weight_floor`) enter the gradient pass as 0, as in
   :mod:`pgd.local.subnormal`.
 - Threads: rows are split into ``threads`` contiguous chunks (dense: equal rows; CSR: equal non-zeros,
@@ -27,8 +28,11 @@ Numerics
   competes with the BLAS's own threads); the calling thread runs chunk 0.  Memory: ``(threads - 1) * d``
   float64 partial vectors (dense and CSR alike: 8 MB per extra thread at d = 10^6), allocated once in a
   :class:`Workspace`.
-- Reproducible reductions: the loops that reduce only read, and the scratch blocks sit at fixed 64-byte
-  aligned offsets, so no run-time aliasing check sends a reduction down a differently rounded path.
+- Reproducible reductions: the loops that reduce write only the scratch blocks, which sit at fixed 64-byte
+  aligned offsets from each other, and read ``y`` and the weights (other allocations), so no run-time
+  aliasing check sends a reduction down a differently rounded path depending on where memory happened to be.
+- No atomic reference counts per block: the functions called once per block are leaves whose array
+  reference counts numba prunes (no views, no calls, at most two loops: :func:`_residual_terms`).
 - Standardisation does not reach the kernels: it is an O(d) transform of ``(w, b)`` and of the gradient
   around the objective (:mod:`pgd.strategies.standardize`).
 
