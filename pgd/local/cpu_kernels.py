@@ -32,7 +32,7 @@ Numerics
   aligned offsets from each other, and read ``y`` and the weights (other allocations), so no run-time
   aliasing check sends a reduction down a differently rounded path depending on where memory happened to be.
 - No atomic reference counts per block: the functions called once per block are leaves whose array
-  reference counts numba prunes (no views, no calls, at most two loops: :func:`_residual_terms`).
+  reference counts numba prunes (no calls, no views, one or two loops: :func:`_residual_terms`).
 - Standardisation does not reach the kernels: it is an O(d) transform of ``(w, b)`` and of the gradient
   around the objective (:mod:`pgd.strategies.standardize`).
 
@@ -287,8 +287,8 @@ def _logistic_terms_float64(z, y, weight, start, m, rbuf, lbuf):
     loop bodies let the processor overlap more iterations than one long one.  Every term is non-negative,
     so nothing cancels for large ``|z|``; the loss of a fitted row with ``|z|`` beyond 708 is exact to
     rounding.  The sums are taken in the loop that writes (re-reading the block from a loop of its own cost
-    about 70 ns per block, measured at 16 rows).  Two loops, no branches around them, no views: numba then
-    prunes the reference counts of the arguments (:func:`_residual_terms`); a third loop kept them.
+    about 70 ns per block, measured at 16 rows).  Two loops, no branches around them, no views: numba
+    prunes the reference counts of the arguments (:func:`_residual_terms`); with a third loop it did not.
     """
     for k in range(m):
         a = min(abs(z[k]), _EXP_ARGUMENT_MAX)
@@ -448,9 +448,10 @@ def _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf):
     (:func:`_logistic_terms`).
 
     Inlined into the caller; the functions it calls (one per block) are leaves whose reference counts
-    numba prunes: a compiled function that calls another, makes a view, or has more than two loops (or
-    loops in branches) pays an atomic reference-count increment and decrement per array argument per call
-    (numba's NRT), here once per block: about 100 ns, measured at 8 rows (f64 d = 100 blocks are 16 rows)."""
+    numba prunes.  A compiled function that calls another with arrays (or, by the pruning pass's
+    heuristics, one with several loops or loops in branches) pays an atomic reference-count increment and
+    decrement per array argument per call (numba's NRT), here once per block: about 100 ns, measured at 8
+    rows (float64 d = 100 blocks are 16 rows)."""
     if mode == 1:
         return _logistic_terms(z, y, weight, start, m, rbuf, lbuf)
     if mode == 0:
