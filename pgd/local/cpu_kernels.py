@@ -199,6 +199,24 @@ _F32 = np.float32
 
 
 @_jit(inline="always")
+def _two_chains(x, e4, e3, e2, e1, e0, o4, o3, o2, o1, o0):
+    """``(sum_i e_i x^i, sum_i o_i x^i)`` by Horner's rule, the two chains side by side (the even and odd
+    terms of a polynomial in the square root of ``x``: two chains half as long as one, so a loop of them is
+    bound by the latency of a chain, not by the arithmetic)."""
+    even = e4
+    odd = o4
+    even = even * x + e3
+    odd = odd * x + o3
+    even = even * x + e2
+    odd = odd * x + o2
+    even = even * x + e1
+    odd = odd * x + o1
+    even = even * x + e0
+    odd = odd * x + o0
+    return even, odd
+
+
+@_jit(inline="always")
 def _exp_bits(a):
     """The bits of ``2^-k``, ``k = round(a / ln 2)``, for ``0 <= a <= 708`` (:func:`_bits_as_float` makes
     them the float64).  ``k``
@@ -218,16 +236,10 @@ def _exp_minus(a, scale):
     n = np.floor(a * _LOG2E + 0.5)
     t = (n * _LN2_HI - a) + n * _LN2_LO                      # -r
     t2 = t * t
-    even = 2.7632639639041030e-07
-    even = even * t2 + 2.4801485482328494e-05
-    even = even * t2 + 1.3888888952314775e-03
-    even = even * t2 + 4.1666666666488100e-02
-    even = even * t2 + 5.0000000000000190e-01
-    odd = 2.5110037605963777e-08
-    odd = odd * t2 + 2.7557240918578970e-06
-    odd = odd * t2 + 1.9841269890047113e-04
-    odd = odd * t2 + 8.3333333333196010e-03
-    odd = odd * t2 + 1.6666666666666680e-01
+    even, odd = _two_chains(t2, 2.7632639639041030e-07, 2.4801485482328494e-05, 1.3888888952314775e-03,
+                            4.1666666666488100e-02, 5.0000000000000190e-01,
+                            2.5110037605963777e-08, 2.7557240918578970e-06, 1.9841269890047113e-04,
+                            8.3333333333196010e-03, 1.6666666666666680e-01)
     return (1.0 + (t + t2 * (even + t * odd))) * scale      # ~ 1 + t + t^2/2 + t^3/6 + ...
 
 
@@ -236,17 +248,10 @@ def _atanh_series(v):
     """``atanh(u) / u`` for ``v = u^2 <= 1/9``: a polynomial of degree 10 in ``v`` (a Chebyshev fit, error
     below 3e-18; the Taylor series ``sum_i v^i / (2i + 1)`` needs degree 18), as two Horner chains in
     ``v^2``."""
-    v2 = v * v
-    even = 8.5220817813906990e-02
-    even = even * v2 + 6.0550843640346090e-02
-    even = even * v2 + 7.6933070211520040e-02
-    even = even * v2 + 1.1111112040373837e-01
-    even = even * v2 + 2.0000000000092874e-01
-    odd = 4.1622532559304100e-02
-    odd = odd * v2 + 6.6501870163373130e-02
-    odd = odd * v2 + 9.0908704162524030e-02
-    odd = odd * v2 + 1.4285714272727057e-01
-    odd = odd * v2 + 3.3333333333333076e-01
+    even, odd = _two_chains(v * v, 8.5220817813906990e-02, 6.0550843640346090e-02, 7.6933070211520040e-02,
+                            1.1111112040373837e-01, 2.0000000000092874e-01,
+                            4.1622532559304100e-02, 6.6501870163373130e-02, 9.0908704162524030e-02,
+                            1.4285714272727057e-01, 3.3333333333333076e-01)
     return 1.0 + v * (odd + v * even)
 
 
