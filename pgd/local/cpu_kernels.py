@@ -972,27 +972,13 @@ def _executor(workers: int) -> ThreadPoolExecutor:
 PRECISIONS = ("float64", "data")
 
 
-def _l1_data_cache_bytes(default: int = 32 * 1024) -> int:
-    """This core's L1 data cache in bytes (glibc's ``sysconf``), or ``default`` where it is not known."""
-    try:
-        size = int(os.sysconf("SC_LEVEL1_DCACHE_SIZE"))
-    except (AttributeError, ValueError, OSError):
-        size = 0
-    return size if size > 0 else default
-
-
-def dense_block_bytes(l1_bytes: int) -> int:
-    """Bytes of dense rows per block for an L1 data cache of ``l1_bytes``: ``l1_bytes - 16 KiB``, 16 to 32 KiB."""
-    return min(32 * 1024, max(16 * 1024, int(l1_bytes) - 16 * 1024))
-
-
-#: Bytes of dense rows per block (the block is re-read from L1 for the gradient): the L1 data cache less
-#: 16 KiB (for ``w``, the gradient, the scratch and the next block arriving), 16 to 32 KiB
-#: (:func:`dense_block_bytes`).  Measured at d = 100, one thread: on a 48 KiB L1 (Zen 4) 32 KiB blocks beat
-#: 16 KiB (float32 squared 1.01 -> 0.91x the GEMV, float64 logistic 1.60 -> 1.33x); on a 32 KiB L1 (Zen 3)
-#: 16 KiB blocks beat 32 KiB (float32 squared 1.12 -> 1.03x, float64 logistic 1.05 -> 1.00x);
-#: docs/cpu_kernels.md.
-DENSE_BLOCK_BYTES = dense_block_bytes(_l1_data_cache_bytes())
+#: Bytes of dense rows per block (the block is re-read from L1 for the gradient).  16 KiB on every machine:
+#: it leaves room in a 32 KiB L1 for ``w``, the gradient, the scratch and the next block arriving (on a Zen 3
+#: VM, 32 KiB L1, 16 KiB blocks beat 32 KiB: float32 squared d = 100 1.12 -> 1.03x the GEMV), and on a 48 KiB
+#: L1 (Sapphire Rapids VM, since the per-block reference counts went) 32 KiB blocks were no better: six cells
+#: at one thread 0.96-1.79x with 16 KiB against 1.01-1.83x with 32 KiB.  (With the older kernel a Zen 4 VM,
+#: 48 KiB L1, had favoured 32 KiB: larger blocks amortised the per-block costs; docs/cpu_kernels.md.)
+DENSE_BLOCK_BYTES = 16 * 1024
 #: Rows per block of the CSR kernel (gather, residuals, scatter).
 CSR_BLOCK_ROWS = 256
 

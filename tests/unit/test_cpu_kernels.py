@@ -129,23 +129,6 @@ def test_dense_block_rows():
     assert K.dense_block_rows(600, 4) == 48
 
 
-@pytest.mark.parametrize(("l1_bytes", "block_bytes"), [(0, 16384), (32768, 16384), (49152, 32768),
-                                                       (65536, 32768), (1 << 20, 32768)])
-def test_dense_block_bytes(l1_bytes, block_bytes):
-    assert K.dense_block_bytes(l1_bytes) == block_bytes
-
-
-def test_l1_size_unknown(monkeypatch):
-    """Where ``sysconf`` does not know the L1 data cache (or the name), the default stands."""
-    def unknown(name):
-        raise ValueError(name)
-
-    monkeypatch.setattr(K.os, "sysconf", unknown)
-    assert K._l1_data_cache_bytes(default=12345) == 12345
-    monkeypatch.setattr(K.os, "sysconf", lambda name: 0)
-    assert K._l1_data_cache_bytes(default=12345) == 12345
-
-
 def to_csr(X, index_dtype, indptr_dtype=np.int64, empty_every=0):
     """CSR arrays of ``X`` with some entries (and, with ``empty_every``, whole rows) zeroed out."""
     X = X.copy()
