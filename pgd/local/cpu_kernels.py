@@ -15,9 +15,8 @@ Numerics
 --------
 - The data is read in its own dtype (float32 or float64, never converted or copied).  With
   ``precision="float64"`` (default) every product and sum is float64; with ``precision="data"`` (float32
-  data) a row's dot product, the combination of eight rows (two fours) for the gradient and the logistic
-  terms are float32, as BLAS does.  Sums over rows (gradient, intercept, loss and weight sums) are float64
-  either way.
+  data) a row's dot product and the combination of eight rows (two fours) for the gradient are float32,
+  as BLAS does.  Sums over rows (gradient, intercept, loss and weight sums) are float64 either way.
 - Row weights below the subnormal floor (:func:`_weight_floor`) enter the gradient pass as 0, as in
   :mod:`pgd.local.subnormal`.
 - Threads: rows are split into ``threads`` contiguous chunks (dense: equal rows; CSR: equal non-zeros,
@@ -189,13 +188,6 @@ _EXP_ARGUMENT_MAX = 708.0
 #: whole logistic term (measured; Sapphire Rapids VM).
 _LOG1P_SERIES_MIN = 1e-16
 
-# The same in float32 (the logistic terms of float32 rows with precision="data"): exp(-87) = 1.6e-38 is
-# float32's last normal power of e (its smallest normal is 1.2e-38); beyond 87 exp(-|z|) counts as 0.
-_EXP_ARGUMENT_MAX_FLOAT32 = 87.0
-_LN2_HI_FLOAT32 = 0.693359375            # 355 / 512: n * this is exact for the n (<= 126) used here
-_LN2_LO_FLOAT32 = -2.12194440e-4
-_LOG1P_SERIES_MIN_FLOAT32 = 1e-8         # 2 / (2 + 1e-8) rounds to 1.0 in float32, as for anything smaller
-_F32 = np.float32
 
 
 @_jit(inline="always")
@@ -280,7 +272,7 @@ def _logistic_residual(positive, e, inverse, y):
 
 
 @_jit
-def _logistic_terms_float64(z, y, weight, start, m, rbuf, lbuf):
+def _logistic_terms(z, y, weight, start, m, rbuf, lbuf):
     """Logistic terms of the ``m`` scores in ``z`` (rows ``start ...`` of ``y`` and ``weight``), in float64:
     ``z[k] <- s r`` with ``r = sigmoid(z) - y``, ``rbuf[k] <- s r`` (in ``rbuf``'s dtype), ``lbuf[k] <- s loss``
     with ``loss = max(z, 0) - y z + log1p(exp(-|z|))``; returns ``(sum s loss, sum s r, sum s)``.
@@ -318,68 +310,6 @@ def _logistic_terms_float64(z, y, weight, start, m, rbuf, lbuf):
         loss_sum += loss * s
         residual_sum += r * s
     return loss_sum, residual_sum, _weight_sum(weight, start, m)
-
-
-@_jit
-def _logistic_terms_float32(z, y, weight, start, m, rbuf, lbuf):
-    """:func:`_logistic_terms_float64` in float32 arithmetic, for float32 rows with ``precision="data"``
-    (whose workspace holds the row weights ``rbuf`` and losses ``lbuf`` in float32): the scores are float32
-    dot products already, and float32 runs at twice the vector width of float64, with shorter polynomials
-    (float32 accuracy: ``exp`` to degree 6, the atanh factor to degree 4, Chebyshev fits; one division
-    gives both ``1 / (1 + e)`` and ``1 / (2 + e)``; a few float32 ulps in all).  Scores beyond +-87 count as
-    saturated (``exp(-|z|) = 0``: below float32's normal numbers).  ``z`` gets ``s r`` in float64 and the
-    sums are float64.  One loop: with a second (float32 only, at eight lanes) it ran faster alone but
-    numba no longer pruned its reference counts (:func:`_residual_terms`), which cost more."""
-    floor = _F32(_weight_floor(rbuf))
-    loss_sum = residual_sum = 0.0
-    for k in range(m):
-        zk = _F32(z[k])
-        a = abs(zk)
-        clipped = min(a, _F32(_EXP_ARGUMENT_MAX_FLOAT32))
-        n = np.floor(clipped * _F32(_LOG2E) + _F32(0.5))
-        t = (n * _F32(_LN2_HI_FLOAT32) - clipped) + n * _F32(_LN2_LO_FLOAT32)         # -r
-        t2 = t * t
-        p = _F32(1.0) + t + t2 * ((_F32(0.5) + t * _F32(0.16666415333747864))
-                                  + t2 * ((_F32(0.04166635125875473) + t * _F32(0.00837512593716383))
-                                          + t2 * _F32(0.0013941108481958508)))
-        power = _bits_as_float(np.int32((127 - np.int32(n)) << 23))                   # 2^-n
-        e = p * power if a < _F32(_EXP_ARGUMENT_MAX_FLOAT32) else _F32(0.0)          # exp(-|z|)
-        series_at = max(e, _F32(_LOG1P_SERIES_MIN_FLOAT32))
-        one, two = _F32(1.0) + series_at, _F32(2.0) + series_at
-        reciprocal = _F32(1.0) / (one * two)
-        half_inverse = one * reciprocal
-        v = series_at * half_inverse
-        v = v * v
-        factor = _F32(1.0) + v * (_F32(0.3333316147327423) + v * (_F32(0.20012298226356506)
-                                                               + v * (_F32(0.13982579112052917)
-                                                                      + v * _F32(0.14078889787197113))))
-        softplus = e * (_F32(2.0) * half_inverse) * factor
-        positive = zk >= _F32(0.0)
-        yk = _F32(_at(y, start, k))
-        r = _logistic_residual(positive, e, two * reciprocal, yk)
-        loss = zk * ((_F32(1.0) if positive else _F32(0.0)) - yk) + softplus
-        s = _F32(_weight_at(weight, start, k))
-        rs = r * s
-        z[k] = np.float64(rs)
-        rbuf[k] = rs if abs(rs) >= floor else _F32(0.0)
-        lbuf[k] = loss * s
-        loss_sum += np.float64(loss * s)
-        residual_sum += np.float64(rs)
-    return loss_sum, residual_sum, _weight_sum(weight, start, m)
-
-
-def _logistic_terms(z, y, weight, start, m, rbuf, lbuf):
-    """The logistic terms of a block (compiled code only): :func:`_logistic_terms_float32` where the losses
-    ``lbuf`` are float32 (float32 rows, ``precision="data"``), else :func:`_logistic_terms_float64`; chosen
-    when the caller compiles, so neither is compiled for the other's types."""
-    raise NotImplementedError("compiled code only")
-
-
-if numba is not None:
-    @numba.extending.overload(_logistic_terms, inline="always")
-    def _logistic_terms_for(z, y, weight, start, m, rbuf, lbuf):
-        terms = _logistic_terms_float32 if lbuf.dtype == numba.types.float32 else _logistic_terms_float64
-        return lambda z, y, weight, start, m, rbuf, lbuf: terms(z, y, weight, start, m, rbuf, lbuf)
 
 
 @_jit(inline="always")
@@ -449,8 +379,7 @@ def _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf):
     ``s r`` into ``z`` (float64) and ``rbuf`` (its dtype: the dtype the rows are combined in), ``s loss``
     into ``lbuf``; returns the block's ``(loss_sum, residual_sum, weight_sum)`` in float64.  ``mode``:
     0 squared (``(z - y)^2 / 2``, ``r = z - y``), 1 logistic, 2 Gram product (``z^2``, ``r = z``; ``y``
-    unused).  Float32 losses ``lbuf`` (and ``rbuf``) take the float32 logistic terms
-    (:func:`_logistic_terms`).
+    unused).
 
     Inlined into the caller; the functions it calls (one per block) are leaves whose reference counts
     numba prunes.  A compiled function that calls another with arrays (or, by the pruning pass's
@@ -738,9 +667,8 @@ def _dense_rows(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, combined)
 
     Rows go in blocks of ``len(z)`` (a block of ``X`` fits in L1): the block's scores, then its residuals
     (a vectorised loop), then its rows added into ``grad`` while still in cache; ``X`` is read from memory
-    once.  ``z`` (float64), ``rbuf`` (dtype the rows are combined in), ``lbuf`` (float32 where ``rbuf`` is)
-    and ``combined`` (a row of ``rbuf``'s dtype, or None for float64 products: :func:`_dense_accumulate`)
-    are scratch."""
+    once.  ``z`` and ``lbuf`` (float64), ``rbuf`` (dtype the rows are combined in) and ``combined`` (a row
+    of ``rbuf``'s dtype, or None for float64 products: :func:`_dense_accumulate`) are scratch."""
     _zero(grad)
     totals = (0.0, 0.0, 0.0)
     block = z.shape[0]
@@ -1025,9 +953,9 @@ def _aligned_blocks(threads: int, block: int, dtypes) -> list:
 class Workspace:
     """Preallocated buffers for ``threads`` chunks of a ``d``-column problem (allocate once, pass to every
     call): ``(threads - 1) * d`` float64 partial gradients, a copy of ``w`` in the product dtype, per
-    chunk a block of scores (float64), residuals and losses (float32 where the residuals are, for the
-    float32 logistic terms: :func:`_logistic_terms_float32`), and (float32 products only) per chunk a row of
-    ``d`` in which the dense kernel combines eight rows (:func:`_dense_accumulate`).
+    chunk a block of scores, residuals (in the dtype the rows are combined in) and losses, and (float32
+    products only) per chunk a row of ``d`` in which the dense kernel combines eight rows
+    (:func:`_dense_accumulate`).
 
     Parameters
     ----------
@@ -1053,9 +981,8 @@ class Workspace:
         self.scalars = np.empty((self.threads, 3), dtype=np.float64)
         self.w_cast = np.empty(self.d, dtype=self.combine_dtype)
         self.residual_dtype = np.dtype(residual_dtype or combine_dtype)
-        losses = np.float32 if self.residual_dtype == np.float32 else np.float64
         self.z, self.rbuf, self.lbuf = _aligned_blocks(self.threads, self.block,
-                                                       (np.float64, self.residual_dtype, losses))
+                                                       (np.float64, self.residual_dtype, np.float64))
         self.combined = (None if self.combine_dtype == np.float64
                          else _aligned_blocks(self.threads, self.d, (self.combine_dtype,))[0])
 

@@ -301,15 +301,13 @@ def test_logistic_extreme_scores(y_value):
         assert sums[i, 2] == pytest.approx(residual * zi, rel=4e-16, abs=1.5e-300 * abs(zi)), zi
 
 
-def logistic_block(z, y_value, weight, dtype):
-    """The kernel's logistic terms of the scores ``z`` in one block, residuals and losses in ``dtype``
-    (float32: the float32 terms of ``precision="data"``): the ``s r`` (float64) and ``s loss`` (as float64)
-    it writes, ``rbuf``, and the sums it returns."""
+def logistic_block(z, y_value, weight):
+    """The kernel's logistic terms of the scores ``z`` in one block: the ``s r``, ``rbuf`` and ``s loss`` it
+    writes, and the sums it returns."""
     m = z.size
-    y = np.full(m, y_value, dtype)
-    scores, rbuf, lbuf = z.copy(), np.full(m, np.nan, dtype), np.full(m, np.nan, dtype)
-    sums = K._residual_terms(scores, y, None if weight is None else weight.astype(dtype), 0, m, 1, rbuf, lbuf)
-    return scores, rbuf, lbuf.astype(np.float64), sums
+    scores, rbuf, lbuf = z.copy(), np.full(m, np.nan), np.full(m, np.nan)
+    sums = K._residual_terms(scores, np.full(m, y_value), weight, 0, m, 1, rbuf, lbuf)
+    return scores, rbuf, lbuf, sums
 
 
 @pytest.mark.parametrize("y_value", [0.0, 1.0])
@@ -319,7 +317,7 @@ def test_logistic_terms_vectorised(y_value):
     z = np.concatenate([np.linspace(-800, 800, 4001), np.linspace(-3, 3, 1003), [0.0, -0.0, 1e-300, -1e-300]])
     weight = np.random.default_rng(0).uniform(0.5, 2.0, z.size)
     for s in (None, weight):
-        scores, rbuf, lbuf, sums = logistic_block(z, y_value, s, np.float64)
+        scores, rbuf, lbuf, sums = logistic_block(z, y_value, s)
         factor = np.ones(z.size) if s is None else s
         for i, zi in enumerate(z):
             loss, residual = logistic_reference(zi, y_value)
@@ -329,27 +327,6 @@ def test_logistic_terms_vectorised(y_value):
         assert sums[0] == pytest.approx(math.fsum(lbuf), rel=1e-14)
         assert sums[1] == pytest.approx(math.fsum(scores), rel=1e-14, abs=1e-14)
         assert sums[2] == pytest.approx(math.fsum(factor), rel=1e-14)
-
-
-@pytest.mark.parametrize("y_value", [0.0, 1.0])
-def test_logistic_terms_float32(y_value):
-    """float32 rows with ``precision="data"``: the terms in float32 arithmetic, to a few float32 ulps of the
-    float64 terms of the same float32 score; scores beyond +-87 are saturated (``exp(-|z|)`` below
-    float32's normal numbers counts as 0, an absolute error below 1.7e-38); no subnormal row weights."""
-    z = np.concatenate([np.linspace(-800, 800, 4001), np.linspace(-90, 90, 1801), np.linspace(-3, 3, 1003),
-                        [0.0, -0.0, 1e-30, -1e-30]]).astype(np.float32).astype(np.float64)
-    weight = np.random.default_rng(0).uniform(0.5, 2.0, z.size).astype(np.float32).astype(np.float64)
-    for s in (None, weight):
-        scores, rbuf, lbuf, sums = logistic_block(z, y_value, s, np.float32)
-        factor = np.ones(z.size) if s is None else s
-        for i, zi in enumerate(z):
-            loss, residual = logistic_reference(zi, y_value)
-            assert lbuf[i] == pytest.approx(loss * factor[i], rel=5e-7, abs=1.7e-38 * factor[i]), zi
-            assert scores[i] == pytest.approx(residual * factor[i], rel=5e-7, abs=1.7e-38 * factor[i]), zi
-            tiny = abs(scores[i]) < np.finfo(np.float32).tiny * 2.0 ** 26
-            assert rbuf[i] == (0.0 if tiny else np.float32(scores[i])), zi
-        assert sums[0] == pytest.approx(math.fsum(lbuf), rel=1e-14)
-        assert sums[1] == pytest.approx(math.fsum(scores), rel=1e-14, abs=1e-14)
 
 
 @pytest.mark.parametrize("mode", [0, 1, 2])
@@ -397,9 +374,8 @@ def test_per_block_functions_pay_no_reference_counts(dtype):
     workspace = K.dense_workspace(X, 1, "data")
     z, rbuf, lbuf, combined = workspace.z[0], workspace.rbuf[0], workspace.lbuf[0], workspace.combined
     w = workspace.weights(w)
-    terms = K._logistic_terms_float32 if dtype == np.float32 else K._logistic_terms_float64
     for s in (None, weight):
-        assert reference_counts(terms, z, y, s, 8, 8, rbuf, lbuf) == 0
+        assert reference_counts(K._logistic_terms, z, y, s, 8, 8, rbuf, lbuf) == 0
         assert reference_counts(K._squared_terms, z, y, s, 8, 8, rbuf, lbuf) == 0
     assert reference_counts(K._gram_terms, z, weight, 8, 8, rbuf, lbuf) == 0
     grad = np.zeros(600)
