@@ -151,8 +151,9 @@ _prefetch = _define_prefetch()
 
 def _define_bits_as_float():
     """``_bits_as_float(bits)``: an int32 or int64 reinterpreted as the float32 or float64 with those bits
-    (LLVM's ``bitcast``).  Where a view of an int array as floats would do the same, a view in a kernel
-    costs an atomic reference-count increment and decrement (numba's NRT) every call."""
+    (LLVM's ``bitcast``; :func:`_exp_bits` builds ``2^-k`` with it).  A view of an int array as floats
+    would do the same, but a view in a kernel can cost an atomic reference-count increment and decrement
+    (numba's NRT) every call."""
     if numba is None:
         return None
     from numba.extending import intrinsic  # noqa: PLC0415 - with numba only
@@ -340,6 +341,7 @@ def _weight_sum(weight, start, m):
 
 
 def _summed_weights(weight, start, m):
+    """:func:`_weight_sum` of an array of weights."""
     total = 0.0
     for k in range(m):
         total += np.float64(_at(weight, start, k))
