@@ -150,24 +150,22 @@ _prefetch = _define_prefetch()
 
 
 def _define_bits_as_float():
-    """``_bits_as_float(bits)``: an int32 or int64 reinterpreted as the float32 or float64 with those bits
-    (LLVM's ``bitcast``; :func:`_exp_bits` builds ``2^-k`` with it).  A view of an int array as floats
-    would do the same, but a view in a kernel can cost an atomic reference-count increment and decrement
-    (numba's NRT) every call."""
+    """``_bits_as_float(bits)``: an int64 reinterpreted as the float64 with those bits (LLVM's ``bitcast``;
+    :func:`_exp_bits` builds ``2^-k`` with it).  A view of an int array as floats would do the same, but a
+    view in a kernel can cost an atomic reference-count increment and decrement (numba's NRT) every call."""
     if numba is None:
         return None
     from numba.extending import intrinsic  # noqa: PLC0415 - with numba only
 
     @intrinsic
     def bits_as_float(typingctx, bits):
-        if not isinstance(bits, numba.types.Integer) or bits.bitwidth not in (32, 64):
+        if bits != numba.types.int64:
             return None
-        result = numba.types.float32 if bits.bitwidth == 32 else numba.types.float64
 
         def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], context.get_value_type(result))
+            return builder.bitcast(args[0], context.get_value_type(numba.types.float64))
 
-        return result(bits), codegen
+        return numba.types.float64(bits), codegen
 
     return bits_as_float
 

@@ -55,8 +55,7 @@ def assert_matches(result, expected, rtol=1e-11):
 
 
 def poisoned(workspace):
-    """``workspace`` with every buffer NaN, so a value the kernel reads before
-    writing shows."""
+    """``workspace`` with every buffer NaN, so a value the kernel reads before writing shows."""
     for buffer in (workspace.partials, workspace.scalars, workspace.w_cast, workspace.z, workspace.rbuf,
                    workspace.lbuf, workspace.combined):
         if buffer is not None:
@@ -369,7 +368,7 @@ def reference_counts(dispatcher, *args) -> int:
 def test_per_block_functions_pay_no_reference_counts(dtype):
     """The functions the row loops call once per block (or per eight rows) are leaves numba prunes the
     reference counts of: an atomic increment and decrement per array argument per call cost about 100 ns
-    a block before (a view, a call or a third loop keeps them)."""
+    a block before (a call with arrays keeps them, and by the pruning pass's heuristics some loop layouts)."""
     X, y, weight, w, b = problem(64, 600, dtype, "logistic", True, seed=8)
     workspace = K.dense_workspace(X, 1, "data")
     z, rbuf, lbuf, combined = workspace.z[0], workspace.rbuf[0], workspace.lbuf[0], workspace.combined
