@@ -28,6 +28,7 @@ import numpy as np
 from pgd.local import cpu_kernels as K
 from pgd.local.cpu_kernels import (
     _EXP_ARGUMENT_MAX,
+    _bits_as_float,
     _dense_accumulate,
     _dense_scores,
     _exp_bits,
@@ -55,13 +56,12 @@ def _softmax_block(ZT, labels, weight, start, m, top, total, picked, bits):
     for k in range(m):
         picked[k] = ZT[labels[start + k], k] - top[k]        # z_y - max
         total[k] = 0.0
-    scale = bits.view(np.float64)
     for c in range(n_classes):
         row = ZT[c]
         for k in range(m):
             bits[k] = _exp_bits(min(top[k] - row[k], _EXP_ARGUMENT_MAX))
         for k in range(m):
-            row[k] = _exp_minus(min(top[k] - row[k], _EXP_ARGUMENT_MAX), scale[k])
+            row[k] = _exp_minus(min(top[k] - row[k], _EXP_ARGUMENT_MAX), _bits_as_float(bits[k]))
         for k in range(m):
             total[k] += row[k]
     loss_sum = 0.0
