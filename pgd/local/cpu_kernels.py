@@ -30,8 +30,10 @@ Numerics
 - Reproducible reductions: the loops that reduce write only the scratch blocks, which sit at fixed 64-byte
   aligned offsets from each other, and read ``y`` and the weights (other allocations), so no run-time
   aliasing check sends a reduction down a differently rounded path depending on where memory happened to be.
-- No atomic reference counts per block: the functions called once per block are leaves whose array
-  reference counts numba prunes (no calls, no views, one or two loops: :func:`_residual_terms`).
+- No atomic reference counts per block: the row functions borrow their arrays (:func:`_borrowed`: no
+  reference count to keep), so the views they make and the arrays they pass to the functions they call once
+  per block count nothing, and those functions are leaves whose own counts numba prunes (no calls, no
+  views, one or two loops: :func:`_residual_terms`).
 - Standardisation does not reach the kernels: it is an O(d) transform of ``(w, b)`` and of the gradient
   around the objective (:mod:`pgd.strategies.standardize`).
 
@@ -171,6 +173,38 @@ def _define_bits_as_float():
 
 
 _bits_as_float = _define_bits_as_float()
+
+
+def _define_borrowed():
+    """``_borrowed(a)``: the array ``a`` without its reference count (its NRT meminfo pointer set to null), or
+    None for None.  A compiled function that makes a view of an array (``A[c]``) or passes an array to a
+    function it calls can pay an atomic reference-count increment and decrement for it (numba's NRT, about
+    10 ns each), unless numba's pruning pass removes the pair; on a borrowed array (and on its views) the
+    counting finds a null pointer and does nothing.  Only for arrays the caller keeps alive for the whole
+    call (the kernels' arguments), and never returned to Python."""
+    if numba is None:
+        return None
+    from numba.core import cgutils  # noqa: PLC0415 - with numba only
+    from numba.extending import intrinsic  # noqa: PLC0415 - with numba only
+
+    @intrinsic
+    def borrowed(typingctx, array):
+        if isinstance(array, numba.types.NoneType):
+            return array(array), lambda context, builder, signature, args: args[0]
+        if not isinstance(array, numba.types.Array):
+            return None
+
+        def codegen(context, builder, signature, args):
+            proxy = cgutils.create_struct_proxy(signature.args[0])(context, builder, value=args[0])
+            proxy.meminfo = cgutils.get_null_value(proxy.meminfo.type)
+            return proxy._getvalue()
+
+        return array(array), codegen
+
+    return borrowed
+
+
+_borrowed = _define_borrowed()
 
 
 # exp(-a) = 2^-k exp(-r), a = k ln2 + r, |r| <= ln2 / 2 (Cody-Waite split of ln 2)
@@ -385,7 +419,8 @@ def _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf):
     numba prunes.  A compiled function that calls another with arrays (or, by the pruning pass's
     heuristics, one with several loops or loops in branches) pays an atomic reference-count increment and
     decrement per array argument per call (numba's NRT), here once per block: about 100 ns, measured at 8
-    rows (float64 d = 100 blocks are 16 rows)."""
+    rows (float64 d = 100 blocks are 16 rows).  The row functions also pass borrowed arrays
+    (:func:`_borrowed`), on which any count left does nothing."""
     if mode == 1:
         return _logistic_terms(z, y, weight, start, m, rbuf, lbuf)
     if mode == 0:
@@ -610,11 +645,20 @@ def _dense_overlapped(X, w, b, ahead, m_ahead, z, start, m, rbuf, grad, combined
         _dense_scores(X, w, b, ahead + k, m_ahead - k, z[k:], 0, 0)
 
 
+@_jit(inline="always")
+def _borrowed_rows(X, y, weight, w, grad, z, rbuf, lbuf, combined):
+    """The dense row functions' arrays, each :func:`_borrowed`: the functions they call once per block (or per
+    eight rows), and the views they make, then pay no atomic reference counts."""
+    return (_borrowed(X), _borrowed(y), _borrowed(weight), _borrowed(w), _borrowed(grad), _borrowed(z),
+            _borrowed(rbuf), _borrowed(lbuf), _borrowed(combined))
+
+
 @_jit
 def _dense_rows_long(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, combined):
     """:func:`_dense_rows` for rows longer than :data:`LONG_ROW_BYTES`: each block's gradient pass
     runs together with the next block's scores (:func:`_dense_overlapped`), so ``X`` streams from memory
     all the time, where one pass after the other leaves the memory idle during the gradient pass."""
+    X, y, weight, w, grad, z, rbuf, lbuf, combined = _borrowed_rows(X, y, weight, w, grad, z, rbuf, lbuf, combined)
     _zero(grad)
     totals = (0.0, 0.0, 0.0)
     block = z.shape[0]
@@ -669,6 +713,7 @@ def _dense_rows(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, combined)
     (a vectorised loop), then its rows added into ``grad`` while still in cache; ``X`` is read from memory
     once.  ``z`` and ``lbuf`` (float64), ``rbuf`` (dtype the rows are combined in) and ``combined`` (a row
     of ``rbuf``'s dtype, or None for float64 products: :func:`_dense_accumulate`) are scratch."""
+    X, y, weight, w, grad, z, rbuf, lbuf, combined = _borrowed_rows(X, y, weight, w, grad, z, rbuf, lbuf, combined)
     _zero(grad)
     totals = (0.0, 0.0, 0.0)
     block = z.shape[0]
@@ -723,6 +768,9 @@ def _csr_rows(data, indices, indptr, y, weight, w, b, mode, lo, hi, grad, z, rbu
     (a view of the validated signed indices), so no negative-index wrap-around check is compiled in.
     Blocks of ``len(z)`` rows: their scores (gather), residuals (vectorised), then the scatter, with the
     block's non-zeros still in cache."""
+    data, indices, indptr, y, weight, w = (_borrowed(data), _borrowed(indices), _borrowed(indptr), _borrowed(y),
+                                           _borrowed(weight), _borrowed(w))
+    grad, z, rbuf, lbuf = _borrowed(grad), _borrowed(z), _borrowed(rbuf), _borrowed(lbuf)
     _zero(grad)
     totals = (0.0, 0.0, 0.0)
     block = z.shape[0]

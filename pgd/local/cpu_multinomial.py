@@ -14,7 +14,9 @@ Conventions are those of :class:`pgd.local.multinomial.LocalMultinomialGradient`
 sums or 0, loss sum).  Numerics as the binary kernel: with ``precision="data"`` (float32 data) a row's scores
 and the combination of four rows are float32; every sum over rows, the softmax and the loss are float64.
 Threads: contiguous row chunks, each into its own float64 partials, added in chunk order (reproducible for
-a thread count, equal to rounding across counts).
+a thread count, equal to rounding across counts).  The row function borrows its arrays
+(:func:`~pgd.local.cpu_kernels._borrowed`), so its per-class views (``WT[c]``, ``ZT[c]``, ...) and the calls
+it makes per block and class count no references.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pgd.local import cpu_kernels as K
 from pgd.local.cpu_kernels import (
     _EXP_ARGUMENT_MAX,
     _bits_as_float,
+    _borrowed,
     _dense_accumulate,
     _dense_scores,
     _exp_bits,
@@ -88,6 +91,10 @@ def _multinomial_rows(X, labels, weight, WT, b, lo, hi, GT, gb, ZT, RT, top, tot
     float64 products: :func:`~pgd.local.cpu_kernels._dense_accumulate`) are scratch."""
     n_classes, d = WT.shape
     block = ZT.shape[1]
+    X, labels, weight, WT, b, GT, gb = (_borrowed(X), _borrowed(labels), _borrowed(weight), _borrowed(WT),
+                                        _borrowed(b), _borrowed(GT), _borrowed(gb))
+    ZT, RT, top, total, picked, bits, combined = (_borrowed(ZT), _borrowed(RT), _borrowed(top), _borrowed(total),
+                                                  _borrowed(picked), _borrowed(bits), _borrowed(combined))
     for c in range(n_classes):
         gb[c] = 0.0
         for j in range(d):
