@@ -219,6 +219,15 @@ def gram_is_cheaper(d: int) -> bool:
     return d <= AUTO_MAX_COLUMNS and 8 * (d + 1) ** 2 <= MAX_GRAM_BYTES
 
 
+def _why_not_direct(cfg, objective) -> str:
+    """Why ``--solver auto`` cannot take the direct (Gram) route, for the summary."""
+    if cfg.loss != "squared":
+        return f"{cfg.loss} loss has no direct solution"
+    if not hasattr(objective, "local"):
+        return "the direct solver needs --mode data"
+    return "--optimizer given"
+
+
 def select_solver(cfg, objective):
     """Apply ``--solver``: returns ``(use_gram, description)``, the description for the summary."""
     choice = cfg.solver or "iterative"
@@ -231,9 +240,7 @@ def select_solver(cfg, objective):
                          "itself (leave --optimizer at auto)", collective=True)
     if choice == "auto":
         if not usable:
-            reason = ("--optimizer given" if cfg.loss == "squared" and hasattr(objective, "local")
-                      else "squared loss and data mode needed")
-            return False, f"iterative (auto: {reason})"
+            return False, f"iterative (auto: {_why_not_direct(cfg, objective)})"
         if not gram_is_cheaper(objective.d):
             return False, f"iterative (auto: d = {objective.d} is above the Gram crossover)"
     how = "auto: cheaper than iterating" if choice == "auto" else "requested"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ from pgd.local.linear import LocalLinearGradient
 from pgd.local.losses import get_loss
 from pgd.optim import OPTIMIZERS, make_optimizer
 from pgd.strategies import DataParallelObjective
-from pgd.strategies.gram import gram_is_cheaper, reduce_gram
+from pgd.strategies.gram import gram_is_cheaper, reduce_gram, select_solver
 from pgd.strategies.standardize import ColumnScaling
 from support.files import write_dataset
 
@@ -125,6 +127,20 @@ def test_gram_objective_equals_the_data_parallel_objective(fit_intercept):
 def test_gram_cost_model():
     assert gram_is_cheaper(50) and gram_is_cheaper(2048)
     assert not gram_is_cheaper(2049) and not gram_is_cheaper(20_000)
+
+
+@pytest.mark.parametrize("loss, optimizer, data_mode, expected", [
+    ("squared", "auto", True, "gram (auto: cheaper than iterating)"),
+    ("logistic", "auto", True, "iterative (auto: logistic loss has no direct solution)"),
+    ("squared", "auto", False, "iterative (auto: the direct solver needs --mode data)"),
+    ("squared", "lbfgs", True, "iterative (auto: --optimizer given)"),
+])
+def test_solver_auto_says_why(loss, optimizer, data_mode, expected):
+    """The summary's solver line names the reason ``--solver auto`` iterates (a logistic run used to read
+    "squared loss and data mode needed")."""
+    cfg = SimpleNamespace(solver="auto", optimizer=optimizer, loss=loss)
+    objective = SimpleNamespace(d=10, local=None) if data_mode else SimpleNamespace(d=10)
+    assert select_solver(cfg, objective) == (expected.startswith("gram"), expected)
 
 
 @pytest.mark.parametrize("name", ["momentum", "adam"])
