@@ -328,6 +328,34 @@ def test_logistic_terms_vectorised(y_value):
         assert sums[2] == pytest.approx(math.fsum(factor), rel=1e-14)
 
 
+@pytest.mark.parametrize("y_value", [0.0, 1.0])
+def test_float32_logistic_terms(y_value):
+    """float32 rows with ``precision="data"`` (float32 ``rbuf`` and ``lbuf``) take the float32 terms: each
+    within a few float32 roundings (1e-6 relative) of the exact term of the score rounded to float32, down
+    to float32's smallest normal numbers; saturated beyond |z| = 87 (``exp(-|z|)`` counted 0); the sums
+    float64, of the values written."""
+    z = np.concatenate([np.linspace(-800, 800, 4001), np.linspace(-3, 3, 1003),
+                        [0.0, -0.0, 1e-30, -1e-30, 86.9, -86.9, 87.1, -87.1]])
+    weight = np.random.default_rng(1).uniform(0.5, 2.0, z.size).astype(np.float32)
+    tiny = float(np.finfo(np.float32).tiny)
+    floor = tiny * 2.0 ** 26
+    for s in (None, weight):
+        m = z.size
+        scores, rbuf, lbuf = z.copy(), np.full(m, np.nan, np.float32), np.full(m, np.nan, np.float32)
+        sums = K._residual_terms(scores, np.full(m, y_value, np.float32), s, 0, m, 1, rbuf, lbuf)
+        factor = np.ones(m) if s is None else s.astype(np.float64)
+        for i, zi in enumerate(z):
+            loss, residual = logistic_reference(float(np.float32(zi)), y_value)
+            assert lbuf[i] == pytest.approx(loss * factor[i], rel=1e-6, abs=4 * tiny), zi
+            assert scores[i] == pytest.approx(residual * factor[i], rel=1e-6, abs=4 * tiny), zi
+            assert rbuf[i] == (np.float32(scores[i]) if abs(scores[i]) >= floor else 0.0), zi
+        # saturated: the float64 terms would give the exact 1.4e-38 (still a normal float32) here
+        assert scores[z == (-87.1 if y_value == 0.0 else 87.1)] == 0.0
+        assert sums[0] == pytest.approx(math.fsum(lbuf.astype(np.float64)), rel=1e-14)
+        assert sums[1] == pytest.approx(math.fsum(scores), rel=1e-14, abs=1e-14)
+        assert sums[2] == pytest.approx(math.fsum(factor), rel=1e-14)
+
+
 @pytest.mark.parametrize("mode", [0, 1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_row_weights_below_the_floor_are_zero(dtype, mode):
@@ -343,7 +371,7 @@ def test_row_weights_below_the_floor_are_zero(dtype, mode):
         y = -r if mode == 0 else np.zeros(r.size)
         z = np.zeros(r.size) if mode == 0 else r.copy()
     m = z.size
-    scores, rbuf, lbuf = z.copy(), np.full(m, np.nan, dtype), np.full(m, np.nan)
+    scores, rbuf, lbuf = z.copy(), np.full(m, np.nan, dtype), np.full(m, np.nan, dtype)   # as the workspace
     K._residual_terms(scores, y, None, 0, m, mode, rbuf, lbuf)
     for k in range(m):
         if abs(scores[k]) < floor:
@@ -368,13 +396,15 @@ def reference_counts(dispatcher, *args) -> int:
 def test_per_block_functions_pay_no_reference_counts(dtype):
     """The functions the row loops call once per block (or per eight rows) are leaves numba prunes the
     reference counts of: an atomic increment and decrement per array argument per call cost about 100 ns
-    a block before (a call with arrays keeps them, and by the pruning pass's heuristics some loop layouts)."""
+    a block before (a call with arrays keeps them, and by the pruning pass's heuristics some loop layouts).
+    (The float32 logistic terms, three loops, keep theirs: the row functions pass them borrowed arrays,
+    test_row_functions_pay_no_reference_counts.)"""
     X, y, weight, w, b = problem(64, 600, dtype, "logistic", True, seed=8)
     workspace = K.dense_workspace(X, 1, "data")
     z, rbuf, lbuf, combined = workspace.z[0], workspace.rbuf[0], workspace.lbuf[0], workspace.combined
     w = workspace.weights(w)
     for s in (None, weight):
-        assert reference_counts(K._logistic_terms, z, y, s, 8, 8, rbuf, lbuf) == 0
+        assert reference_counts(K._logistic_terms_float64, z, y, s, 8, 8, rbuf, z) == 0
         assert reference_counts(K._squared_terms, z, y, s, 8, 8, rbuf, lbuf) == 0
     assert reference_counts(K._gram_terms, z, weight, 8, 8, rbuf, lbuf) == 0
     grad = np.zeros(600)
