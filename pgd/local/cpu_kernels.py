@@ -235,7 +235,6 @@ _LOG1P_SERIES_MIN_FLOAT32 = 1e-8
 _F32 = np.float32
 
 
-
 @_jit(inline="always")
 def _two_chains(x, e4, e3, e2, e1, e0, o4, o3, o2, o1, o0):
     """``(sum_i e_i x^i, sum_i o_i x^i)`` by Horner's rule, the two chains side by side (the even and odd
@@ -309,12 +308,13 @@ def _row_weight(value, floor):
 
 
 @_jit(inline="always")
-def _logistic_residual(positive, e, inverse, y):
+def _logistic_residual(positive, e, inverse, y, one):
     """``sigmoid(z) - y`` from ``e = exp(-|z|)`` and ``inverse = 1 / (1 + e)``, as
     ``(1 - y) sigmoid(z) - y sigmoid(-z)``: for labels 0 and 1 one term is 0 and the other has no
-    cancellation (``-e / (1 + e)`` where ``1 / (1 + e) - 1`` would round to 0 for a well-fitted row)."""
+    cancellation (``-e / (1 + e)`` where ``1 / (1 + e) - 1`` would round to 0 for a well-fitted row).
+    ``one`` is 1 in the arithmetic's dtype (a literal 1 would make float32 arithmetic float64)."""
     small = e * inverse                                       # sigmoid(-|z|)
-    return (1 - y) * (inverse if positive else small) - y * (small if positive else inverse)
+    return (one - y) * (inverse if positive else small) - y * (small if positive else inverse)
 
 
 @_jit
@@ -347,7 +347,7 @@ def _logistic_terms_float64(z, y, weight, start, m, rbuf, lbuf):
         softplus = e * (2.0 * half_inverse) * _atanh_series(u * u)      # log1p(e) = 2 atanh(u), u = e / (2 + e)
         positive = zk >= 0.0
         yk = np.float64(_at(y, start, k))
-        r = _logistic_residual(positive, e, 1.0 / (1.0 + e), yk)
+        r = _logistic_residual(positive, e, 1.0 / (1.0 + e), yk, 1.0)
         loss = zk * ((1.0 if positive else 0.0) - yk) + softplus
         s = np.float64(_weight_at(weight, start, k))
         z[k] = r * s
@@ -399,9 +399,7 @@ def _logistic_terms_float32(z, y, weight, start, m, rbuf, lbuf):
         softplus = e * (_F32(2.0) * half_inverse) * factor                           # log1p(e)
         positive = zk >= _F32(0.0)
         yk = _F32(_at(y, start, k))
-        inverse = two * reciprocal                                                   # 1 / (1 + e)
-        small = e * inverse
-        r = (_F32(1.0) - yk) * (inverse if positive else small) - yk * (small if positive else inverse)
+        r = _logistic_residual(positive, e, two * reciprocal, yk, _F32(1.0))         # two * reciprocal: 1 / (1 + e)
         loss = zk * ((_F32(1.0) if positive else _F32(0.0)) - yk) + softplus
         s = _F32(_weight_at(weight, start, k))
         rbuf[k] = r * s
