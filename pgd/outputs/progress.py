@@ -43,6 +43,14 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds:.2f} s"
 
 
+def _busiest_rank(ranks: int, timing: dict) -> str:
+    """Whose split the summary's wall line shows, and the least compute of a rank (several ranks only)."""
+    if ranks <= 1 or "compute_min" not in timing:
+        return ""
+    return (f" (the rank that computed longest; the least compute of a rank "
+            f"{_format_seconds(timing['compute_min'])})")
+
+
 def _format_clock(seconds: float) -> str:
     """``M:SS`` or ``H:MM:SS``."""
     minutes, secs = divmod(int(seconds + 0.5), 60)
@@ -263,8 +271,8 @@ def format_summary(summary: dict) -> str:
            + (f", peak memory {summary['peak_rss_bytes'] / 2**20:.0f} MiB (max over ranks)"
               if "peak_rss_bytes" in summary else "")] if "setup" in timing else []),
         f"  wall {_format_seconds(timing['wall'])}: compute {_format_seconds(timing['compute'])}, "
-        f"communication {_format_seconds(timing['comm'])}, other {_format_seconds(timing['other'])} "
-        f"(max over ranks); {_format_seconds(timing['per_iteration'])}/iteration, "
+        f"communication {_format_seconds(timing['comm'])}, other {_format_seconds(timing['other'])}"
+        f"{_busiest_rank(summary['ranks'], timing)}; {_format_seconds(timing['per_iteration'])}/iteration, "
         f"{summary['comm_bytes_per_iteration']} B communicated per iteration per rank",
     ]
     if "validation" in summary:

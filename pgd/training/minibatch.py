@@ -38,7 +38,7 @@ from pgd.outputs.model_file import save_run_model
 from pgd.strategies.standardize import ColumnScaling, describe, penalty_factors
 from pgd.training.preempt import Resilience
 from pgd.training.setup import describe_device, exact_objective, standardized
-from pgd.training.summary import print_summary, refuse_unconverged, timing
+from pgd.training.summary import print_summary, refuse_unconverged, timing_over_ranks
 
 
 def update_budget(cfg, n_global: int) -> int:
@@ -309,15 +309,14 @@ def finish_run(cfg, world, objective, params: np.ndarray, facts: dict, monitor: 
         raise DivergedError(f"diverged: the objective went from {start_loss:.6g} to {final_loss:.6g}; use a "
                             f"smaller --lr; no model written", collective=True)
     test = OptimalityTest.at_start(cfg.tol, facts["dtype"], facts["start_optimality"])
-    wall, compute, wait, updates = max_over_ranks(
-        world, [stats["wall"], stats["compute"], stats["wait"], stats["updates"]])
+    wait, updates = max_over_ranks(world, [stats["wait"], stats["updates"]])
     updates = int(updates)
     summary = dict(
         facts, iterations=updates, updates=updates, final_loss=final_loss, grad_norm=grad_norm,
         **test.facts(optimality), converged=test.holds(optimality), stop_reason=stats["stop_reason"],
         communicator=stats["communicator"], wait_seconds=wait, out=cfg.out, metrics=cfg.metrics,
         comm_bytes_per_iteration=int(stats.get("bytes_per_update", 0)),
-        timing=timing(wall, compute, wait, max(wall - compute - wait, 0.0), updates))
+        timing=timing_over_ranks(world, stats["wall"], stats["compute"], stats["wait"], updates))
     if "staleness_count" in stats:
         count = _stat(world, stats["staleness_count"], MPI.SUM)
         summary["staleness_max"] = int(_stat(world, stats["staleness_max"], MPI.MAX))

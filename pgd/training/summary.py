@@ -12,6 +12,8 @@ from __future__ import annotations
 import resource
 import sys
 
+import numpy as np
+
 from pgd.errors import NotConvergedError
 from pgd.outputs.progress import format_summary
 
@@ -22,6 +24,21 @@ def timing(wall: float, compute: float, comm: float, other: float, steps: int, s
     split = {"wall": wall, "compute": compute, "comm": comm, "other": other, "per_iteration": wall / max(steps, 1)}
     if setup is not None:
         split["setup"] = setup
+    return split
+
+
+def timing_over_ranks(world, wall: float, compute: float, comm: float, steps: int,
+                      setup: float | None = None) -> dict:
+    """:func:`timing` from every rank's own seconds (collective): the split of the rank that computed
+    longest, so that its parts add up to its wall time, and beside it ``compute_min``, the least compute of
+    any rank (how unequal the shares were).  Maxima over ranks of each part would not add up: the ranks that
+    wait for the slowest count their wait as communication.  ``setup`` is a maximum over ranks already."""
+    mine = np.array([wall, compute, comm], dtype=np.float64)
+    every = np.empty((world.Get_size(), 3), dtype=np.float64)
+    world.Allgather(mine, every)
+    wall, compute, comm = every[int(np.argmax(every[:, 1]))].tolist()
+    split = timing(wall, compute, comm, max(wall - compute - comm, 0.0), steps, setup)
+    split["compute_min"] = float(every[:, 1].min())
     return split
 
 

@@ -41,7 +41,7 @@ from pgd.training.setup import (
     step_size,
 )
 from pgd.training.slow_rank import make_slow_rank_hook
-from pgd.training.summary import peak_rss_bytes, print_summary, refuse_unconverged, timing
+from pgd.training.summary import peak_rss_bytes, print_summary, refuse_unconverged, timing_over_ranks
 from pgd.training.validation import Validator, check_validation_options
 
 #: Factories ``make_hook(cfg, world, optimizer) -> hook or None`` run by every training loop. A hook's
@@ -259,9 +259,8 @@ def _train(cfg, world) -> dict:
         converged = bool(optimizer.fresh and test.holds(optimality))
         wall = MPI.Wtime() - started
         compute, comm_seconds = objective.compute_seconds, objective.comm.seconds
-        wall_max, compute_max, comm_max, other_max, setup_max, rss_max = max_over_ranks(
-            world, [wall, compute, comm_seconds, wall - compute - comm_seconds, started - setup_started,
-                    peak_rss_bytes()])
+        setup_max, rss_max = max_over_ranks(world, [started - setup_started, peak_rss_bytes()])
+        split = timing_over_ranks(world, wall, compute, comm_seconds, iteration - first_iteration, setup_max)
         params = objective.full_params(optimizer.params)
         identical = _replicas_identical(world, params)
         validation_facts = {}
@@ -278,7 +277,7 @@ def _train(cfg, world) -> dict:
             metrics=cfg.metrics,
             comm_bytes_per_iteration=(objective.comm.bytes - bytes_before)
             // max(iteration - first_iteration, 1),
-            timing=timing(wall_max, compute_max, comm_max, other_max, iteration - first_iteration, setup_max),
+            timing=split,
             peak_rss_bytes=int(rss_max), **validation_facts)
         early_stopped = stop_reason.startswith("early stopping")
         summary["warnings"] = _warnings(optimizer, converged or early_stopped, test, optimality, iteration,

@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from support import script
 from support.files import read_weights, write_dataset
-from support.mpi import BACKENDS, run_pgd
+from support.mpi import BACKENDS, run_pgd, run_python
 
 pytestmark = pytest.mark.mpi
 
@@ -172,3 +173,28 @@ def test_outputs_metrics_history_and_summary(datasets):
 
     with h5py.File(out) as handle:
         np.testing.assert_allclose(handle["history/loss"][...], [r["loss"] for r in records])
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_summary_timing_is_one_ranks_split(ranks):
+    """The wall line's parts are those of the rank that computed longest, so they add up to its wall time;
+    maxima over ranks of each part did not (the waiting ranks count their wait as communication)."""
+    result = run_python(ranks, script("mpi_timing_check.py"))
+    assert result.returncode == 0, result.stderr
+    reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(reports) == ranks
+    busiest = 1 if ranks > 1 else 0
+    expected = {"wall": 10.0 + 0.1 * busiest, "compute": 5.0 if ranks > 1 else 2.0,
+                "comm": 4.25 if ranks > 1 else 7.75, "setup": 1.5, "compute_min": 2.0}
+    for report in reports:
+        split = report["split"]
+        for key, value in expected.items():
+            assert split[key] == pytest.approx(value), (key, split)
+        assert split["compute"] + split["comm"] + split["other"] == pytest.approx(split["wall"])
+        assert split["per_iteration"] == pytest.approx(split["wall"] / 4)
+    line = reports[0]["line"]
+    if ranks > 1:
+        assert "wall 10.10 s: compute 5.00 s, communication 4.25 s, other 850.00 ms" in line
+        assert "the rank that computed longest; the least compute of a rank 2.00 s" in line
+    else:
+        assert "wall 10.00 s: compute 2.00 s, communication 7.75 s, other 250.00 ms;" in line
