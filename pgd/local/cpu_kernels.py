@@ -68,6 +68,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from pgd.local.simd import eight_rows_added, eight_scores, eight_scores_eight_added
 from pgd.local.subnormal import ROW_WEIGHT_FLOOR_FACTOR
 from pgd.runtime import settings
 
@@ -611,8 +612,21 @@ def _store_four_scores(z, k, b, z0, z1, z2, z3):
     z[k + 3] = np.float64(z3) + b
 
 
+@_jit(inline="always")
+def _dense_scores_one_by_one(X, w, b, start, k, m, z):
+    """``z[k'] = x_(start+k') . w + b`` for ``k <= k' < m``, a row at a time (the rows after the groups)."""
+    d = X.shape[1]
+    while k < m:
+        x0 = X[_row_index(start + k)]
+        z0 = w.dtype.type(0)
+        for j in range(d):
+            z0 += x0[j] * w[j]
+        z[k] = np.float64(z0) + b
+        k += 1
+
+
 @_jit
-def _dense_scores(X, w, b, start, m, z, ahead_lo, ahead_hi):
+def _dense_scores_loops(X, w, b, start, m, z, ahead_lo, ahead_hi):
     """``z[k] = x_(start+k) . w + b`` for ``k < m``, four rows per sweep of ``w``.  The products and the
     sums within a row are in ``w``'s dtype (float64, or the data dtype for BLAS-like float32 speed).
     Meanwhile the cache lines of ``X``'s flat elements ``ahead_lo:ahead_hi`` are prefetched, spread over the
@@ -631,17 +645,45 @@ def _dense_scores(X, w, b, start, m, z, ahead_lo, ahead_hi):
         _store_four_scores(z, k, b, z0, z1, z2, z3)
         k += 4
     _prefetch_lines(X, ahead, ahead_hi)
+    _dense_scores_one_by_one(X, w, b, start, k, m, z)
+
+
+@_jit
+def _dense_scores_vectors(X, w, b, start, m, z, ahead_lo, ahead_hi):
+    """:func:`_dense_scores_loops` for float32 rows and ``w``: eight rows at a time in explicit vectors
+    (:func:`pgd.local.simd.eight_scores`)."""
+    share = _prefetch_share(ahead_lo, ahead_hi, m)
+    ahead = ahead_lo
+    k = 0
+    while k + 8 <= m:
+        ahead = _prefetch_lines(X, ahead, min(ahead_hi, ahead + 2 * share))
+        eight_scores(X, start + k, w, z, k, b)
+        k += 8
+    _prefetch_lines(X, ahead, ahead_hi)
+    _dense_scores_one_by_one(X, w, b, start, k, m, z)
+
+
+def _dense_scores(X, w, b, start, m, z, ahead_lo, ahead_hi):
+    """``z[k] = x_(start+k) . w + b`` for ``k < m`` (compiled code only), prefetching ``X``'s flat elements
+    ``ahead_lo:ahead_hi`` meanwhile: :func:`_dense_scores_vectors` for float32 rows and ``w``
+    (``precision="data"``), else :func:`_dense_scores_loops`; chosen when the caller compiles."""
+    raise NotImplementedError("compiled code only")
+
+
+@_jit(inline="always")
+def _dense_accumulate_one_by_one(X, start, k, m, rbuf, grad):
+    """``grad += rbuf[k'] x_(start+k')`` for ``k <= k' < m``, a row at a time (the rows after the groups)."""
+    d = X.shape[1]
     while k < m:
         x0 = X[_row_index(start + k)]
-        z0 = zero
+        r0 = rbuf[k]
         for j in range(d):
-            z0 += x0[j] * w[j]
-        z[k] = np.float64(z0) + b
+            grad[j] += r0 * x0[j]
         k += 1
 
 
 @_jit
-def _dense_accumulate(X, start, m, rbuf, grad, ahead_lo, ahead_hi, combined):
+def _dense_accumulate_loops(X, start, m, rbuf, grad, ahead_lo, ahead_hi, combined):
     """``grad += sum_k rbuf[k] x_(start+k)``: four rows combined in ``rbuf``'s dtype, then added to the
     float64 ``grad`` (one load and store of ``grad`` per four rows).  Where ``combined`` is given (a row of
     ``rbuf``'s dtype: float32 products), eight rows (two fours) are combined there first and then added to
@@ -674,12 +716,50 @@ def _dense_accumulate(X, start, m, rbuf, grad, ahead_lo, ahead_hi, combined):
             grad[j] += _four_rows_combined(x0, x1, x2, x3, r0, r1, r2, r3, j)
         k += 4
     _prefetch_lines(X, ahead, ahead_hi)
-    while k < m:
-        x0 = X[_row_index(start + k)]
-        r0 = rbuf[k]
-        for j in range(d):
-            grad[j] += r0 * x0[j]
-        k += 1
+    _dense_accumulate_one_by_one(X, start, k, m, rbuf, grad)
+
+
+@_jit
+def _dense_accumulate_vectors(X, start, m, rbuf, grad, ahead_lo, ahead_hi, combined):
+    """:func:`_dense_accumulate_loops` for float32 rows and ``rbuf``: eight rows at a time in explicit
+    vectors, combined in registers and added to ``grad`` (:func:`pgd.local.simd.eight_rows_added`;
+    ``combined`` is not needed)."""
+    share = _prefetch_share(ahead_lo, ahead_hi, m)
+    ahead = ahead_lo
+    k = 0
+    while k + 8 <= m:
+        ahead = _prefetch_lines(X, ahead, min(ahead_hi, ahead + 2 * share))
+        eight_rows_added(X, start + k, rbuf, k, grad)
+        k += 8
+    _prefetch_lines(X, ahead, ahead_hi)
+    _dense_accumulate_one_by_one(X, start, k, m, rbuf, grad)
+
+
+def _dense_accumulate(X, start, m, rbuf, grad, ahead_lo, ahead_hi, combined):
+    """``grad += sum_k rbuf[k] x_(start+k)`` (compiled code only), prefetching ``X``'s flat elements
+    ``ahead_lo:ahead_hi`` meanwhile: :func:`_dense_accumulate_vectors` for float32 rows and ``rbuf``
+    (``precision="data"``), else :func:`_dense_accumulate_loops`; chosen when the caller compiles."""
+    raise NotImplementedError("compiled code only")
+
+
+def _float32_vectors(X, v, out):
+    """Whether (numba types) rows ``X``, the vector ``v`` they are multiplied by and the float64 ``out``
+    take the explicit-vector functions (:mod:`pgd.local.simd`): float32 ``X`` and ``v``, all contiguous."""
+    return (eight_scores is not None and X.dtype == v.dtype == numba.types.float32
+            and out.dtype == numba.types.float64 and X.layout == v.layout == out.layout == "C")
+
+
+if numba is not None:
+    @numba.extending.overload(_dense_scores, inline="always")
+    def _dense_scores_for(X, w, b, start, m, z, ahead_lo, ahead_hi):
+        scores = _dense_scores_vectors if _float32_vectors(X, w, z) else _dense_scores_loops
+        return lambda X, w, b, start, m, z, ahead_lo, ahead_hi: scores(X, w, b, start, m, z, ahead_lo, ahead_hi)
+
+    @numba.extending.overload(_dense_accumulate, inline="always")
+    def _dense_accumulate_for(X, start, m, rbuf, grad, ahead_lo, ahead_hi, combined):
+        accumulate = _dense_accumulate_vectors if _float32_vectors(X, rbuf, grad) else _dense_accumulate_loops
+        return lambda X, start, m, rbuf, grad, ahead_lo, ahead_hi, combined: accumulate(
+            X, start, m, rbuf, grad, ahead_lo, ahead_hi, combined)
 
 
 @_jit(inline="always")
@@ -690,7 +770,7 @@ def _add_row(grad, row):
 
 
 @_jit
-def _dense_scores_accumulate(X, w, b, ahead, z, start, rbuf, first, grad, combined):
+def _dense_scores_accumulate_loops(X, w, b, ahead, z, start, rbuf, first, grad, combined):
     """Two groups of eight rows in one sweep: ``z[first + k] = x_(ahead+k) . w + b`` for eight rows of the
     next block (read from memory) while ``sum_k rbuf[first + k] x_(start+k)`` over eight rows of this block
     (read back from cache) is added into ``grad``, so that the memory stream does not wait on the gradient
@@ -725,6 +805,29 @@ def _dense_scores_accumulate(X, w, b, ahead, z, start, rbuf, first, grad, combin
         _add_row(grad, combined)
     _store_four_scores(z, first, b, z0, z1, z2, z3)
     _store_four_scores(z, first + 4, b, z4, z5, z6, z7)
+
+
+@_jit
+def _dense_scores_accumulate_vectors(X, w, b, ahead, z, start, rbuf, first, grad, combined):
+    """:func:`_dense_scores_accumulate_loops` for float32 rows, ``w`` and ``rbuf``, in explicit vectors
+    (:func:`pgd.local.simd.eight_scores_eight_added`; ``combined`` is not needed)."""
+    eight_scores_eight_added(X, ahead, w, z, first, b, start, rbuf, grad)
+
+
+def _dense_scores_accumulate(X, w, b, ahead, z, start, rbuf, first, grad, combined):
+    """Scores of eight rows from ``ahead`` and eight rows from ``start`` added into ``grad``, in one sweep
+    (compiled code only): :func:`_dense_scores_accumulate_vectors` for float32 rows, ``w`` and ``rbuf``
+    (``precision="data"``), else :func:`_dense_scores_accumulate_loops`; chosen when the caller compiles."""
+    raise NotImplementedError("compiled code only")
+
+
+if numba is not None:
+    @numba.extending.overload(_dense_scores_accumulate, inline="always")
+    def _dense_scores_accumulate_for(X, w, b, ahead, z, start, rbuf, first, grad, combined):
+        sweep = (_dense_scores_accumulate_vectors if _float32_vectors(X, w, z) and _float32_vectors(X, rbuf, grad)
+                 else _dense_scores_accumulate_loops)
+        return lambda X, w, b, ahead, z, start, rbuf, first, grad, combined: sweep(
+            X, w, b, ahead, z, start, rbuf, first, grad, combined)
 
 
 @_jit(inline="always")

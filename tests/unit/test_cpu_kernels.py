@@ -409,9 +409,13 @@ def test_per_block_functions_pay_no_reference_counts(dtype):
     assert reference_counts(K._gram_terms, z, weight, 8, 8, rbuf, lbuf) == 0
     grad = np.zeros(600)
     row = None if combined is None else combined[0]
-    assert reference_counts(K._dense_scores_accumulate, X, w, b, 8, z, 0, rbuf, 0, grad, row) == 0
-    assert reference_counts(K._dense_accumulate, X, 0, 8, rbuf, grad, 0, 0, row) == 0
-    assert reference_counts(K._dense_scores, X, w, b, 0, 8, z, 0, 0) == 0
+    vectors = dtype == np.float32          # the workspace's precision "data": explicit vectors (pgd.local.simd)
+    sweep = K._dense_scores_accumulate_vectors if vectors else K._dense_scores_accumulate_loops
+    accumulate = K._dense_accumulate_vectors if vectors else K._dense_accumulate_loops
+    scores = K._dense_scores_vectors if vectors else K._dense_scores_loops
+    assert reference_counts(sweep, X, w, b, 8, z, 0, rbuf, 0, grad, row) == 0
+    assert reference_counts(accumulate, X, 0, 8, rbuf, grad, 0, 0, row) == 0
+    assert reference_counts(scores, X, w, b, 0, 8, z, 0, 0) == 0
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
