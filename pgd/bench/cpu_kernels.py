@@ -154,9 +154,9 @@ def pass_throughput(d_list, dtypes, megabytes: float = 8, rounds: int = 15, rng=
         return total
 
     @numba.njit(nogil=True)
-    def accumulate(X, rbuf, grad, combined):
+    def accumulate(X, rbuf, grad):
         for start in range(0, X.shape[0], rbuf.shape[0]):
-            K._dense_accumulate(X, start, min(rbuf.shape[0], X.shape[0] - start), rbuf, grad, 0, 0, combined)
+            K._dense_accumulate(X, start, min(rbuf.shape[0], X.shape[0] - start), rbuf, grad, 0, 0)
 
     rng = rng or np.random.default_rng(0)
     rows = []
@@ -169,7 +169,6 @@ def pass_throughput(d_list, dtypes, megabytes: float = 8, rounds: int = 15, rng=
                 ws = K.dense_workspace(X, 1, precision)
                 w = ws.weights(rng.standard_normal(d))
                 z, rbuf, lbuf = ws.z[0], ws.rbuf[0], ws.lbuf[0]
-                combined = None if ws.combined is None else ws.combined[0]
                 rbuf[:] = rng.standard_normal(ws.block)
                 grad, out = np.zeros(d), np.empty(n, dtype=dtype)
                 w_data = w.astype(dtype)
@@ -177,7 +176,7 @@ def pass_throughput(d_list, dtypes, megabytes: float = 8, rounds: int = 15, rng=
                                      "scores": lambda: scores(X, w, z),
                                      "residuals squared": lambda: terms(y, z, rbuf, lbuf, 0),
                                      "residuals logistic": lambda: terms(y, z, rbuf, lbuf, 1),
-                                     "gradient": lambda: accumulate(X, rbuf, grad, combined)}, rounds)
+                                     "gradient": lambda: accumulate(X, rbuf, grad)}, rounds)
                 rows.append({"kind": "passes", "d": d, "dtype": dtype.name, "precision": precision,
                              "block_rows": ws.block,
                              **{name: X.nbytes / t["min"] / 1e9 for name, t in times.items()}})

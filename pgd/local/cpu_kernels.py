@@ -15,10 +15,10 @@ Numerics
 --------
 - The data is read in its own dtype (float32 or float64, never converted or copied).  With
   ``precision="float64"`` (default) every product and sum is float64; with ``precision="data"`` (float32
-  data) a row's dot product and the combination of eight rows (two fours) for the gradient are float32,
-  as BLAS does, and so are the dense kernel's logistic terms (:func:`_logistic_terms_float32`; a few
-  float32 roundings, as large as the score's own).  Sums over rows (gradient, intercept, loss and weight
-  sums) are float64 either way.
+  data) a row's dot product and the combination of eight rows for the gradient are float32, as BLAS does
+  (explicit eight-lane vectors: :mod:`pgd.local.simd`), and so are the dense kernel's logistic terms
+  (:func:`_logistic_terms_float32`; a few float32 roundings, as large as the score's own).  Sums over rows
+  (gradient, intercept, loss and weight sums) are float64 either way.
 - Row weights below the subnormal floor (:func:`_weight_floor`) enter the gradient pass as 0, as in
   :mod:`pgd.local.subnormal`.
 - Threads: rows are split into ``threads`` contiguous chunks (dense: equal rows; CSR: equal non-zeros,
@@ -683,12 +683,10 @@ def _dense_accumulate_one_by_one(X, start, k, m, rbuf, grad):
 
 
 @_jit
-def _dense_accumulate_loops(X, start, m, rbuf, grad, ahead_lo, ahead_hi, combined):
-    """``grad += sum_k rbuf[k] x_(start+k)``: four rows combined in ``rbuf``'s dtype, then added to the
-    float64 ``grad`` (one load and store of ``grad`` per four rows).  Where ``combined`` is given (a row of
-    ``rbuf``'s dtype: float32 products), eight rows (two fours) are combined there first and then added to
-    ``grad`` in a loop of their own, so the combining loop runs at float32 vector width with no conversions
-    (in cache, float32: d = 16 2.65 -> 1.85 ns per row, d = 100 11.3 -> 7.1 ns).
+def _dense_accumulate_loops(X, start, m, rbuf, grad, ahead_lo, ahead_hi):
+    """``grad += sum_k rbuf[k] x_(start+k)``: four rows combined in ``rbuf``'s dtype (float64 products;
+    float32 products take :func:`_dense_accumulate_vectors`), then added to the float64 ``grad`` (one load
+    and store of ``grad`` per four rows).
 
     Meanwhile the cache lines of ``X``'s flat elements ``ahead_lo:ahead_hi`` are prefetched, spread over
     the groups of rows (:func:`_prefetch_spread`)."""
@@ -696,18 +694,6 @@ def _dense_accumulate_loops(X, start, m, rbuf, grad, ahead_lo, ahead_hi, combine
     share = _prefetch_share(ahead_lo, ahead_hi, m)
     ahead = ahead_lo
     k = 0
-    if combined is not None:
-        while k + 8 <= m:
-            ahead = _prefetch_lines(X, ahead, min(ahead_hi, ahead + 2 * share))
-            x0, x1, x2, x3 = _four_rows(X, start + k)
-            x4, x5, x6, x7 = _four_rows(X, start + k + 4)
-            r0, r1, r2, r3 = rbuf[k], rbuf[k + 1], rbuf[k + 2], rbuf[k + 3]
-            r4, r5, r6, r7 = rbuf[k + 4], rbuf[k + 5], rbuf[k + 6], rbuf[k + 7]
-            for j in range(d):
-                combined[j] = (_four_rows_combined(x0, x1, x2, x3, r0, r1, r2, r3, j)
-                               + _four_rows_combined(x4, x5, x6, x7, r4, r5, r6, r7, j))
-            _add_row(grad, combined)
-            k += 8
     while k + 4 <= m:
         ahead = _prefetch_lines(X, ahead, min(ahead_hi, ahead + share))
         x0, x1, x2, x3 = _four_rows(X, start + k)
@@ -720,10 +706,9 @@ def _dense_accumulate_loops(X, start, m, rbuf, grad, ahead_lo, ahead_hi, combine
 
 
 @_jit
-def _dense_accumulate_vectors(X, start, m, rbuf, grad, ahead_lo, ahead_hi, combined):
+def _dense_accumulate_vectors(X, start, m, rbuf, grad, ahead_lo, ahead_hi):
     """:func:`_dense_accumulate_loops` for float32 rows and ``rbuf``: eight rows at a time in explicit
-    vectors, combined in registers and added to ``grad`` (:func:`pgd.local.simd.eight_rows_added`;
-    ``combined`` is not needed)."""
+    vectors, combined in registers and added to ``grad`` (:func:`pgd.local.simd.eight_rows_added`)."""
     share = _prefetch_share(ahead_lo, ahead_hi, m)
     ahead = ahead_lo
     k = 0
@@ -735,7 +720,7 @@ def _dense_accumulate_vectors(X, start, m, rbuf, grad, ahead_lo, ahead_hi, combi
     _dense_accumulate_one_by_one(X, start, k, m, rbuf, grad)
 
 
-def _dense_accumulate(X, start, m, rbuf, grad, ahead_lo, ahead_hi, combined):
+def _dense_accumulate(X, start, m, rbuf, grad, ahead_lo, ahead_hi):
     """``grad += sum_k rbuf[k] x_(start+k)`` (compiled code only), prefetching ``X``'s flat elements
     ``ahead_lo:ahead_hi`` meanwhile: :func:`_dense_accumulate_vectors` for float32 rows and ``rbuf``
     (``precision="data"``), else :func:`_dense_accumulate_loops`; chosen when the caller compiles."""
@@ -756,32 +741,22 @@ if numba is not None:
         return lambda X, w, b, start, m, z, ahead_lo, ahead_hi: scores(X, w, b, start, m, z, ahead_lo, ahead_hi)
 
     @numba.extending.overload(_dense_accumulate, inline="always")
-    def _dense_accumulate_for(X, start, m, rbuf, grad, ahead_lo, ahead_hi, combined):
+    def _dense_accumulate_for(X, start, m, rbuf, grad, ahead_lo, ahead_hi):
         accumulate = _dense_accumulate_vectors if _float32_vectors(X, rbuf, grad) else _dense_accumulate_loops
-        return lambda X, start, m, rbuf, grad, ahead_lo, ahead_hi, combined: accumulate(
-            X, start, m, rbuf, grad, ahead_lo, ahead_hi, combined)
-
-
-@_jit(inline="always")
-def _add_row(grad, row):
-    """``grad += row`` (``row`` converted to float64)."""
-    for j in range(grad.shape[0]):
-        grad[j] += row[j]
+        return lambda X, start, m, rbuf, grad, ahead_lo, ahead_hi: accumulate(
+            X, start, m, rbuf, grad, ahead_lo, ahead_hi)
 
 
 @_jit
-def _dense_scores_accumulate_loops(X, w, b, ahead, z, start, rbuf, first, grad, combined):
+def _dense_scores_accumulate_loops(X, w, b, ahead, z, start, rbuf, first, grad):
     """Two groups of eight rows in one sweep: ``z[first + k] = x_(ahead+k) . w + b`` for eight rows of the
     next block (read from memory) while ``sum_k rbuf[first + k] x_(start+k)`` over eight rows of this block
     (read back from cache) is added into ``grad``, so that the memory stream does not wait on the gradient
     pass.  (``first`` rather than views ``z[first:]``: a view costs an atomic reference count per call.)
 
-    The eight rows are combined in ``rbuf``'s dtype (two groups of four, as :func:`_dense_accumulate`
-    combines four) and added to ``grad`` directly, or, where ``combined`` is given (a row of ``rbuf``'s
-    dtype, float32), stored there and added to ``grad`` in a loop of its own: the sweep then runs at
-    float32 vector width with no conversion to float64 (a stripped-down harness of the sweep, one thread,
-    float32 d = 1000: 1.27x the GEMV with groups of four combined into ``grad``, 1.12x like this;
-    docs/cpu_kernels.md)."""
+    The eight rows are combined in ``rbuf``'s dtype (two groups of four, as :func:`_dense_accumulate_loops`
+    combines four: float64 products; float32 products take :func:`_dense_scores_accumulate_vectors`) and
+    added to ``grad``."""
     d = X.shape[1]
     zero = w.dtype.type(0)
     x0, x1, x2, x3 = _four_rows(X, ahead)
@@ -795,26 +770,20 @@ def _dense_scores_accumulate_loops(X, w, b, ahead, z, start, rbuf, first, grad, 
         wj = w[j]
         z0, z1, z2, z3 = _four_dots_step(x0, x1, x2, x3, wj, j, z0, z1, z2, z3)
         z4, z5, z6, z7 = _four_dots_step(x4, x5, x6, x7, wj, j, z4, z5, z6, z7)
-        rows = (_four_rows_combined(c0, c1, c2, c3, r0, r1, r2, r3, j)
-                + _four_rows_combined(c4, c5, c6, c7, r4, r5, r6, r7, j))
-        if combined is None:
-            grad[j] += rows
-        else:
-            combined[j] = rows
-    if combined is not None:
-        _add_row(grad, combined)
+        grad[j] += (_four_rows_combined(c0, c1, c2, c3, r0, r1, r2, r3, j)
+                    + _four_rows_combined(c4, c5, c6, c7, r4, r5, r6, r7, j))
     _store_four_scores(z, first, b, z0, z1, z2, z3)
     _store_four_scores(z, first + 4, b, z4, z5, z6, z7)
 
 
 @_jit
-def _dense_scores_accumulate_vectors(X, w, b, ahead, z, start, rbuf, first, grad, combined):
+def _dense_scores_accumulate_vectors(X, w, b, ahead, z, start, rbuf, first, grad):
     """:func:`_dense_scores_accumulate_loops` for float32 rows, ``w`` and ``rbuf``, in explicit vectors
-    (:func:`pgd.local.simd.eight_scores_eight_added`; ``combined`` is not needed)."""
+    (:func:`pgd.local.simd.eight_scores_eight_added`)."""
     eight_scores_eight_added(X, ahead, w, z, first, b, start, rbuf, grad)
 
 
-def _dense_scores_accumulate(X, w, b, ahead, z, start, rbuf, first, grad, combined):
+def _dense_scores_accumulate(X, w, b, ahead, z, start, rbuf, first, grad):
     """Scores of eight rows from ``ahead`` and eight rows from ``start`` added into ``grad``, in one sweep
     (compiled code only): :func:`_dense_scores_accumulate_vectors` for float32 rows, ``w`` and ``rbuf``
     (``precision="data"``), else :func:`_dense_scores_accumulate_loops`; chosen when the caller compiles."""
@@ -823,43 +792,43 @@ def _dense_scores_accumulate(X, w, b, ahead, z, start, rbuf, first, grad, combin
 
 if numba is not None:
     @numba.extending.overload(_dense_scores_accumulate, inline="always")
-    def _dense_scores_accumulate_for(X, w, b, ahead, z, start, rbuf, first, grad, combined):
+    def _dense_scores_accumulate_for(X, w, b, ahead, z, start, rbuf, first, grad):
         sweep = (_dense_scores_accumulate_vectors if _float32_vectors(X, w, z) and _float32_vectors(X, rbuf, grad)
                  else _dense_scores_accumulate_loops)
-        return lambda X, w, b, ahead, z, start, rbuf, first, grad, combined: sweep(
-            X, w, b, ahead, z, start, rbuf, first, grad, combined)
+        return lambda X, w, b, ahead, z, start, rbuf, first, grad: sweep(
+            X, w, b, ahead, z, start, rbuf, first, grad)
 
 
 @_jit(inline="always")
-def _dense_overlapped(X, w, b, ahead, m_ahead, z, start, m, rbuf, grad, combined):
+def _dense_overlapped(X, w, b, ahead, m_ahead, z, start, m, rbuf, grad):
     """The scores of the next block (``m_ahead`` rows from ``ahead``, into ``z``) and the gradient pass of
     this one (``m`` rows from ``start``, weights ``rbuf``), eight rows of each per sweep
     (:func:`_dense_scores_accumulate`); the rows left over after the common groups of eight (the last block
     of a chunk) go on their own (:func:`_dense_accumulate`, :func:`_dense_scores`)."""
     k = 0
     while k + 8 <= min(m, m_ahead):
-        _dense_scores_accumulate(X, w, b, ahead + k, z, start + k, rbuf, k, grad, combined)
+        _dense_scores_accumulate(X, w, b, ahead + k, z, start + k, rbuf, k, grad)
         k += 8
     if k < m:
-        _dense_accumulate(X, start + k, m - k, rbuf[k:], grad, 0, 0, combined)
+        _dense_accumulate(X, start + k, m - k, rbuf[k:], grad, 0, 0)
     if k < m_ahead:
         _dense_scores(X, w, b, ahead + k, m_ahead - k, z[k:], 0, 0)
 
 
 @_jit(inline="always")
-def _borrowed_rows(X, y, weight, w, grad, z, rbuf, lbuf, combined):
+def _borrowed_rows(X, y, weight, w, grad, z, rbuf, lbuf):
     """The dense row functions' arrays, each :func:`_borrowed`: the functions they call once per block (or per
     eight rows), and the views they make, then pay no atomic reference counts."""
     return (_borrowed(X), _borrowed(y), _borrowed(weight), _borrowed(w), _borrowed(grad), _borrowed(z),
-            _borrowed(rbuf), _borrowed(lbuf), _borrowed(combined))
+            _borrowed(rbuf), _borrowed(lbuf))
 
 
 @_jit
-def _dense_rows_long(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, combined):
+def _dense_rows_long(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf):
     """:func:`_dense_rows` for rows longer than :data:`LONG_ROW_BYTES`: each block's gradient pass
     runs together with the next block's scores (:func:`_dense_overlapped`), so ``X`` streams from memory
     all the time, where one pass after the other leaves the memory idle during the gradient pass."""
-    X, y, weight, w, grad, z, rbuf, lbuf, combined = _borrowed_rows(X, y, weight, w, grad, z, rbuf, lbuf, combined)
+    X, y, weight, w, grad, z, rbuf, lbuf = _borrowed_rows(X, y, weight, w, grad, z, rbuf, lbuf)
     _zero(grad)
     totals = (0.0, 0.0, 0.0)
     block = z.shape[0]
@@ -874,9 +843,9 @@ def _dense_rows_long(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, comb
         if ahead >= hi:
             break
         m_ahead = min(block, hi - ahead)
-        _dense_overlapped(X, w, b, ahead, m_ahead, z, start, m, rbuf, grad, combined)
+        _dense_overlapped(X, w, b, ahead, m_ahead, z, start, m, rbuf, grad)
         start, m = ahead, m_ahead
-    _dense_accumulate(X, start, m, rbuf, grad, 0, 0, combined)
+    _dense_accumulate(X, start, m, rbuf, grad, 0, 0)
     return totals
 
 
@@ -906,15 +875,14 @@ def _prefetch_spread(X, start, hi, block):
 
 
 @_jit
-def _dense_rows(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, combined):
+def _dense_rows(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf):
     """Sums over rows ``lo:hi`` of dense ``X`` into ``grad`` (overwritten, float64); returns
     ``(loss_sum, intercept_sum, weight_sum)``.  ``weight`` may be None (every row weighs 1).
 
     Rows go in blocks of ``len(z)`` (a block of ``X`` fits in L1): the block's scores, then its residuals
     (a vectorised loop), then its rows added into ``grad`` while still in cache; ``X`` is read from memory
-    once.  ``z`` (float64), ``rbuf`` and ``lbuf`` (the dtype the rows are combined in) and ``combined`` (a
-    row of ``rbuf``'s dtype, or None for float64 products: :func:`_dense_accumulate`) are scratch."""
-    X, y, weight, w, grad, z, rbuf, lbuf, combined = _borrowed_rows(X, y, weight, w, grad, z, rbuf, lbuf, combined)
+    once.  ``z`` (float64), ``rbuf`` and ``lbuf`` (the dtype the rows are combined in) are scratch."""
+    X, y, weight, w, grad, z, rbuf, lbuf = _borrowed_rows(X, y, weight, w, grad, z, rbuf, lbuf)
     _zero(grad)
     totals = (0.0, 0.0, 0.0)
     block = z.shape[0]
@@ -923,7 +891,7 @@ def _dense_rows(X, y, weight, w, b, mode, lo, hi, grad, z, rbuf, lbuf, combined)
         ahead_lo, middle, ahead_hi = _prefetch_spread(X, start + m, hi, block)
         _dense_scores(X, w, b, start, m, z, ahead_lo, middle)
         totals = _plus(totals, _residual_terms(z, y, weight, start, m, mode, rbuf, lbuf))
-        _dense_accumulate(X, start, m, rbuf, grad, middle, ahead_hi, combined)
+        _dense_accumulate(X, start, m, rbuf, grad, middle, ahead_hi)
     return totals
 
 
@@ -1232,8 +1200,6 @@ class Workspace:
         self.residual_dtype = np.dtype(residual_dtype or combine_dtype)
         self.z, self.rbuf, self.lbuf = _aligned_blocks(self.threads, self.block,
                                                        (np.float64, self.residual_dtype, self.residual_dtype))
-        self.combined = (None if self.combine_dtype == np.float64
-                         else _aligned_blocks(self.threads, self.d, (self.combine_dtype,))[0])
 
     def fits(self, d: int, threads: int, block: int, combine_dtype, residual_dtype=None) -> bool:
         """Whether this workspace serves such a call."""
@@ -1375,10 +1341,9 @@ def dense_loss_grad(X, y, w, b: float, loss: str, *, sample_weight=None, out_gra
     code, b, w = _loss_code(loss), float(b), workspace.weights(w)
     bounds = dense_chunk_bounds(n, workspace.threads) if bounds is None else bounds
     z, rbuf, lbuf = workspace.z, workspace.rbuf, workspace.lbuf
-    rows, combined = (_dense_rows_long if long_rows(d, X.itemsize) else _dense_rows), workspace.combined
+    rows = _dense_rows_long if long_rows(d, X.itemsize) else _dense_rows
     loss_sum, intercept_sum, weight_sum = _run_chunks(
-        lambda lo, hi, grad, t: rows(X, y, sample_weight, w, b, code, lo, hi, grad, z[t], rbuf[t], lbuf[t],
-                                     None if combined is None else combined[t]),
+        lambda lo, hi, grad, t: rows(X, y, sample_weight, w, b, code, lo, hi, grad, z[t], rbuf[t], lbuf[t]),
         bounds, out_grad, workspace)
     return loss_sum, out_grad, intercept_sum, weight_sum
 

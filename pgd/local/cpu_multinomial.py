@@ -84,17 +84,16 @@ def _softmax_block(ZT, labels, weight, start, m, top, total, picked, bits):
 
 
 @_jit
-def _multinomial_rows(X, labels, weight, WT, b, lo, hi, GT, gb, ZT, RT, top, total, picked, bits, combined):
+def _multinomial_rows(X, labels, weight, WT, b, lo, hi, GT, gb, ZT, RT, top, total, picked, bits):
     """Sums over rows ``lo:hi`` into ``GT`` (K, d) and ``gb`` (K,) (both overwritten, float64); returns
     ``(Σ s loss, Σ s)``.  ``WT`` (K, d) holds the class weight vectors in the product dtype; ``ZT`` (K, block)
-    float64, ``RT`` (K, block) in the product dtype and ``combined`` (d,) in the product dtype (None for
-    float64 products: :func:`~pgd.local.cpu_kernels._dense_accumulate`) are scratch."""
+    float64 and ``RT`` (K, block) in the product dtype are scratch."""
     n_classes, d = WT.shape
     block = ZT.shape[1]
     X, labels, weight, WT, b, GT, gb = (_borrowed(X), _borrowed(labels), _borrowed(weight), _borrowed(WT),
                                         _borrowed(b), _borrowed(GT), _borrowed(gb))
-    ZT, RT, top, total, picked, bits, combined = (_borrowed(ZT), _borrowed(RT), _borrowed(top), _borrowed(total),
-                                                  _borrowed(picked), _borrowed(bits), _borrowed(combined))
+    ZT, RT, top, total, picked, bits = (_borrowed(ZT), _borrowed(RT), _borrowed(top), _borrowed(total),
+                                        _borrowed(picked), _borrowed(bits))
     for c in range(n_classes):
         gb[c] = 0.0
         for j in range(d):
@@ -120,7 +119,7 @@ def _multinomial_rows(X, labels, weight, WT, b, lo, hi, GT, gb, ZT, RT, top, tot
                 class_sum += residual[k]
             gb[c] += class_sum
             first, last = (middle, ahead_hi) if c == 0 else (0, 0)
-            _dense_accumulate(X, start, m, weights, GT[c], first, last, combined)
+            _dense_accumulate(X, start, m, weights, GT[c], first, last)
     return loss_sum, weight_sum
 
 
@@ -210,7 +209,6 @@ class FusedMultinomialCPU:
         self._RT = np.empty((chunks, classes, block), dtype=combine)
         self._rows = np.empty((chunks, 3, block))            # top, total, picked
         self._bits = np.empty((chunks, block), dtype=np.int64)
-        self._combined = None if combine == np.float64 else np.empty((chunks, self.d), dtype=combine)
         self._all_bounds = K.dense_chunk_bounds(self.n, self.threads)
         plural = "s" if self.threads > 1 else ""
         self.kernel = f"fused one-pass CPU kernel (numba, dense, {classes} classes, {self.threads} thread{plural})"
@@ -219,8 +217,7 @@ class FusedMultinomialCPU:
         top, total, picked = self._rows[t]
         self._scalars[t] = _multinomial_rows(self.X, self.labels, self.sample_weight, self._WT, self._b, lo, hi,
                                              self._GT[t], self._gb[t], self._ZT[t], self._RT[t], top, total,
-                                             picked, self._bits[t],
-                                             None if self._combined is None else self._combined[t])
+                                             picked, self._bits[t])
 
     def sums_at(self, params, out, rows: slice | None = None) -> None:
         """Overwrite ``out`` (float64, ``(d + 1) K + 1``) with the sums over ``rows`` (all by default) at the

@@ -21,8 +21,11 @@ Without numba every name here is None (the kernels are not used then).
 
 from __future__ import annotations
 
-try:
+try:  # numba is optional: without it the kernels are not used
     import numba
+    from llvmlite import ir
+    from numba.core import cgutils
+    from numba.extending import intrinsic
 except ImportError:  # pragma: no cover - the kernels are not used without numba
     numba = None
 
@@ -31,78 +34,72 @@ __all__ = ["LANES", "eight_scores", "eight_rows_added", "eight_scores_eight_adde
 #: Lanes of a vector: float32 elements in 32 bytes (one AVX register).
 LANES = 8
 
+if numba is None:  # pragma: no cover - the kernels are not used without numba
+    eight_scores = eight_rows_added = eight_scores_eight_added = None
+else:
+    _types = numba.types
+    _int1, _int32 = ir.IntType(1), ir.IntType(32)
+    _floats, _doubles = ir.VectorType(ir.FloatType(), LANES), ir.VectorType(ir.DoubleType(), LANES)
+    _masks = ir.VectorType(_int1, LANES)
 
-def _define():
-    """The three intrinsics, or three None without numba."""
-    if numba is None:
-        return None, None, None
-    from llvmlite import ir  # noqa: PLC0415 - with numba only (llvmlite is numba's)
-    from numba.core import cgutils  # noqa: PLC0415 - with numba only
-    from numba.extending import intrinsic  # noqa: PLC0415 - with numba only
+    def _lane_constant(values):
+        return ir.Constant(ir.VectorType(_int32, len(values)), list(values))
 
-    types = numba.types
-    int1, int32 = ir.IntType(1), ir.IntType(32)
-    floats, doubles = ir.VectorType(ir.FloatType(), LANES), ir.VectorType(ir.DoubleType(), LANES)
-    masks = ir.VectorType(int1, LANES)
+    def _splat(builder, value, vector_type):
+        single = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, _int32(0))
+        return builder.shuffle_vector(single, single, _lane_constant([0] * vector_type.count))
 
-    def lane_constant(values):
-        return ir.Constant(ir.VectorType(int32, len(values)), list(values))
-
-    def splat(builder, value, vector_type):
-        single = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, int32(0))
-        return builder.shuffle_vector(single, single, lane_constant([0] * vector_type.count))
-
-    def function(builder, name, result, arguments):
+    def _llvm_function(builder, name, result, arguments):
         return cgutils.get_or_insert_function(builder.module, ir.FunctionType(result, arguments), name)
 
-    def fma(builder, a, b, c):
+    def _fma(builder, a, b, c):
         """``a * b + c`` in one rounding, lane by lane."""
-        return builder.call(function(builder, "llvm.fma.v8f32", floats, [floats] * 3), [a, b, c])
+        return builder.call(_llvm_function(builder, "llvm.fma.v8f32", _floats, [_floats] * 3), [a, b, c])
 
-    def load(builder, pointer, vector_type):
+    def _load(builder, pointer, vector_type):
         return builder.load(builder.bitcast(pointer, vector_type.as_pointer()), align=4)
 
-    def masked_load(builder, pointer, vector_type, mask):
+    def _masked_load(builder, pointer, vector_type, mask):
         """Lanes of ``mask`` from ``pointer``, zero elsewhere (masked-off lanes read no memory)."""
-        suffix = "v8f32" if vector_type == floats else "v8f64"
-        loader = function(builder, f"llvm.masked.load.{suffix}.p0{suffix}", vector_type,
-                          [vector_type.as_pointer(), int32, masks, vector_type])
-        return builder.call(loader, [builder.bitcast(pointer, vector_type.as_pointer()), int32(4), mask,
+        suffix = "v8f32" if vector_type == _floats else "v8f64"
+        loader = _llvm_function(builder, f"llvm.masked.load.{suffix}.p0{suffix}", vector_type,
+                          [vector_type.as_pointer(), _int32, _masks, vector_type])
+        return builder.call(loader, [builder.bitcast(pointer, vector_type.as_pointer()), _int32(4), mask,
                                      ir.Constant(vector_type, [0.0] * LANES)])
 
-    def masked_store(builder, value, pointer, mask):
-        storer = function(builder, "llvm.masked.store.v8f64.p0v8f64", ir.VoidType(),
-                          [doubles, doubles.as_pointer(), int32, masks])
-        builder.call(storer, [value, builder.bitcast(pointer, doubles.as_pointer()), int32(8), mask])
+    def _masked_store(builder, value, pointer, mask):
+        storer = _llvm_function(builder, "llvm.masked.store.v8f64.p0v8f64", ir.VoidType(),
+                          [_doubles, _doubles.as_pointer(), _int32, _masks])
+        builder.call(storer, [value, builder.bitcast(pointer, _doubles.as_pointer()), _int32(8), mask])
 
-    def columns(context, builder, X):
-        """``(d, full, rest, mask)``: row length, full chunks of eight, columns after them, their lanes."""
-        intp = context.get_value_type(types.intp)
+    def _columns(context, builder, X):
+        """``(d, full, rest, mask)``: row length, full _chunks of eight, _columns after them, their lanes."""
+        intp = context.get_value_type(_types.intp)
         d = builder.extract_value(X.shape, 1)
         rest = builder.and_(d, intp(LANES - 1))
-        mask = builder.icmp_unsigned("<", lane_constant(range(LANES)), splat(builder, builder.trunc(rest, int32),
-                                                                            ir.VectorType(int32, LANES)))
+        mask = builder.icmp_unsigned("<", _lane_constant(range(LANES)), _splat(builder, builder.trunc(rest, _int32),
+                                                                            ir.VectorType(_int32, LANES)))
         return d, builder.lshr(d, intp(3)), rest, mask
 
-    def row_pointers(context, builder, X, d, first):
-        intp = context.get_value_type(types.intp)
+    def _row_pointers(context, builder, X, d, first):
+        intp = context.get_value_type(_types.intp)
         base = builder.gep(X.data, [builder.mul(first, d)])
         return [builder.gep(base, [builder.mul(intp(i), d)]) for i in range(LANES)]
 
-    def chunks(context, builder, full, rest, body):
-        """``body(j, mask)`` for every full chunk (``mask`` None) and, if any columns remain, their chunk."""
-        intp = context.get_value_type(types.intp)
+    def _chunks(context, builder, full, rest, body):
+        """``body(j, mask)`` for every full chunk (``mask`` None) and, if any _columns remain, their chunk."""
+        intp = context.get_value_type(_types.intp)
         with cgutils.for_range(builder, full) as loop:
             body(builder.mul(loop.index, intp(LANES)), None)
         with builder.if_then(builder.icmp_unsigned("!=", rest, intp(0)), likely=False):
             body(builder.mul(full, intp(LANES)), True)
 
-    def transpose_sum(builder, vectors):
+    def _transpose_sum(builder, vectors):
         """``<8 x float>`` whose lane ``i`` is the sum of ``vectors[i]``'s lanes: three levels of shuffles and
-        additions (each level halves the lanes each row keeps and doubles the rows a vector holds)."""
+        additions (each level halves the lanes each row keeps and _doubles the rows a vector holds)."""
         def level(a, b, low, high):
-            return builder.fadd(builder.shuffle_vector(a, b, lane_constant(low)),
-                                builder.shuffle_vector(a, b, lane_constant(high)))
+            return builder.fadd(builder.shuffle_vector(a, b, _lane_constant(low)),
+                                builder.shuffle_vector(a, b, _lane_constant(high)))
         v = vectors
         # Level 1: rows (0, 2), (1, 3), (4, 6), (5, 7): lanes j + (j + 4) -> 4 lanes per row.
         halves = [level(v[a], v[b], [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15])
@@ -113,135 +110,134 @@ def _define():
         # Level 3: one lane per row.
         return level(quarters[0], quarters[1], [0, 2, 4, 6, 8, 10, 12, 14], [1, 3, 5, 7, 9, 11, 13, 15])
 
-    def float32_rows(X):
-        return isinstance(X, types.Array) and X.ndim == 2 and X.layout == "C" and X.dtype == types.float32
+    def _float32_rows(X):
+        return isinstance(X, _types.Array) and X.ndim == 2 and X.layout == "C" and X.dtype == _types.float32
 
-    def float32_vector(a):
-        return isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float32
+    def _float32_vector(a):
+        return isinstance(a, _types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == _types.float32
 
-    def float64_vector(a):
-        return isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float64
+    def _float64_vector(a):
+        return isinstance(a, _types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == _types.float64
 
-    def reader(builder, mask, masked):
+    def _integers(*values):
+        return all(isinstance(value, _types.Integer) for value in values)
+
+    def _reader(builder, mask, masked):
         """Loads of eight float32 lanes: plain, or (``masked``) only ``mask``'s lanes, zero elsewhere."""
         if masked:
-            return lambda pointer: masked_load(builder, pointer, floats, mask)
-        return lambda pointer: load(builder, pointer, floats)
+            return lambda pointer: _masked_load(builder, pointer, _floats, mask)
+        return lambda pointer: _load(builder, pointer, _floats)
 
-    def scores_part(context, builder, X_, d, first, w_):
-        """``(step, finish)``: ``step(j, read)`` adds columns ``j ... j + 7`` of eight rows' products with
+    def _scores_part(context, builder, X_, d, first, w_):
+        """``(step, finish)``: ``step(j, read)`` adds _columns ``j ... j + 7`` of eight rows' products with
         ``w`` into eight vectors of sums; ``finish(z_, k, bias)`` sums each across its lanes and stores
         ``z[k + i] = sum_i + bias`` in float64."""
-        rows = row_pointers(context, builder, X_, d, first)
-        sums = [cgutils.alloca_once_value(builder, ir.Constant(floats, [0.0] * LANES)) for _ in rows]
+        rows = _row_pointers(context, builder, X_, d, first)
+        sums = [cgutils.alloca_once_value(builder, ir.Constant(_floats, [0.0] * LANES)) for _ in rows]
 
         def step(j, read):
             weights = read(builder.gep(w_.data, [j]))
             for row, total in zip(rows, sums):
-                builder.store(fma(builder, read(builder.gep(row, [j])), weights, builder.load(total)), total)
+                builder.store(_fma(builder, read(builder.gep(row, [j])), weights, builder.load(total)), total)
 
         def finish(z_, k, bias):
-            scores = builder.fpext(transpose_sum(builder, [builder.load(total) for total in sums]), doubles)
-            scores = builder.fadd(scores, splat(builder, bias, doubles))
-            builder.store(scores, builder.bitcast(builder.gep(z_.data, [k]), doubles.as_pointer()), align=8)
+            scores = builder.fpext(_transpose_sum(builder, [builder.load(total) for total in sums]), _doubles)
+            scores = builder.fadd(scores, _splat(builder, bias, _doubles))
+            builder.store(scores, builder.bitcast(builder.gep(z_.data, [k]), _doubles.as_pointer()), align=8)
 
         return step, finish
 
-    def added_part(context, builder, X_, d, first, r_, k, g_, mask):
-        """``step(j, read, masked)``: columns ``j ... j + 7`` of ``sum_i r[k + i] x_(first + i)`` over eight
+    def _added_part(context, builder, X_, d, first, r_, k, g_, mask):
+        """``step(j, read, masked)``: _columns ``j ... j + 7`` of ``sum_i r[k + i] x_(first + i)`` over eight
         rows, combined in float32 (two chains of four rows, then their sum: half the latency of one chain),
         added to the float64 ``grad``."""
-        intp = context.get_value_type(types.intp)
-        rows = row_pointers(context, builder, X_, d, first)
-        weights = [splat(builder, builder.load(builder.gep(r_.data, [builder.add(k, intp(i))])), floats)
+        intp = context.get_value_type(_types.intp)
+        rows = _row_pointers(context, builder, X_, d, first)
+        weights = [_splat(builder, builder.load(builder.gep(r_.data, [builder.add(k, intp(i))])), _floats)
                    for i in range(LANES)]
 
         def step(j, read, masked):
             x = [read(builder.gep(row, [j])) for row in rows]
             low, high = builder.fmul(x[0], weights[0]), builder.fmul(x[4], weights[4])
             for i in (1, 2, 3):
-                low = fma(builder, x[i], weights[i], low)
-                high = fma(builder, x[i + 4], weights[i + 4], high)
-            added = builder.fpext(builder.fadd(low, high), doubles)
+                low = _fma(builder, x[i], weights[i], low)
+                high = _fma(builder, x[i + 4], weights[i + 4], high)
+            added = builder.fpext(builder.fadd(low, high), _doubles)
             target = builder.gep(g_.data, [j])
             if masked:
-                masked_store(builder, builder.fadd(masked_load(builder, target, doubles, mask), added), target,
+                _masked_store(builder, builder.fadd(_masked_load(builder, target, _doubles, mask), added), target,
                              mask)
             else:
-                pointer = builder.bitcast(target, doubles.as_pointer())
+                pointer = builder.bitcast(target, _doubles.as_pointer())
                 builder.store(builder.fadd(builder.load(pointer, align=8), added), pointer, align=8)
 
         return step
 
-    def arrays(context, builder, signature, args, *positions):
+    def _arrays(context, builder, signature, args, *positions):
         return [context.make_array(signature.args[i])(context, builder, args[i]) for i in positions]
 
-    def indices(context, builder, signature, args, *positions):
-        return [context.cast(builder, args[i], signature.args[i], types.intp) for i in positions]
+    def _indices(context, builder, signature, args, *positions):
+        return [context.cast(builder, args[i], signature.args[i], _types.intp) for i in positions]
 
     @intrinsic
     def eight_scores(typingctx, X, first, w, z, k, b):
         """``z[k + i] = x_(first + i) . w + b`` for ``i < 8``: float32 rows and ``w``, float32 products and
-        sums (each row's lanes summed across by :func:`transpose_sum`), float64 ``z``."""
-        if not (float32_rows(X) and float32_vector(w) and float64_vector(z) and isinstance(b, types.Float)):
+        sums (each row's lanes summed across by :func:`_transpose_sum`), float64 ``z``."""
+        if not (_float32_rows(X) and _float32_vector(w) and _float64_vector(z) and isinstance(b, _types.Float)
+                and _integers(first, k)):
             return None
 
         def codegen(context, builder, signature, args):
-            X_, w_, z_ = arrays(context, builder, signature, args, 0, 2, 3)
-            first_, k_ = indices(context, builder, signature, args, 1, 4)
-            d, full, rest, mask = columns(context, builder, X_)
-            step, finish = scores_part(context, builder, X_, d, first_, w_)
-            chunks(context, builder, full, rest, lambda j, masked: step(j, reader(builder, mask, masked)))
-            finish(z_, k_, context.cast(builder, args[5], signature.args[5], types.float64))
+            X_, w_, z_ = _arrays(context, builder, signature, args, 0, 2, 3)
+            first_, k_ = _indices(context, builder, signature, args, 1, 4)
+            d, full, rest, mask = _columns(context, builder, X_)
+            step, finish = _scores_part(context, builder, X_, d, first_, w_)
+            _chunks(context, builder, full, rest, lambda j, masked: step(j, _reader(builder, mask, masked)))
+            finish(z_, k_, context.cast(builder, args[5], signature.args[5], _types.float64))
             return context.get_dummy_value()
 
-        return types.void(X, first, w, z, k, b), codegen
+        return _types.void(X, first, w, z, k, b), codegen
 
     @intrinsic
     def eight_rows_added(typingctx, X, first, r, k, grad):
         """``grad += sum_i r[k + i] x_(first + i)`` for ``i < 8``: float32 rows and ``r``, the eight rows
         combined in float32, then added to the float64 ``grad``."""
-        if not (float32_rows(X) and float32_vector(r) and float64_vector(grad)):
+        if not (_float32_rows(X) and _float32_vector(r) and _float64_vector(grad) and _integers(first, k)):
             return None
 
         def codegen(context, builder, signature, args):
-            X_, r_, g_ = arrays(context, builder, signature, args, 0, 2, 4)
-            first_, k_ = indices(context, builder, signature, args, 1, 3)
-            d, full, rest, mask = columns(context, builder, X_)
-            step = added_part(context, builder, X_, d, first_, r_, k_, g_, mask)
-            chunks(context, builder, full, rest, lambda j, masked: step(j, reader(builder, mask, masked), masked))
+            X_, r_, g_ = _arrays(context, builder, signature, args, 0, 2, 4)
+            first_, k_ = _indices(context, builder, signature, args, 1, 3)
+            d, full, rest, mask = _columns(context, builder, X_)
+            step = _added_part(context, builder, X_, d, first_, r_, k_, g_, mask)
+            _chunks(context, builder, full, rest, lambda j, masked: step(j, _reader(builder, mask, masked), masked))
             return context.get_dummy_value()
 
-        return types.void(X, first, r, k, grad), codegen
+        return _types.void(X, first, r, k, grad), codegen
 
     @intrinsic
     def eight_scores_eight_added(typingctx, X, ahead, w, z, k, b, start, r, grad):
         """:func:`eight_scores` of rows ``ahead ...`` (into ``z[k ...]``) and :func:`eight_rows_added` of
-        rows ``start ...`` (weights ``r[k ...]``) in one sweep over the columns: sixteen rows read at once,
+        rows ``start ...`` (weights ``r[k ...]``) in one sweep over the _columns: sixteen rows read at once,
         the first eight from memory while the second eight come back from cache."""
-        if not (float32_rows(X) and float32_vector(w) and float64_vector(z) and isinstance(b, types.Float)
-                and float32_vector(r) and float64_vector(grad)):
+        if not (_float32_rows(X) and _float32_vector(w) and _float64_vector(z) and isinstance(b, _types.Float)
+                and _float32_vector(r) and _float64_vector(grad) and _integers(ahead, k, start)):
             return None
 
         def codegen(context, builder, signature, args):
-            X_, w_, z_, r_, g_ = arrays(context, builder, signature, args, 0, 2, 3, 7, 8)
-            ahead_, k_, start_ = indices(context, builder, signature, args, 1, 4, 6)
-            d, full, rest, mask = columns(context, builder, X_)
-            scores_step, finish = scores_part(context, builder, X_, d, ahead_, w_)
-            added_step = added_part(context, builder, X_, d, start_, r_, k_, g_, mask)
+            X_, w_, z_, r_, g_ = _arrays(context, builder, signature, args, 0, 2, 3, 7, 8)
+            ahead_, k_, start_ = _indices(context, builder, signature, args, 1, 4, 6)
+            d, full, rest, mask = _columns(context, builder, X_)
+            scores_step, finish = _scores_part(context, builder, X_, d, ahead_, w_)
+            added_step = _added_part(context, builder, X_, d, start_, r_, k_, g_, mask)
 
             def body(j, masked):
-                read = reader(builder, mask, masked)
+                read = _reader(builder, mask, masked)
                 scores_step(j, read)
                 added_step(j, read, masked)
 
-            chunks(context, builder, full, rest, body)
-            finish(z_, k_, context.cast(builder, args[5], signature.args[5], types.float64))
+            _chunks(context, builder, full, rest, body)
+            finish(z_, k_, context.cast(builder, args[5], signature.args[5], _types.float64))
             return context.get_dummy_value()
 
-        return types.void(X, ahead, w, z, k, b, start, r, grad), codegen
-
-    return eight_scores, eight_rows_added, eight_scores_eight_added
-
-
-eight_scores, eight_rows_added, eight_scores_eight_added = _define()
+        return _types.void(X, ahead, w, z, k, b, start, r, grad), codegen

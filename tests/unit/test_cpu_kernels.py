@@ -57,9 +57,8 @@ def assert_matches(result, expected, rtol=1e-11):
 def poisoned(workspace):
     """``workspace`` with every buffer NaN, so a value the kernel reads before writing shows."""
     for buffer in (workspace.partials, workspace.scalars, workspace.w_cast, workspace.z, workspace.rbuf,
-                   workspace.lbuf, workspace.combined):
-        if buffer is not None:
-            buffer.fill(np.nan)
+                   workspace.lbuf):
+        buffer.fill(np.nan)
     return workspace
 
 
@@ -111,7 +110,6 @@ def test_dense_long_rows(shape, threads, dtype, loss):
         assert_matches(result, reference(X, y, w, b, loss, weight))
         if dtype == np.float32:
             workspace = poisoned(K.dense_workspace(X, threads, "data"))
-            assert workspace.combined.shape == (threads, shape[1])
             result = K.dense_loss_grad(X, y, w, b, loss, sample_weight=weight, threads=threads, precision="data",
                                        workspace=workspace)
             w32 = w.astype(np.float32).astype(np.float64)
@@ -401,20 +399,19 @@ def test_per_block_functions_pay_no_reference_counts(dtype):
     test_row_functions_pay_no_reference_counts.)"""
     X, y, weight, w, b = problem(64, 600, dtype, "logistic", True, seed=8)
     workspace = K.dense_workspace(X, 1, "data")
-    z, rbuf, lbuf, combined = workspace.z[0], workspace.rbuf[0], workspace.lbuf[0], workspace.combined
+    z, rbuf, lbuf = workspace.z[0], workspace.rbuf[0], workspace.lbuf[0]
     w = workspace.weights(w)
     for s in (None, weight):
         assert reference_counts(K._logistic_terms_float64, z, y, s, 8, 8, rbuf, z) == 0
         assert reference_counts(K._squared_terms, z, y, s, 8, 8, rbuf, lbuf) == 0
     assert reference_counts(K._gram_terms, z, weight, 8, 8, rbuf, lbuf) == 0
     grad = np.zeros(600)
-    row = None if combined is None else combined[0]
     vectors = dtype == np.float32          # the workspace's precision "data": explicit vectors (pgd.local.simd)
     sweep = K._dense_scores_accumulate_vectors if vectors else K._dense_scores_accumulate_loops
     accumulate = K._dense_accumulate_vectors if vectors else K._dense_accumulate_loops
     scores = K._dense_scores_vectors if vectors else K._dense_scores_loops
-    assert reference_counts(sweep, X, w, b, 8, z, 0, rbuf, 0, grad, row) == 0
-    assert reference_counts(accumulate, X, 0, 8, rbuf, grad, 0, 0, row) == 0
+    assert reference_counts(sweep, X, w, b, 8, z, 0, rbuf, 0, grad) == 0
+    assert reference_counts(accumulate, X, 0, 8, rbuf, grad, 0, 0) == 0
     assert reference_counts(scores, X, w, b, 0, 8, z, 0, 0) == 0
 
 
@@ -429,10 +426,9 @@ def test_row_functions_pay_no_reference_counts(dtype, weighted):
     for d in (16, K.LONG_ROW_BYTES // np.dtype(dtype).itemsize + 1):
         X, y, weight, w, b = problem(600, d, dtype, "logistic", weighted, seed=9)
         workspace = K.dense_workspace(X, 1, "data")
-        row = None if workspace.combined is None else workspace.combined[0]
         rows = K._dense_rows_long if K.long_rows(d, X.itemsize) else K._dense_rows
         assert reference_counts(rows, X, y, weight, workspace.weights(w), b, 1, 0, 600, np.zeros(d),
-                                workspace.z[0], workspace.rbuf[0], workspace.lbuf[0], row) == 0
+                                workspace.z[0], workspace.rbuf[0], workspace.lbuf[0]) == 0
     X, data, indices, indptr = to_csr(X[:, :40], np.int32)
     workspace = K.csr_workspace(40, dtype, 1, "data")
     assert reference_counts(K._csr_rows, data, indices.view(np.uint32), indptr, y, weight,
@@ -443,7 +439,7 @@ def test_row_functions_pay_no_reference_counts(dtype, weighted):
     top, total, picked = kernel._rows[0]
     assert reference_counts(M._multinomial_rows, kernel.X, labels, weight, kernel._WT, kernel._b, 0, 600,
                             kernel._GT[0], kernel._gb[0], kernel._ZT[0], kernel._RT[0], top, total, picked,
-                            kernel._bits[0], None if kernel._combined is None else kernel._combined[0]) == 0
+                            kernel._bits[0]) == 0
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")

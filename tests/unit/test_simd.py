@@ -111,11 +111,10 @@ def test_float32_rows_take_the_vector_functions():
         X, y = rng.standard_normal((64, d)).astype(dtype), (rng.random(64) < 0.5).astype(dtype)
         weight, w, b = None, rng.standard_normal(d), 0.5
         workspace = K.dense_workspace(X, 1, precision)
-        row = None if workspace.combined is None else workspace.combined[0]
         rows = K._dense_rows_long if K.long_rows(d, X.itemsize) else K._dense_rows
         fresh = numba.njit(nogil=True, fastmath=K._FASTMATH, error_model="numpy")(rows.py_func)
         fresh(X, y, weight, workspace.weights(w), b, 1, 0, 64, np.zeros(d), workspace.z[0], workspace.rbuf[0],
-              workspace.lbuf[0], row)
+              workspace.lbuf[0])
         code = fresh.inspect_llvm(fresh.signatures[0])
         return {name for name in ("_dense_scores_vectors", "_dense_accumulate_vectors", "_dense_scores_loops",
                                   "_dense_accumulate_loops", "_dense_scores_accumulate_vectors",
