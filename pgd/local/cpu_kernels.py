@@ -68,7 +68,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from pgd.local.simd import eight_rows_added, eight_scores, eight_scores_eight_added
+from pgd.local.simd import eight_rows_added, eight_scores, eight_scores_eight_added, prefetch_line
 from pgd.local.subnormal import ROW_WEIGHT_FLOOR_FACTOR
 from pgd.runtime import settings
 
@@ -122,12 +122,10 @@ def _jit(function=None, *, fastmath=_FASTMATH, inline: str = "never"):
 
 def _define_prefetch():
     """``_prefetch(a, index)``: a software prefetch of the cache line holding element ``index`` of the
-    C-contiguous array ``a`` (flat, in elements; LLVM's ``llvm.prefetch``: read, keep in all cache levels).
-    A prefetch never faults and retires at once, so it can run ahead of the rows the loop is on."""
+    C-contiguous array ``a`` (flat, in elements; :func:`pgd.local.simd.prefetch_line`).  A prefetch never
+    faults and retires at once, so it can run ahead of the rows the loop is on."""
     if numba is None:
         return None
-    from llvmlite import ir  # noqa: PLC0415 - with numba only (llvmlite is numba's)
-    from numba.core import cgutils  # noqa: PLC0415 - with numba only
     from numba.extending import intrinsic  # noqa: PLC0415 - with numba only
 
     @intrinsic
@@ -138,13 +136,7 @@ def _define_prefetch():
         def codegen(context, builder, signature, args):
             data = context.make_array(signature.args[0])(context, builder, args[0]).data
             offset = context.cast(builder, args[1], signature.args[1], numba.types.intp)
-            byte_pointer = ir.IntType(8).as_pointer()
-            int32 = ir.IntType(32)
-            function = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, int32, int32, int32]),
-                "llvm.prefetch.p0i8")
-            builder.call(function, [builder.bitcast(builder.gep(data, [offset]), byte_pointer),
-                                    int32(0), int32(3), int32(1)])      # read, high locality, data cache
+            prefetch_line(builder, builder.gep(data, [offset]))
             return context.get_dummy_value()
 
         return numba.types.void(array, index), codegen
