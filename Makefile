@@ -10,7 +10,7 @@ MPIRUN_FLAGS ?= --oversubscribe $(if $(filter 0,$(shell id -u)),--allow-run-as-r
   $(if $(wildcard $(BIN)/mpirun),--mca btl ^ofi,)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all install demo quickstart lint test test-unit test-spmd test-cli test-slurm bench clean
+.PHONY: all install demo quickstart lint test test-unit test-spmd test-cli test-slurm bench bench-targets clean
 
 all: test
 
@@ -80,6 +80,10 @@ bench: $(VENV)/.installed
 	$(BIN)/pgd bench scaling --kind weak --ranks 1,2 --n 200000 --d 100 --out bench-results/weak
 	mpirun $(MPIRUN_FLAGS) -n $(NP) $(BIN)/pgd bench comm --max-bytes 67108864 --repeats 10 --out bench-results/comm
 	$(BIN)/pgd bench peers --n 100000 --d 50 --loss logistic --ranks $(NP) --out bench-results/peers
+
+# Every cell of the CPU gradient targets (README, Speed): 36 runs of `pgd bench gradient`, about 6 minutes.
+bench-targets: $(VENV)/.installed
+	PATH=$(abspath $(BIN)):$$PATH MPIRUN_FLAGS="$(MPIRUN_FLAGS)" benchmarks/gradient_targets.sh
 
 clean:
 	rm -rf $(VENV) bench-results quickstart data/demo*.h5 data/demo-metrics.jsonl .pytest_cache

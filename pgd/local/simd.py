@@ -35,10 +35,10 @@ __all__ = ["LANES", "PREFETCH_AHEAD_BYTES", "eight_scores", "eight_rows_added", 
 #: Lanes of a vector: float32 elements in 32 bytes (one AVX register).
 LANES = 8
 #: How far ahead in its row :func:`eight_scores_eight_added` prefetches the rows it reads from memory (four
-#: cache lines).  One thread, float32 d = 1000, against the GEMV, A/B runs: 1.11-1.19x without, 1.01-1.05x
-#: with 256 bytes; 64 and 128 bytes 1.05-1.15x, 384 bytes 1.01-1.12x, 1 KiB 1.26-1.32x, 2 KiB 1.43x; into
-#: L2 only (locality 2) 1.08-1.15x; once per cache line instead of once per chunk of eight floats
-#: 1.04-1.14x (docs/cpu_kernels.md).
+#: cache lines).  One thread, float32 d = 1000, against the GEMV, A/B runs: 1.11-1.19x without, 1.01-1.08x
+#: with 256 bytes; 64 bytes 1.12-1.15x, 128 bytes 1.05-1.10x, 192 bytes 1.02-1.14x, 384 bytes 1.01-1.12x,
+#: 1 KiB 1.26-1.32x, 2 KiB 1.43x; into L2 only (locality 2) 1.08-1.15x; once per cache line instead of
+#: once per chunk of eight floats 1.04-1.14x (docs/cpu_kernels.md).
 PREFETCH_AHEAD_BYTES = 256
 
 if numba is None:  # pragma: no cover - the kernels are not used without numba
