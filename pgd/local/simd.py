@@ -84,17 +84,18 @@ else:
 
     def _masked_store(builder, value, pointer, mask):
         storer = _llvm_function(builder, "llvm.masked.store.v8f64.p0v8f64", ir.VoidType(),
-                          [_doubles, _doubles.as_pointer(), _int32, _masks])
+                                [_doubles, _doubles.as_pointer(), _int32, _masks])
         builder.call(storer, [value, builder.bitcast(pointer, _doubles.as_pointer()), _int32(8), mask])
 
     def _columns(context, builder, X):
-        """``(d, full, rest, mask)``: row length, full _chunks of eight, _columns after them, their lanes."""
+        """``(d, full, rest, mask)``: row length, full chunks of eight columns, columns after them, and the
+        lanes those fill."""
         intp = context.get_value_type(_types.intp)
         d = builder.extract_value(X.shape, 1)
-        rest = builder.and_(d, intp(LANES - 1))
-        mask = builder.icmp_unsigned("<", _lane_constant(range(LANES)), _splat(builder, builder.trunc(rest, _int32),
-                                                                            ir.VectorType(_int32, LANES)))
-        return d, builder.lshr(d, intp(3)), rest, mask
+        rest = builder.urem(d, intp(LANES))
+        filled = _splat(builder, builder.trunc(rest, _int32), ir.VectorType(_int32, LANES))
+        mask = builder.icmp_unsigned("<", _lane_constant(range(LANES)), filled)
+        return d, builder.udiv(d, intp(LANES)), rest, mask
 
     def _row_pointers(context, builder, X, d, first):
         intp = context.get_value_type(_types.intp)
@@ -102,7 +103,8 @@ else:
         return [builder.gep(base, [builder.mul(intp(i), d)]) for i in range(LANES)]
 
     def _chunks(context, builder, full, rest, body):
-        """``body(j, mask)`` for every full chunk (``mask`` None) and, if any columns remain, their chunk."""
+        """``body(j, masked)`` for every full chunk of columns ``j ... j + 7`` (``masked`` None) and, if any
+        columns remain, for their chunk (``masked`` True)."""
         intp = context.get_value_type(_types.intp)
         with cgutils.for_range(builder, full) as loop:
             body(builder.mul(loop.index, intp(LANES)), None)
