@@ -165,7 +165,7 @@ else:
         return step, finish
 
     def _added_part(context, builder, X_, d, first, r_, k, g_, mask):
-        """``step(j, read, masked)``: _columns ``j ... j + 7`` of ``sum_i r[k + i] x_(first + i)`` over eight
+        """``step(j, read, masked)``: columns ``j ... j + 7`` of ``sum_i r[k + i] x_(first + i)`` over eight
         rows, combined in float32 (two chains of four rows, then their sum: half the latency of one chain),
         added to the float64 ``grad``."""
         intp = context.get_value_type(_types.intp)
