@@ -620,7 +620,7 @@ def _dense_scores_one_by_one(X, w, b, start, k, m, z):
 @_jit
 def _dense_scores_loops(X, w, b, start, m, z, ahead_lo, ahead_hi):
     """``z[k] = x_(start+k) . w + b`` for ``k < m``, four rows per sweep of ``w``.  The products and the
-    sums within a row are in ``w``'s dtype (float64, or the data dtype for BLAS-like float32 speed).
+    sums within a row are in ``w``'s dtype (float64 here: float32 products take :func:`_dense_scores_vectors`).
     Meanwhile the cache lines of ``X``'s flat elements ``ahead_lo:ahead_hi`` are prefetched, spread over the
     groups of four rows (:func:`_prefetch_spread`)."""
     d = X.shape[1]

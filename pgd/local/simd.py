@@ -145,11 +145,10 @@ else:
             return lambda pointer: _masked_load(builder, pointer, _floats, mask)
         return lambda pointer: _load(builder, pointer, _floats)
 
-    def _scores_part(context, builder, X_, d, first, w_):
-        """``(step, finish)``: ``step(j, read)`` adds columns ``j ... j + 7`` of eight rows' products with
-        ``w`` into eight vectors of sums; ``finish(z_, k, bias)`` sums each across its lanes and stores
-        ``z[k + i] = sum_i + bias`` in float64."""
-        rows = _row_pointers(context, builder, X_, d, first)
+    def _scores_part(builder, rows, w_):
+        """``(step, finish)`` for the eight rows starting at the pointers ``rows``: ``step(j, read)`` adds
+        columns ``j ... j + 7`` of their products with ``w`` into eight vectors of sums; ``finish(z_, k, bias)``
+        sums each across its lanes and stores ``z[k + i] = sum_i + bias`` in float64."""
         sums = [cgutils.alloca_once_value(builder, ir.Constant(_floats, [0.0] * LANES)) for _ in rows]
 
         def step(j, read):
@@ -208,7 +207,7 @@ else:
             X_, w_, z_ = _arrays(context, builder, signature, args, 0, 2, 3)
             first_, k_ = _indices(context, builder, signature, args, 1, 4)
             d, full, rest, mask = _columns(context, builder, X_)
-            step, finish = _scores_part(context, builder, X_, d, first_, w_)
+            step, finish = _scores_part(builder, _row_pointers(context, builder, X_, d, first_), w_)
             _chunks(context, builder, full, rest, lambda j, masked: step(j, _reader(builder, mask, masked)))
             finish(z_, k_, context.cast(builder, args[5], signature.args[5], _types.float64))
             return context.get_dummy_value()
@@ -246,9 +245,9 @@ else:
             X_, w_, z_, r_, g_ = _arrays(context, builder, signature, args, 0, 2, 3, 7, 8)
             ahead_, k_, start_ = _indices(context, builder, signature, args, 1, 4, 6)
             d, full, rest, mask = _columns(context, builder, X_)
-            scores_step, finish = _scores_part(context, builder, X_, d, ahead_, w_)
-            added_step = _added_part(context, builder, X_, d, start_, r_, k_, g_, mask)
             streamed = _row_pointers(context, builder, X_, d, ahead_)
+            scores_step, finish = _scores_part(builder, streamed, w_)
+            added_step = _added_part(context, builder, X_, d, start_, r_, k_, g_, mask)
             ahead_elements = context.get_value_type(_types.intp)(PREFETCH_AHEAD_BYTES // 4)
 
             def body(j, masked):
