@@ -78,6 +78,44 @@ def test_eight_scores_eight_added(d):
     assert score_error(z[3:11], X[12:20], w, -0.5) < 1e-6
 
 
+def fma32(a, b, c):
+    """float32 ``a * b + c`` in one rounding: the product of two float32 is exact in float64, so only the
+    float64 sum rounds before the float32 rounding (that double rounding differs from one rounding only on
+    exact ties of float64 results, about 2^-29 of random cases)."""
+    return (a.astype(np.float64) * b + c).astype(np.float32)
+
+
+def rows_combined(X, r, chains):
+    """``sum_i r_i x_i`` over eight float32 rows in float32, as ``chains`` chains of multiply-adds (rows
+    ``i, i + 8 / chains, ...`` in chain ``i``), then the chains added in order."""
+    per_chain = 8 // chains
+    partial = []
+    for c in range(chains):
+        rows = range(c * per_chain, (c + 1) * per_chain)
+        total = X[rows[0]] * r[rows[0]]
+        for i in rows[1:]:
+            total = fma32(X[i], r[i], total)
+        partial.append(total)
+    combined = partial[0]
+    for total in partial[1:]:
+        combined = combined + total
+    return combined
+
+
+@pytest.mark.parametrize("d", (16, 100))
+def test_rows_added_in_two_chains_of_four(d):
+    """Eight rows are combined as two chains of four multiply-adds and then their sum, as written (half the
+    latency of one chain of eight): bit for bit, where one chain of eight (what LLVM made of it when numba's
+    fastmath pass let it reassociate the sum into the chains) rounds differently."""
+    X, _, r, _ = rows_and_weights(8, d, seed=7 + d)
+    grad = np.zeros(d)
+    K._dense_accumulate_vectors(X, 0, 8, r, grad, 0, 0)          # compiled with the kernel's fastmath flags
+    two = rows_combined(X, r[:8], chains=2).astype(np.float64)
+    one = rows_combined(X, r[:8], chains=1).astype(np.float64)
+    assert not np.array_equal(one, two)
+    np.testing.assert_array_equal(grad, two)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mprotect through the C library: Linux")
 @pytest.mark.parametrize("d", [5, 13, 30])
 def test_masked_columns_read_nothing_past_the_row(d):
