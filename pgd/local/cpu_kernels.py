@@ -43,7 +43,8 @@ Numerics
 Availability and fall-back
 --------------------------
 numba is imported with this module (import it lazily from the caller); kernels compile on first use and
-are cached on disk (``cache=True``; numba's cache directory, or ``NUMBA_CACHE_DIR``).  :func:`available`
+are cached on disk (``cache=True``; numba's cache directory, or ``NUMBA_CACHE_DIR``), compiled again when
+any of the kernels' sources changes (:mod:`pgd.local.kernel_cache`).  :func:`available`
 says whether they can be used and :func:`unavailable_reason` says why not (numba missing, or a kernel that
 failed to compile or failed its start-up check), so the caller takes today's blocked NumPy/BLAS path and
 names the reason in the run summary.  :func:`warm_up` compiles (or loads) the kernels a run needs and
@@ -68,6 +69,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from pgd.local import kernel_cache
 from pgd.local.simd import eight_rows_added, eight_scores, eight_scores_eight_added, prefetch_line
 from pgd.local.subnormal import ROW_WEIGHT_FLOOR_FACTOR
 from pgd.runtime import settings
@@ -117,6 +119,7 @@ def _jit(function=None, *, fastmath=_FASTMATH, inline: str = "never"):
         return lambda f: _jit(f, fastmath=fastmath, inline=inline)
     if numba is None:
         return function
+    kernel_cache.install()
     return numba.njit(cache=True, nogil=True, fastmath=fastmath, error_model="numpy", inline=inline)(function)
 
 
