@@ -16,6 +16,10 @@ products and the sums across eight rows are float32 (as the loops they replace, 
 the gradient is float64.  The vectors are legal on every target LLVM supports (two SSE or NEON registers
 where AVX is missing), so nothing here depends on the processor.
 
+The one-sweep pair of long rows (:func:`eight_scores_eight_added`) also takes float64 rows with float64
+``w`` and weights, in eight float64 lanes: what it brings there is the prefetch ahead in each streamed row
+(float64 d = 1000, one thread, against the GEMV: 1.04-1.16x with the loops, 0.94-1.02x with the vectors).
+
 Without numba every name here is None (the kernels are not used then).
 """
 
@@ -32,7 +36,7 @@ except ImportError:  # pragma: no cover - the kernels are not used without numba
 __all__ = ["LANES", "PREFETCH_AHEAD_BYTES", "eight_scores", "eight_rows_added", "eight_scores_eight_added",
            "prefetch_line"]
 
-#: Lanes of a vector: float32 elements in 32 bytes (one AVX register).
+#: Lanes of a vector: float32 elements in 32 bytes (one AVX register); float64 ones (the long-row sweep) in 64.
 LANES = 8
 #: How far ahead in its row :func:`eight_scores_eight_added` prefetches the rows it reads from memory (four
 #: cache lines).  One thread, float32 d = 1000, against the GEMV, A/B runs: 1.11-1.19x without, 1.01-1.08x
@@ -67,16 +71,25 @@ else:
                                   [byte_pointer, _int32, _int32, _int32])
         builder.call(function, [builder.bitcast(pointer, byte_pointer), _int32(0), _int32(3), _int32(1)])
 
+    def _suffix(vector_type):
+        """LLVM's name of an eight-lane vector type in intrinsic names."""
+        return "v8f32" if vector_type == _floats else "v8f64"
+
+    def _widened(builder, value):
+        """``value`` as eight float64 lanes."""
+        return builder.fpext(value, _doubles) if value.type == _floats else value
+
     def _fma(builder, a, b, c):
         """``a * b + c`` in one rounding, lane by lane."""
-        return builder.call(_llvm_function(builder, "llvm.fma.v8f32", _floats, [_floats] * 3), [a, b, c])
+        function = _llvm_function(builder, f"llvm.fma.{_suffix(a.type)}", a.type, [a.type] * 3)
+        return builder.call(function, [a, b, c])
 
     def _load(builder, pointer, vector_type):
         return builder.load(builder.bitcast(pointer, vector_type.as_pointer()), align=4)
 
     def _masked_load(builder, pointer, vector_type, mask):
         """Lanes of ``mask`` from ``pointer``, zero elsewhere (masked-off lanes read no memory)."""
-        suffix = "v8f32" if vector_type == _floats else "v8f64"
+        suffix = _suffix(vector_type)
         loader = _llvm_function(builder, f"llvm.masked.load.{suffix}.p0{suffix}", vector_type,
                                 [vector_type.as_pointer(), _int32, _masks, vector_type])
         return builder.call(loader, [builder.bitcast(pointer, vector_type.as_pointer()), _int32(4), mask,
@@ -133,23 +146,34 @@ else:
     def _float32_vector(a):
         return isinstance(a, _types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == _types.float32
 
+    def _float_rows(X):
+        return (isinstance(X, _types.Array) and X.ndim == 2 and X.layout == "C"
+                and X.dtype in (_types.float32, _types.float64))
+
+    def _vector_of(a, dtype):
+        return isinstance(a, _types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == dtype
+
+    def _lanes_of(dtype):
+        """The eight-lane vector type of ``dtype`` (a numba type)."""
+        return _floats if dtype == _types.float32 else _doubles
+
     def _float64_vector(a):
         return isinstance(a, _types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == _types.float64
 
     def _integers(*values):
         return all(isinstance(value, _types.Integer) for value in values)
 
-    def _reader(builder, mask, masked):
-        """Loads of eight float32 lanes: plain, or (``masked``) only ``mask``'s lanes, zero elsewhere."""
+    def _reader(builder, mask, masked, vector_type=_floats):
+        """Loads of eight lanes: plain, or (``masked``) only ``mask``'s lanes, zero elsewhere."""
         if masked:
-            return lambda pointer: _masked_load(builder, pointer, _floats, mask)
-        return lambda pointer: _load(builder, pointer, _floats)
+            return lambda pointer: _masked_load(builder, pointer, vector_type, mask)
+        return lambda pointer: _load(builder, pointer, vector_type)
 
-    def _scores_part(builder, rows, w_):
+    def _scores_part(builder, rows, w_, vector_type=_floats):
         """``(step, finish)`` for the eight rows starting at the pointers ``rows``: ``step(j, read)`` adds
         columns ``j ... j + 7`` of their products with ``w`` into eight vectors of sums; ``finish(z_, k, bias)``
         sums each across its lanes and stores ``z[k + i] = sum_i + bias`` in float64."""
-        sums = [cgutils.alloca_once_value(builder, ir.Constant(_floats, [0.0] * LANES)) for _ in rows]
+        sums = [cgutils.alloca_once_value(builder, ir.Constant(vector_type, [0.0] * LANES)) for _ in rows]
 
         def step(j, read):
             weights = read(builder.gep(w_.data, [j]))
@@ -157,19 +181,19 @@ else:
                 builder.store(_fma(builder, read(builder.gep(row, [j])), weights, builder.load(total)), total)
 
         def finish(z_, k, bias):
-            scores = builder.fpext(_transpose_sum(builder, [builder.load(total) for total in sums]), _doubles)
+            scores = _widened(builder, _transpose_sum(builder, [builder.load(total) for total in sums]))
             scores = builder.fadd(scores, _splat(builder, bias, _doubles))
             builder.store(scores, builder.bitcast(builder.gep(z_.data, [k]), _doubles.as_pointer()), align=8)
 
         return step, finish
 
-    def _added_part(context, builder, X_, d, first, r_, k, g_, mask):
+    def _added_part(context, builder, X_, d, first, r_, k, g_, mask, vector_type=_floats):
         """``step(j, read, masked)``: columns ``j ... j + 7`` of ``sum_i r[k + i] x_(first + i)`` over eight
-        rows, combined in float32 (two chains of four rows, then their sum: half the latency of one chain),
-        added to the float64 ``grad``."""
+        rows, combined in the rows' dtype (two chains of four rows, then their sum: half the latency of one
+        chain), added to the float64 ``grad``."""
         intp = context.get_value_type(_types.intp)
         rows = _row_pointers(context, builder, X_, d, first)
-        weights = [_splat(builder, builder.load(builder.gep(r_.data, [builder.add(k, intp(i))])), _floats)
+        weights = [_splat(builder, builder.load(builder.gep(r_.data, [builder.add(k, intp(i))])), vector_type)
                    for i in range(LANES)]
 
         def step(j, read, masked):
@@ -180,7 +204,7 @@ else:
                 high = _fma(builder, x[i + 4], weights[i + 4], high)
             # Flags of its own: numba's fastmath pass flags only instructions without any, and with
             # "reassoc" LLVM folds this sum into the chains, leaving one chain of eight (twice the latency).
-            added = builder.fpext(builder.fadd(low, high, flags=("contract",)), _doubles)
+            added = _widened(builder, builder.fadd(low, high, flags=("contract",)))
             target = builder.gep(g_.data, [j])
             if masked:
                 _masked_store(builder, builder.fadd(_masked_load(builder, target, _doubles, mask), added), target,
@@ -238,22 +262,24 @@ else:
         """:func:`eight_scores` of rows ``ahead ...`` (into ``z[k ...]``) and :func:`eight_rows_added` of
         rows ``start ...`` (weights ``r[k ...]``) in one sweep over the columns: sixteen rows read at once,
         the first eight from memory (each prefetched :data:`PREFETCH_AHEAD_BYTES` ahead) while the second
-        eight come back from cache."""
-        if not (_float32_rows(X) and _float32_vector(w) and _float64_vector(z) and isinstance(b, _types.Float)
-                and _float32_vector(r) and _float64_vector(grad) and _integers(ahead, k, start)):
+        eight come back from cache.  Float32 or float64 rows, ``w`` and ``r`` of their dtype (eight float64
+        lanes are 64 bytes: two AVX registers, or one AVX-512)."""
+        if not (_float_rows(X) and _vector_of(w, X.dtype) and _float64_vector(z) and isinstance(b, _types.Float)
+                and _vector_of(r, X.dtype) and _float64_vector(grad) and _integers(ahead, k, start)):
             return None
+        lanes = _lanes_of(X.dtype)
 
         def codegen(context, builder, signature, args):
             X_, w_, z_, r_, g_ = _arrays(context, builder, signature, args, 0, 2, 3, 7, 8)
             ahead_, k_, start_ = _indices(context, builder, signature, args, 1, 4, 6)
             d, full, rest, mask = _columns(context, builder, X_)
             streamed = _row_pointers(context, builder, X_, d, ahead_)
-            scores_step, finish = _scores_part(builder, streamed, w_)
-            added_step = _added_part(context, builder, X_, d, start_, r_, k_, g_, mask)
-            ahead_elements = context.get_value_type(_types.intp)(PREFETCH_AHEAD_BYTES // 4)
+            scores_step, finish = _scores_part(builder, streamed, w_, lanes)
+            added_step = _added_part(context, builder, X_, d, start_, r_, k_, g_, mask, lanes)
+            ahead_elements = context.get_value_type(_types.intp)(PREFETCH_AHEAD_BYTES * 8 // X.dtype.bitwidth)
 
             def body(j, masked):
-                read = _reader(builder, mask, masked)
+                read = _reader(builder, mask, masked, lanes)
                 if not masked:
                     for row in streamed:
                         prefetch_line(builder, builder.gep(row, [builder.add(j, ahead_elements)]))

@@ -136,14 +136,39 @@ def test_masked_columns_read_nothing_past_the_row(d):
         scores(X, n - 8, np.ones(d, np.float32), z, 0, 0.0)
         added(X, n - 8, np.ones(8, np.float32), 0, grad)
         assert (z == d).all() and (grad == 8).all()
+        doubles = np.frombuffer(memory, dtype=np.float64, count=page // 8)     # float64 rows, the sweep
+        n = page // (8 * d)
+        X64 = doubles[page // 8 - n * d:].reshape(n, d)
+        X64[:] = 1.0
+        z, grad = np.zeros(8), np.zeros(d)
+        both(X64, n - 8, np.ones(d), z, 0, 0.0, n - 8, np.ones(8), grad)
+        assert (z == d).all() and (grad == 8).all()
     finally:
-        del floats, X
+        del floats, X, doubles, X64
         libc.mprotect(address + page, page, 3)
+
+
+@pytest.mark.parametrize("d", WIDTHS)
+def test_eight_scores_eight_added_float64(d):
+    """The one-sweep pair on float64 rows (eight float64 lanes; long float64 rows take it): against float64
+    references to a few roundings, and the same as the float64 loops to rounding."""
+    X, w, r, grad = rows_and_weights(20, d, seed=200 + d)
+    X, w, r = X.astype(np.float64) + 1e-3, w.astype(np.float64), r.astype(np.float64)
+    z, loops_z = np.full(12, np.nan), np.full(12, np.nan)
+    before, loops_grad = grad.copy(), grad.copy()
+    both(X, 12, w, z, 3, -0.5, 1, r, grad)
+    assert np.isnan(z[:3]).all() and np.isnan(z[11:]).all()
+    assert score_error(z[3:11], X[12:20], w, -0.5) < 1e-14
+    assert added_error(grad, before, X[1:9], r[3:11]) < 1e-14
+    K._dense_scores_accumulate_loops(X, w, -0.5, 12, loops_z, 1, r, 3, loops_grad)
+    np.testing.assert_allclose(z, loops_z, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(grad, loops_grad, rtol=1e-13, atol=1e-13)
 
 
 def test_float32_rows_take_the_vector_functions():
     """The dense row functions compiled for float32 rows with ``precision="data"`` call the explicit-vector
-    functions; float64 rows, and float32 rows with float64 products, call the loops."""
+    functions; float64 rows, and float32 rows with float64 products, call the loops, but for the one-sweep
+    pair of long float64 rows (explicit float64 vectors)."""
     def called(dtype, precision, d):
         rng = np.random.default_rng(3)
         X, y = rng.standard_normal((64, d)).astype(dtype), (rng.random(64) < 0.5).astype(dtype)
@@ -162,3 +187,5 @@ def test_float32_rows_take_the_vector_functions():
     assert called(np.float32, "data", 1000) >= {"_dense_scores_accumulate_vectors"}
     assert called(np.float32, "float64", 16) == {"_dense_scores_loops", "_dense_accumulate_loops"}
     assert called(np.float64, "data", 16) == {"_dense_scores_loops", "_dense_accumulate_loops"}
+    assert "_dense_scores_accumulate_vectors" in called(np.float64, "data", 1000)       # long float64 rows
+    assert "_dense_scores_accumulate_loops" in called(np.float32, "float64", 1000)
