@@ -140,25 +140,28 @@ else:
         # Level 3: one lane per row.
         return level(quarters[0], quarters[1], [0, 2, 4, 6, 8, 10, 12, 14], [1, 3, 5, 7, 9, 11, 13, 15])
 
-    def _float32_rows(X):
-        return isinstance(X, _types.Array) and X.ndim == 2 and X.layout == "C" and X.dtype == _types.float32
+    def _contiguous(a, ndim, dtypes):
+        """Whether the numba type ``a`` is a C-contiguous array of ``ndim`` dimensions and one of ``dtypes``."""
+        return isinstance(a, _types.Array) and a.ndim == ndim and a.layout == "C" and a.dtype in dtypes
 
-    def _float32_vector(a):
-        return isinstance(a, _types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == _types.float32
+    def _float32_rows(X):
+        return _contiguous(X, 2, (_types.float32,))
 
     def _float_rows(X):
-        return (isinstance(X, _types.Array) and X.ndim == 2 and X.layout == "C"
-                and X.dtype in (_types.float32, _types.float64))
+        return _contiguous(X, 2, (_types.float32, _types.float64))
 
     def _vector_of(a, dtype):
-        return isinstance(a, _types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == dtype
+        return _contiguous(a, 1, (dtype,))
+
+    def _float32_vector(a):
+        return _vector_of(a, _types.float32)
+
+    def _float64_vector(a):
+        return _vector_of(a, _types.float64)
 
     def _lanes_of(dtype):
         """The eight-lane vector type of ``dtype`` (a numba type)."""
         return _floats if dtype == _types.float32 else _doubles
-
-    def _float64_vector(a):
-        return isinstance(a, _types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == _types.float64
 
     def _integers(*values):
         return all(isinstance(value, _types.Integer) for value in values)
