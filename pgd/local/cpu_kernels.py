@@ -574,7 +574,7 @@ def _prefetch_share(ahead_lo, ahead_hi, m):
 def _elements_per_line(X):
     """Elements of ``X`` in a 64-byte cache line (at least 1).  Compiled, a constant of ``X``'s type: from the
     array's run-time ``itemsize`` LLVM computed it with a division in every group of rows (it may not hoist a
-    division by a value that could be 0); in cache, float32 d = 16, the kernel took 7-14 % longer."""
+    division by a value that could be 0); in cache, float32 d = 16, the kernel took 8-19 % longer."""
     return max(1, 64 // X.itemsize)
 
 

@@ -68,7 +68,10 @@ if _CACHE_IMPL is not None and hasattr(caching, "_CacheLocator") and hasattr(_CA
             return self._inner.get_disambiguator()
 
         def get_source_stamp(self):
-            return self._inner.get_source_stamp(), sources_stamp()
+            try:
+                return self._inner.get_source_stamp(), sources_stamp()
+            except OSError:       # a source that cannot be read (a zipped install): numba's own stamp
+                return self._inner.get_source_stamp()
 
         @classmethod
         def from_function(cls, py_func, py_file):

@@ -58,3 +58,19 @@ def test_a_change_to_simd_alone_compiles_the_kernels_again(tmp_path):
         simd.write("\n# edited\n")
     assert hits_and_misses() == (0, 1)
     assert hits_and_misses() == (1, 0)
+
+
+def test_unreadable_sources_leave_numbas_own_stamp(monkeypatch):
+    """Where the sources cannot be read (a zipped install), the stamp is numba's alone, as before."""
+    class NumbasLocator:
+        def get_source_stamp(self):
+            return "numba's stamp"
+
+    locator = kernel_cache.KernelSourcesLocator(NumbasLocator())
+    assert locator.get_source_stamp() == ("numba's stamp", kernel_cache.sources_stamp())
+
+    def unreadable():
+        raise FileNotFoundError("no such file")
+
+    monkeypatch.setattr(kernel_cache, "sources_stamp", unreadable)
+    assert locator.get_source_stamp() == "numba's stamp"
