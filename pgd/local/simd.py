@@ -1,5 +1,5 @@
-"""Explicit eight-lane vectors for the dense float32 kernel: numba intrinsics that emit LLVM vector code for
-eight rows at a time.
+"""Explicit eight-lane vectors for the dense kernel's float32 rows (and its long float64 rows): numba
+intrinsics that emit LLVM vector code for eight rows at a time.
 
 Why: given the row loops of :mod:`pgd.local.cpu_kernels`, LLVM's loop vectoriser vectorises along a row.
 For short rows that leaves little to vectorise (at d = 16 its four-lane remainder loop, then one horizontal
