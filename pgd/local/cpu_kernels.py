@@ -736,31 +736,27 @@ def _dense_accumulate(X, start, m, rbuf, grad, ahead_lo, ahead_hi):
     raise NotImplementedError("compiled code only")
 
 
-def _float32_vectors(X, v, out):
-    """Whether (numba types) rows ``X``, the vector ``v`` they are multiplied by and the float64 ``out``
-    take the explicit-vector functions (:mod:`pgd.local.simd`): float32 ``X`` and ``v``, all contiguous."""
-    return (eight_scores is not None and X.dtype == v.dtype == numba.types.float32
-            and out.dtype == numba.types.float64 and X.layout == v.layout == out.layout == "C")
-
-
-def _sweep_vectors(X, w, rbuf, z, grad):
-    """Whether (numba types) the one-sweep pair of long rows takes explicit vectors
-    (:func:`pgd.local.simd.eight_scores_eight_added`): float32 or float64 rows with ``w`` and ``rbuf`` of their
-    dtype, float64 ``z`` and ``grad``, all contiguous."""
-    return (eight_scores_eight_added is not None and X.dtype in (numba.types.float32, numba.types.float64)
-            and X.dtype == w.dtype == rbuf.dtype and z.dtype == grad.dtype == numba.types.float64
-            and X.layout == w.layout == rbuf.layout == z.layout == grad.layout == "C")
+def _vector_types(X, vectors, outputs, dtypes) -> bool:
+    """Whether (numba types) a call takes the explicit-vector functions (:mod:`pgd.local.simd`): rows ``X`` of
+    one of ``dtypes``, the ``vectors`` they meet (``w``, ``rbuf``) of ``X``'s dtype, float64 ``outputs``,
+    all contiguous.  The scores and the gradient pass take float32 only (float64 rows vectorise well in the
+    loops); the one-sweep pair of long rows takes float64 too (it brings them its prefetch ahead)."""
+    arrays = (X, *vectors, *outputs)
+    return (eight_scores is not None and X.dtype in dtypes and all(v.dtype == X.dtype for v in vectors)
+            and all(out.dtype == numba.types.float64 for out in outputs) and all(a.layout == "C" for a in arrays))
 
 
 if numba is not None:
     @numba.extending.overload(_dense_scores, inline="always")
     def _dense_scores_for(X, w, b, start, m, z, ahead_lo, ahead_hi):
-        scores = _dense_scores_vectors if _float32_vectors(X, w, z) else _dense_scores_loops
+        vectors = _vector_types(X, (w,), (z,), (numba.types.float32,))
+        scores = _dense_scores_vectors if vectors else _dense_scores_loops
         return lambda X, w, b, start, m, z, ahead_lo, ahead_hi: scores(X, w, b, start, m, z, ahead_lo, ahead_hi)
 
     @numba.extending.overload(_dense_accumulate, inline="always")
     def _dense_accumulate_for(X, start, m, rbuf, grad, ahead_lo, ahead_hi):
-        accumulate = _dense_accumulate_vectors if _float32_vectors(X, rbuf, grad) else _dense_accumulate_loops
+        vectors = _vector_types(X, (rbuf,), (grad,), (numba.types.float32,))
+        accumulate = _dense_accumulate_vectors if vectors else _dense_accumulate_loops
         return lambda X, start, m, rbuf, grad, ahead_lo, ahead_hi: accumulate(
             X, start, m, rbuf, grad, ahead_lo, ahead_hi)
 
@@ -805,14 +801,14 @@ def _dense_scores_accumulate_vectors(X, w, b, ahead, z, start, rbuf, first, grad
 def _dense_scores_accumulate(X, w, b, ahead, z, start, rbuf, first, grad):
     """Scores of eight rows from ``ahead`` and eight rows from ``start`` added into ``grad``, in one sweep
     (compiled code only): :func:`_dense_scores_accumulate_vectors` for rows, ``w`` and ``rbuf`` of one dtype
-    (:func:`_sweep_vectors`), else :func:`_dense_scores_accumulate_loops`; chosen when the caller compiles."""
+    (:func:`_vector_types`), else :func:`_dense_scores_accumulate_loops`; chosen when the caller compiles."""
     raise NotImplementedError("compiled code only")
 
 
 if numba is not None:
     @numba.extending.overload(_dense_scores_accumulate, inline="always")
     def _dense_scores_accumulate_for(X, w, b, ahead, z, start, rbuf, first, grad):
-        vectors = _sweep_vectors(X, w, rbuf, z, grad)
+        vectors = _vector_types(X, (w, rbuf), (z, grad), (numba.types.float32, numba.types.float64))
         sweep = _dense_scores_accumulate_vectors if vectors else _dense_scores_accumulate_loops
         return lambda X, w, b, ahead, z, start, rbuf, first, grad: sweep(
             X, w, b, ahead, z, start, rbuf, first, grad)
